@@ -1,0 +1,33 @@
+"""
+timerserver: per-connection timer queues for Twisted, and a server that
+shows them off.
+"""
+
+from timerserver.interfaces import (
+    IMonitorTimerQueue,
+    InvalidTimerHandle,
+    IQueueTimers,
+    ITimer,
+    SetTimerIf,
+    TimerHandle,
+    UpdateTimerIf,
+)
+from timerserver.monitor import TimerQueueCounters
+from timerserver.reactorqueue import ReactorTimerQueue
+from timerserver.wheel import TimerWheel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IMonitorTimerQueue",
+    "IQueueTimers",
+    "ITimer",
+    "InvalidTimerHandle",
+    "ReactorTimerQueue",
+    "SetTimerIf",
+    "TimerHandle",
+    "TimerQueueCounters",
+    "TimerWheel",
+    "UpdateTimerIf",
+    "__version__",
+]

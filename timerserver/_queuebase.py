@@ -1,0 +1,278 @@
+"""
+What every timer queue shares: handle checks, argument checks, the
+L{SetTimerIf}/L{UpdateTimerIf} rules, monitor calls and running callbacks.
+
+A concrete queue supplies three primitives: C{_arm} (schedule a handle,
+pending or not), C{_disarm} (unschedule a pending handle) and C{_cancelAll}.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import ClassVar, Generic, TypeVar, cast
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from timerserver.interfaces import (
+    IMonitorTimerQueue,
+    InvalidTimerHandle,
+    ITimer,
+    SetTimerIf,
+    TimerHandle,
+    UpdateTimerIf,
+)
+
+DEFAULT_MAXIMUM_TIMEOUT = 4294967.294
+"""2**32 - 2 milliseconds, the longest timeout of the original framework."""
+
+_NO_TIMER = object()
+
+
+class QueueHandle(TimerHandle):
+    """
+    The state of one timer.  C{deadline} is C{None} unless it is pending;
+    C{queue} is C{None} once it is destroyed.
+    """
+
+    __slots__ = ("deadline", "isTimer", "queue", "timer", "userData")
+
+    def __init__(self, queue: object) -> None:
+        self.queue: object = queue
+        self.timer: object = _NO_TIMER
+        self.isTimer = False
+        self.userData: object = None
+        self.deadline: float | None = None
+
+    def __repr__(self) -> str:
+        if self.queue is None:
+            state = "destroyed"
+        elif self.deadline is None:
+            state = "idle"
+        else:
+            state = f"pending, due at {self.deadline:.6f}"
+        return f"<{type(self).__name__} at {id(self):#x}, {state}>"
+
+
+H = TypeVar("H", bound=QueueHandle)
+
+
+def checkMaximumTimeout(maximumTimeout: float) -> float:
+    """
+    Return C{maximumTimeout} as a float if it is a finite positive number.
+    """
+    if isinstance(maximumTimeout, bool) or not isinstance(maximumTimeout, numbers.Real):
+        raise TypeError(f"maximumTimeout must be a number, not {maximumTimeout!r}")
+    value = float(maximumTimeout)
+    if not (0 < value < math.inf):
+        raise ValueError(f"maximumTimeout must be finite and > 0, not {maximumTimeout!r}")
+    return value
+
+
+class TimerQueueBase(Generic[H]):
+    """
+    The public L{IQueueTimers} methods, written once over C{_arm}/C{_disarm}.
+    """
+
+    _handleClass: ClassVar[type[QueueHandle]]
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime | None,
+        maximumTimeout: float,
+        monitor: IMonitorTimerQueue | None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = cast(IReactorTime, globalReactor)
+        self._reactor = reactor
+        self._seconds = reactor.seconds
+        self.maximumTimeout = checkMaximumTimeout(maximumTimeout)
+        self._monitor = monitor
+        self._stopped = False
+
+    # Primitives of a concrete queue.
+
+    def _arm(self, h: H, timeout: float, now: float) -> None:
+        """Make C{h} due at C{now + timeout}, whether or not it is pending."""
+        raise NotImplementedError
+
+    def _disarm(self, h: H) -> None:
+        """Unschedule the pending C{h} and clear its deadline."""
+        raise NotImplementedError
+
+    def _cancelAll(self) -> list[H]:
+        """Unschedule every pending timer; return them."""
+        raise NotImplementedError
+
+    # Checks.
+
+    def _live(self, handle: object) -> H:
+        if type(handle) is not self._handleClass or handle.queue is not self:
+            raise InvalidTimerHandle(f"not a live handle of {self!r}: {handle!r}")
+        return cast(H, handle)
+
+    def _checkTimeout(self, timeout: object) -> float:
+        kind = type(timeout)
+        if kind is not float and kind is not int:
+            if kind is bool or not isinstance(timeout, numbers.Real):
+                raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
+            timeout = float(timeout)
+        # NaN fails both comparisons; infinity fails the second.
+        if 0 <= timeout <= self.maximumTimeout:  # type: ignore[operator]
+            return timeout  # type: ignore[return-value]
+        raise ValueError(
+            f"timeout must be between 0 and {self.maximumTimeout} seconds, not {timeout!r}"
+        )
+
+    def _checkTimer(self, h: QueueHandle | None, timer: object) -> bool:
+        """Return whether C{timer} is an L{ITimer}; raise if it is not callable."""
+        if h is not None and timer is h.timer:
+            return h.isTimer
+        if ITimer.providedBy(timer):
+            return True
+        if callable(timer):
+            return False
+        raise TypeError(f"timer must provide ITimer or be callable, not {timer!r}")
+
+    def _checkRunning(self) -> None:
+        if self._stopped:
+            raise RuntimeError(f"{self!r} was shut down")
+
+    # IQueueTimers
+
+    def createTimer(self) -> H:
+        h = cast(H, self._handleClass(self))
+        if self._monitor is not None:
+            self._monitor.timerCreated()
+        return h
+
+    def isSet(self, handle: TimerHandle) -> bool:
+        return self._live(handle).deadline is not None
+
+    def setTimer(
+        self,
+        handle: TimerHandle,
+        timer: object,
+        timeout: float,
+        userData: object = None,
+        when: SetTimerIf = SetTimerIf.ALWAYS,
+    ) -> bool:
+        h = self._live(handle)
+        if type(when) is not SetTimerIf:
+            raise TypeError(f"when must be a SetTimerIf, not {when!r}")
+        timeout = self._checkTimeout(timeout)
+        isTimer = self._checkTimer(h, timer)
+        self._checkRunning()
+        wasPending = h.deadline is not None
+        if not wasPending or when is SetTimerIf.ALWAYS:
+            h.timer = timer
+            h.isTimer = isTimer
+            h.userData = userData
+            self._arm(h, timeout, self._seconds())
+        if self._monitor is not None:
+            self._monitor.timerSet(wasPending)
+        return wasPending
+
+    def updateTimer(
+        self,
+        handle: TimerHandle,
+        timer: object,
+        timeout: float,
+        userData: object = None,
+        when: UpdateTimerIf = UpdateTimerIf.ALWAYS,
+    ) -> bool:
+        h = self._live(handle)
+        if type(when) is not UpdateTimerIf:
+            raise TypeError(f"when must be an UpdateTimerIf, not {when!r}")
+        timeout = self._checkTimeout(timeout)
+        isTimer = self._checkTimer(h, timer)
+        self._checkRunning()
+        deadline = h.deadline
+        now = self._seconds()
+        if deadline is None or when is UpdateTimerIf.ALWAYS:
+            rearm = update = True
+        elif when is UpdateTimerIf.NO_TIMEOUT_CHANGE:
+            rearm, update = False, True
+        elif when is UpdateTimerIf.IF_SOONER:
+            rearm = update = now + timeout < deadline
+        else:
+            rearm = update = now + timeout > deadline
+        if update:
+            h.timer = timer
+            h.isTimer = isTimer
+            h.userData = userData
+        if rearm:
+            self._arm(h, timeout, now)
+        if self._monitor is not None:
+            self._monitor.timerUpdated(deadline is not None, update)
+        return deadline is not None
+
+    def cancelTimer(self, handle: TimerHandle) -> bool:
+        h = self._live(handle)
+        wasPending = h.deadline is not None
+        if wasPending:
+            self._disarm(h)
+        if self._monitor is not None:
+            self._monitor.timerCancelled(wasPending)
+        return wasPending
+
+    def destroyTimer(self, handle: TimerHandle) -> bool:
+        h = self._live(handle)
+        wasPending = h.deadline is not None
+        if wasPending:
+            self._disarm(h)
+        h.queue = None
+        h.timer = h.userData = None
+        if self._monitor is not None:
+            self._monitor.timerDestroyed(wasPending)
+        return wasPending
+
+    def setOneShotTimer(self, timer: object, timeout: float, userData: object = None) -> None:
+        timeout = self._checkTimeout(timeout)
+        isTimer = self._checkTimer(None, timer)
+        self._checkRunning()
+        # A private handle nobody else holds: once it fires it is garbage.
+        h = cast(H, self._handleClass(self))
+        h.timer = timer
+        h.isTimer = isTimer
+        h.userData = userData
+        self._arm(h, timeout, self._seconds())
+        if self._monitor is not None:
+            self._monitor.oneShotTimerSet()
+
+    def shutdown(self) -> int:
+        """
+        Cancel every pending timer, one-shots included, and refuse new ones.
+
+        @return: how many were cancelled.
+        """
+        self._stopped = True
+        cancelled = self._cancelAll()
+        for h in cancelled:
+            h.deadline = None
+            if self._monitor is not None:
+                self._monitor.timerCancelled(True)
+        return len(cancelled)
+
+    # Expiry
+
+    def _expire(self, h: H) -> None:
+        """
+        Run the callback of C{h}, which is no longer pending; log, never
+        raise, what it raises.
+        """
+        if self._monitor is not None:
+            self._monitor.timerFired()
+        timer = h.timer
+        try:
+            if h.isTimer:
+                timer.onTimer(h.userData)  # type: ignore[attr-defined]
+            else:
+                cast(Callable[[object], object], timer)(h.userData)
+        except Exception:
+            self._log.failure("Timer callback {timer!r} raised", timer=timer)
