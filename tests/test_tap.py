@@ -1,0 +1,138 @@
+"""The twistd command line and the service it builds."""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from timerserver import ReactorTimerQueue, TimerWheel
+from timerserver.protocol import DEFAULT_MESSAGE, DEFAULT_WELCOME
+from timerserver.tap import Options, TimerServerService, makeService
+
+
+def parse(*args: str) -> Options:
+    options = Options(reactor=MemoryReactorClock())
+    options.parseOptions(list(args))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        o = parse()
+        self.assertEqual(o["port"], "tcp:5050:interface=127.0.0.1")
+        self.assertEqual(o["interval"], 2.0)
+        self.assertEqual(o["welcome"], DEFAULT_WELCOME)
+        self.assertEqual(o["message"], DEFAULT_MESSAGE)
+        self.assertEqual(o["timer-queue"], "wheel")
+        self.assertEqual(o["granularity"], 0.01)
+
+    def test_everyOption(self) -> None:
+        o = parse(
+            "-p",
+            "tcp:6000",
+            "-i",
+            "0.25",
+            "--welcome",
+            "hi\\tthere\\r\\n",
+            "-m",
+            "tick \\\\ \u00e9\\n",
+            "--timer-queue",
+            "wheel",
+            "--granularity",
+            "0.005",
+        )
+        self.assertEqual(o["port"], "tcp:6000")
+        self.assertEqual(o["interval"], 0.25)
+        self.assertEqual(o["welcome"], b"hi\tthere\r\n")
+        self.assertEqual(o["message"], "tick \\ \u00e9\n".encode())
+        self.assertEqual(o["granularity"], 0.005)
+        self.assertEqual(parse("--port=unix:/tmp/x.sock")["port"], "unix:/tmp/x.sock")
+        self.assertEqual(parse("--port", "tcp6:5050:interface=\\:\\:1")["interval"], 2.0)
+        self.assertEqual(parse("--interval", "3")["interval"], 3.0)
+        self.assertEqual(parse("--timer-queue", "reactor")["timer-queue"], "reactor")
+
+    def test_noWelcome(self) -> None:
+        self.assertEqual(parse("--no-welcome")["welcome"], b"")
+        self.assertEqual(parse("--no-welcome", "--welcome", "x")["welcome"], b"")
+
+    def assertUsageError(self, args: list[str], *words: str) -> None:
+        e = self.assertRaises(usage.UsageError, parse, *args)
+        for word in words:
+            self.assertIn(word, str(e))
+        self.assertNotIn("\n", str(e))
+
+    def test_badValues(self) -> None:
+        for value in ("-1", "0", "abc", "nan", "inf", "", "1e12"):
+            self.assertUsageError(["--interval", value], "--interval")
+        for value in ("0", "-0.1", "x", "nan", "61"):
+            self.assertUsageError(["--granularity", value], "--granularity")
+        self.assertUsageError(["--port", "nonsense:1"], "--port", "nonsense")
+        self.assertUsageError(["--port", "tcp:notaport"], "--port")
+        self.assertUsageError(["--timer-queue", "heap"], "--timer-queue", "heap")
+        self.assertUsageError(["--timer-queue", "reactor", "--granularity", "0.1"], "--granularity")
+        self.assertUsageError(["--welcome", "bad \\q escape"], "--welcome", "\\q")
+        self.assertUsageError(["--message", "trailing \\"], "--message")
+        self.assertUsageError(["--bogus"], "bogus")
+        self.assertUsageError(["--interval"], "interval")
+
+    def test_asTwistdSubcommandExitsWithOneLine(self) -> None:
+        """Under twistd a bad value is one line on exit, not twistd's usage."""
+        options = Options(reactor=MemoryReactorClock())
+        options.parent = usage.Options()  # type: ignore[attr-defined]
+        e = self.assertRaises(SystemExit, options.parseOptions, ["--interval", "nan"])
+        self.assertIsInstance(e.code, str)
+        self.assertIn("--interval", e.code)
+        self.assertNotIn("\n", e.code)
+
+
+class ServiceTests(SynchronousTestCase):
+    def build(self, *args: str) -> tuple[IService, MemoryReactorClock]:
+        reactor = MemoryReactorClock()
+        options = Options(reactor=reactor)
+        options.parseOptions(list(args))
+        return makeService(options), reactor
+
+    def service(self, parent: IService) -> TimerServerService:
+        [child] = list(parent)  # type: ignore[call-overload]
+        assert isinstance(child, TimerServerService)
+        return child
+
+    def test_listensAndStops(self) -> None:
+        parent, reactor = self.build("-p", "tcp:5055:interface=127.0.0.1", "-i", "0.5")
+        parent.privilegedStartService()
+        parent.startService()
+        [(port, factory, _, interface)] = reactor.tcpServers
+        self.assertEqual((port, interface), (5055, "127.0.0.1"))
+        self.assertEqual(factory.interval, 0.5)
+        self.assertIsInstance(factory.queue, TimerWheel)
+        proto = factory.buildProtocol(None)
+        from twisted.internet.testing import StringTransport
+
+        proto.makeConnection(StringTransport())
+        self.assertEqual(len(reactor.getDelayedCalls()), 1)
+        d = parent.stopService()
+        self.successResultOf(d)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        self.assertRaises(RuntimeError, factory.queue.setOneShotTimer, print, 1)
+
+    def test_reactorQueue(self) -> None:
+        parent, reactor = self.build("--timer-queue", "reactor")
+        parent.privilegedStartService()
+        self.assertIsInstance(reactor.tcpServers[0][1].queue, ReactorTimerQueue)
+
+    def test_cannotListenIsOneLine(self) -> None:
+        parent, _ = self.build()
+        service = self.service(parent)
+
+        class FailingEndpoint:
+            def listen(self, factory: object) -> object:
+                from twisted.internet import defer, error
+
+                return defer.fail(error.CannotListenError("127.0.0.1", 5050, OSError(98, "in use")))
+
+        service.endpoint = FailingEndpoint()
+        e = self.assertRaises(SystemExit, parent.privilegedStartService)
+        self.assertIn("cannot listen on tcp:5050:interface=127.0.0.1", e.code)
+        self.assertNotIn("\n", e.code)
