@@ -1,0 +1,91 @@
+"""
+Run a real C{twistd -n timerserver} process on a free loopback port, for
+end-to-end tests and benchmarks.  Everything it starts, it stops.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Like the twistd script, but run with the repository root first on sys.path.
+TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+
+
+def twistdCommand(*args: str) -> list[str]:
+    return [sys.executable, "-c", TWISTD, *args]
+
+
+class ServerProcess:
+    """
+    C{twistd -n --pidfile= timerserver ARGS} listening on a loopback port the
+    kernel picked; C{port} is read from its "listening on" log line.
+    """
+
+    def __init__(
+        self, *args: str, port: str = "tcp:0:interface=127.0.0.1", startTimeout: float = 20
+    ) -> None:
+        command = twistdCommand("-n", "--pidfile=", "timerserver", "-p", port, *args)
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.pid = self.process.pid
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.port = self._waitForPort(startTimeout)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            self.lines.append(raw.decode("utf-8", "replace"))
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def waitForLine(self, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            if self.process.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.02)
+        self.kill()
+        raise AssertionError(f"no line matching {pattern!r} in:\n{self.output}")
+
+    def _waitForPort(self, timeout: float) -> int:
+        return int(self.waitForLine(r"listening on .*port=(\d+)", timeout).group(1))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        """Send C{sig} and wait; kill and fail if it does not exit in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"did not exit within {timeout}s of signal {sig}") from None
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)

@@ -1,0 +1,149 @@
+"""
+A real C{twistd -n timerserver} process, talked to over loopback sockets.
+Every wait is bounded; every process is stopped.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.serverprocess import ROOT, ServerProcess, twistdCommand
+
+WELCOME = b"Welcome to the timer server\r\n"
+MESSAGE = b"Periodic per connection message\r\n"
+
+
+def recvExactly(sock: socket.socket, size: int, timeout: float = 5) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def recvUntilClosed(sock: socket.socket, timeout: float = 5) -> bytes:
+    sock.settimeout(timeout)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class EndToEndTests(SynchronousTestCase):
+    interval = 0.3
+
+    def setUp(self) -> None:
+        self.server = ServerProcess("--interval", str(self.interval))
+        self.addCleanup(self.server.kill)
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.server.port), timeout=5)
+        self.addCleanup(sock.close)
+        return sock
+
+    def test_welcomeEchoAndPeriodic(self) -> None:
+        sock = self.connect()
+        connectedAt = time.monotonic()
+        self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+        sock.sendall(b"hello \x00\xff\r\n")
+        self.assertEqual(recvExactly(sock, 10), b"hello \x00\xff\r\n")
+        arrivals = []
+        for _ in range(3):
+            self.assertEqual(recvExactly(sock, len(MESSAGE)), MESSAGE)
+            arrivals.append(time.monotonic() - connectedAt)
+        for k, at in enumerate(arrivals, 1):
+            # Loose bounds: a loaded machine may delay delivery, never advance it.
+            self.assertGreater(at, k * self.interval - 0.05)
+            self.assertLess(at, k * self.interval + 0.5)
+
+    def test_halfCloseFlushesEchoThenCloses(self) -> None:
+        sock = self.connect()
+        recvExactly(sock, len(WELCOME))
+        payload = bytes(range(256)) * 4096  # 1 MiB, more than any socket buffer
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        received = recvUntilClosed(sock, timeout=10)
+        self.assertEqual(received.replace(MESSAGE, b""), payload)
+
+    def test_severalConnectionsAtOnce(self) -> None:
+        socks = [self.connect() for _ in range(20)]
+        for i, sock in enumerate(socks):
+            self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+            sock.sendall(b"client %d\n" % i)
+        for i, sock in enumerate(socks):
+            expected = b"client %d\n" % i
+            self.assertEqual(recvExactly(sock, len(expected)), expected)
+        for sock in socks:
+            self.assertEqual(recvExactly(sock, len(MESSAGE)), MESSAGE)
+
+    def test_sigtermStopsCleanly(self) -> None:
+        sock = self.connect()
+        recvExactly(sock, len(WELCOME))
+        started = time.monotonic()
+        code = self.server.stop(signal.SIGTERM, timeout=10)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertIn(code, (0, -signal.SIGTERM))
+        self.assertIn("stopped listening", self.server.output)
+        self.assertNotIn("Traceback", self.server.output)
+        self.assertEqual(recvUntilClosed(sock).replace(MESSAGE, b""), b"")
+
+    def test_sigintStopsCleanly(self) -> None:
+        code = self.server.stop(signal.SIGINT, timeout=10)
+        self.assertIn(code, (0, -signal.SIGINT))
+        self.assertNotIn("Traceback", self.server.output)
+
+    def test_noLogLinePerMessage(self) -> None:
+        sock = self.connect()
+        recvExactly(sock, len(WELCOME) + 3 * len(MESSAGE))
+        self.server.stop()
+        self.assertLess(len(self.server.lines), 12, self.server.output)
+
+
+class CommandLineErrorTests(SynchronousTestCase):
+    def runTwistd(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            twistdCommand("-n", "--pidfile=", "timerserver", *args),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def test_badValuesAreOneLine(self) -> None:
+        for args, word in (
+            (["--interval", "-1"], "--interval"),
+            (["--interval", "abc"], "--interval"),
+            (["--interval", "nan"], "--interval"),
+            (["--port", "nonsense:1"], "--port"),
+            (["--unknown-option"], "unknown-option"),
+        ):
+            result = self.runTwistd(*args)
+            self.assertNotEqual(result.returncode, 0)
+            self.assertEqual(result.stdout, "")
+            self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+            self.assertIn(word, result.stderr)
+            self.assertNotIn("Traceback", result.stderr)
+
+    def test_portInUse(self) -> None:
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = self.runTwistd("-p", f"tcp:{port}:interface=127.0.0.1")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
+        # twistd has sent stderr to its log by now: the error is one log line.
+        output = result.stdout + result.stderr
+        [line] = [x for x in output.splitlines() if "cannot listen" in x]
+        self.assertIn(f"cannot listen on tcp:{port}", line)
+        self.assertIn("Address already in use", line)
