@@ -31,9 +31,18 @@ class ServerProcess:
     """
 
     def __init__(
-        self, *args: str, port: str = "tcp:0:interface=127.0.0.1", startTimeout: float = 20
+        self,
+        *args: str,
+        port: str = "tcp:0:interface=127.0.0.1",
+        startTimeout: float = 20,
+        command: list[str] | None = None,
     ) -> None:
-        command = twistdCommand("-n", "--pidfile=", "timerserver", "-p", port, *args)
+        """
+        @param command: run this instead of twistd; it must print a line with
+            "listening on ... port=N".
+        """
+        if command is None:
+            command = twistdCommand("-n", "--pidfile=", "timerserver", "-p", port, *args)
         self.process = subprocess.Popen(
             command,
             cwd=ROOT,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import types
 from collections.abc import Callable
 from typing import ClassVar, Generic, TypeVar, cast
 
@@ -29,6 +30,9 @@ DEFAULT_MAXIMUM_TIMEOUT = 4294967.294
 """2**32 - 2 milliseconds, the longest timeout of the original framework."""
 
 _NO_TIMER = object()
+_PLAIN_CALLABLES = frozenset(
+    {types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.BuiltinMethodType}
+)
 
 
 class QueueHandle(TimerHandle):
@@ -109,7 +113,9 @@ class TimerQueueBase(Generic[H]):
         """Unschedule every pending timer; return them."""
         raise NotImplementedError
 
-    # Checks.
+    # Checks.  The common case (a live handle, the same timer as last time,
+    # an int or float timeout) is tested inline by the callers; these are the
+    # slow paths.
 
     def _live(self, handle: object) -> H:
         if type(handle) is not self._handleClass or handle.queue is not self:
@@ -117,22 +123,21 @@ class TimerQueueBase(Generic[H]):
         return cast(H, handle)
 
     def _checkTimeout(self, timeout: object) -> float:
-        kind = type(timeout)
-        if kind is not float and kind is not int:
-            if kind is bool or not isinstance(timeout, numbers.Real):
-                raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
-            timeout = float(timeout)
+        if type(timeout) is bool or not isinstance(timeout, numbers.Real):
+            raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
+        value = float(timeout)
         # NaN fails both comparisons; infinity fails the second.
-        if 0 <= timeout <= self.maximumTimeout:  # type: ignore[operator]
-            return timeout  # type: ignore[return-value]
+        if 0 <= value <= self.maximumTimeout:
+            return value
         raise ValueError(
             f"timeout must be between 0 and {self.maximumTimeout} seconds, not {timeout!r}"
         )
 
-    def _checkTimer(self, h: QueueHandle | None, timer: object) -> bool:
+    @staticmethod
+    def _isTimer(timer: object) -> bool:
         """Return whether C{timer} is an L{ITimer}; raise if it is not callable."""
-        if h is not None and timer is h.timer:
-            return h.isTimer
+        if type(timer) in _PLAIN_CALLABLES:
+            return False  # cannot provide an interface: skip the costly check
         if ITimer.providedBy(timer):
             return True
         if callable(timer):
@@ -142,6 +147,20 @@ class TimerQueueBase(Generic[H]):
     def _checkRunning(self) -> None:
         if self._stopped:
             raise RuntimeError(f"{self!r} was shut down")
+
+    def _checkArguments(
+        self, handle: object, timer: object, timeout: object
+    ) -> tuple[H, float, bool]:
+        """
+        Check what the inline test of C{setTimer}/C{updateTimer} did not pass;
+        return the handle, the timeout as a float and whether C{timer} is an
+        L{ITimer}.
+        """
+        h = self._live(handle)
+        seconds = self._checkTimeout(timeout)
+        isTimer = h.isTimer if timer is h.timer else self._isTimer(timer)
+        self._checkRunning()
+        return h, seconds, isTimer
 
     # IQueueTimers
 
@@ -162,12 +181,21 @@ class TimerQueueBase(Generic[H]):
         userData: object = None,
         when: SetTimerIf = SetTimerIf.ALWAYS,
     ) -> bool:
-        h = self._live(handle)
         if type(when) is not SetTimerIf:
             raise TypeError(f"when must be a SetTimerIf, not {when!r}")
-        timeout = self._checkTimeout(timeout)
-        isTimer = self._checkTimer(h, timer)
-        self._checkRunning()
+        h: H = handle  # type: ignore[assignment]
+        kind = type(timeout)
+        if not (
+            type(h) is self._handleClass
+            and h.queue is self
+            and timer is h.timer
+            and (kind is float or kind is int)
+            and 0 <= timeout <= self.maximumTimeout
+            and not self._stopped
+        ):
+            h, timeout, isTimer = self._checkArguments(handle, timer, timeout)
+        else:
+            isTimer = h.isTimer
         wasPending = h.deadline is not None
         if not wasPending or when is SetTimerIf.ALWAYS:
             h.timer = timer
@@ -186,12 +214,21 @@ class TimerQueueBase(Generic[H]):
         userData: object = None,
         when: UpdateTimerIf = UpdateTimerIf.ALWAYS,
     ) -> bool:
-        h = self._live(handle)
         if type(when) is not UpdateTimerIf:
             raise TypeError(f"when must be an UpdateTimerIf, not {when!r}")
-        timeout = self._checkTimeout(timeout)
-        isTimer = self._checkTimer(h, timer)
-        self._checkRunning()
+        h: H = handle  # type: ignore[assignment]
+        kind = type(timeout)
+        if not (
+            type(h) is self._handleClass
+            and h.queue is self
+            and timer is h.timer
+            and (kind is float or kind is int)
+            and 0 <= timeout <= self.maximumTimeout
+            and not self._stopped
+        ):
+            h, timeout, isTimer = self._checkArguments(handle, timer, timeout)
+        else:
+            isTimer = h.isTimer
         deadline = h.deadline
         now = self._seconds()
         if deadline is None or when is UpdateTimerIf.ALWAYS:
@@ -213,7 +250,9 @@ class TimerQueueBase(Generic[H]):
         return deadline is not None
 
     def cancelTimer(self, handle: TimerHandle) -> bool:
-        h = self._live(handle)
+        h: H = handle  # type: ignore[assignment]
+        if type(h) is not self._handleClass or h.queue is not self:
+            h = self._live(handle)
         wasPending = h.deadline is not None
         if wasPending:
             self._disarm(h)
@@ -234,7 +273,7 @@ class TimerQueueBase(Generic[H]):
 
     def setOneShotTimer(self, timer: object, timeout: float, userData: object = None) -> None:
         timeout = self._checkTimeout(timeout)
-        isTimer = self._checkTimer(None, timer)
+        isTimer = self._isTimer(timer)
         self._checkRunning()
         # A private handle nobody else holds: once it fires it is garbage.
         h = cast(H, self._handleClass(self))

@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
+from timerserver.transport import writeNow
 
 DEFAULT_WELCOME = b"Welcome to the timer server\r\n"
 DEFAULT_MESSAGE = b"Periodic per connection message\r\n"
@@ -40,13 +41,13 @@ class TimerServerProtocol(Protocol):
         factory = self.factory
         self._timer = factory.queue.createTimer()
         if factory.welcome:
-            self.transport.write(factory.welcome)  # type: ignore[union-attr]
+            writeNow(self.transport, factory.welcome)
         self._due = factory.clock.seconds() + factory.interval
         factory.queue.setTimer(self._timer, self, factory.interval)
 
     def onTimer(self, userData: object) -> None:
         factory = self.factory
-        self.transport.write(factory.message)  # type: ignore[union-attr]
+        writeNow(self.transport, factory.message)
         now = factory.clock.seconds()
         due = self._due + factory.interval
         if due <= now:
@@ -55,7 +56,7 @@ class TimerServerProtocol(Protocol):
         factory.queue.setTimer(self._timer, self, due - now)  # type: ignore[arg-type]
 
     def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
+        writeNow(self.transport, data)
 
     def readConnectionLost(self) -> None:
         """

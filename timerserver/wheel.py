@@ -1,22 +1,29 @@
 """
-L{TimerWheel}: a hashed timing wheel implementing L{IQueueTimers}.
+L{TimerWheel}: a hierarchical hashed timing wheel implementing L{IQueueTimers}.
 
 Time is cut into ticks of C{granularity} seconds, counted from the reactor's
 epoch.  A timer due at C{deadline} belongs to tick C{ceil(deadline /
 granularity)}, so it never fires early and, when the reactor is not stalled,
-at most one granularity late.  The wheel has C{slots} slots (a power of two);
-slot C{tick % slots} holds, in a dict, the timers of that tick.  Set, update
-and cancel are O(1) dict operations.
+at most one granularity late.
 
-Timeouts longer than one revolution (C{slots * granularity} seconds, 40.96 s
-by default) wait in an overflow heap, ordered by tick, and move into the wheel
-once they come within a revolution: O(log n) for those long timers only, and
-the expiry work stays proportional to the timers that expire, never to all
-pending ones.  Cancelled overflow entries are dropped lazily and the heap is
-compacted when they outnumber the live ones.
+Two levels of slots, each a dict of handles, make set, update and cancel O(1)
+dict operations for any timeout up to C{slots * upperSlots * granularity}
+(11.6 hours by default):
+
+- level 0 has C{slots} slots of one tick each, for timers due within one
+  revolution (C{slots} ticks, 10.24 s by default);
+- level 1 has C{upperSlots} slots of one revolution each.  When level 0 starts
+  a revolution, the level-1 slot of that revolution is moved down into level 0
+  ("cascaded"): each timer moves down at most once.
+
+Longer timeouts wait in an overflow heap ordered by tick (O(log n), and only
+for them) and move up into the wheel once they come within reach.  Cancelled
+overflow entries are dropped lazily; the heap is compacted when they
+outnumber the live ones.  Expiry work is proportional to the timers that
+expire and the ones that cascade, never to all pending ones.
 
 The wheel holds at most one reactor C{DelayedCall}, due at the next tick that
-has a timer, and none while it is empty.
+has work, and none while it is empty.
 """
 
 from __future__ import annotations
@@ -42,9 +49,24 @@ from timerserver.interfaces import IMonitorTimerQueue, IQueueTimers
 _Slot = dict["WheelTimerHandle", None]
 _Entry = list[Any]  # [tick, sequence, handle or None when cancelled]
 
+
+class _UpperSlot(dict["WheelTimerHandle", None]):
+    """A level-1 slot: a dict of its own type, so a handle knows its level."""
+
+    __slots__ = ()
+
+
 _byDeadline = attrgetter("deadline")
 _MAXIMUM_TICKS = 2**52
 """Beyond this many ticks a float deadline no longer maps to one tick."""
+
+
+def _powerOfTwo(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    if value < 2 or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two >= 2, not {value!r}")
+    return value
 
 
 class WheelTimerHandle(QueueHandle):
@@ -63,10 +85,12 @@ class WheelTimerHandle(QueueHandle):
 @implementer(IQueueTimers)
 class TimerWheel(TimerQueueBase[WheelTimerHandle]):
     """
-    A hashed timing wheel: O(1) set, update and cancel, one reactor call.
+    A hierarchical hashed timing wheel: O(1) set, update and cancel, and one
+    reactor call for all its timers.
 
     @param granularity: seconds per tick; timers fire at most this late.
-    @param slots: ticks per revolution, a power of two.
+    @param slots: ticks per revolution of level 0, a power of two.
+    @param upperSlots: revolutions of level 1, a power of two.
     """
 
     _handleClass = WheelTimerHandle
@@ -77,16 +101,15 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
         granularity: float = 0.01,
         maximumTimeout: float = DEFAULT_MAXIMUM_TIMEOUT,
         monitor: IMonitorTimerQueue | None = None,
-        slots: int = 4096,
+        slots: int = 1024,
+        upperSlots: int = 4096,
     ) -> None:
         if isinstance(granularity, bool) or not isinstance(granularity, numbers.Real):
             raise TypeError(f"granularity must be a number, not {granularity!r}")
         if not (0 < granularity < math.inf):
             raise ValueError(f"granularity must be finite and > 0, not {granularity!r}")
-        if isinstance(slots, bool) or not isinstance(slots, int):
-            raise TypeError(f"slots must be an int, not {slots!r}")
-        if slots < 2 or slots & (slots - 1):
-            raise ValueError(f"slots must be a power of two >= 2, not {slots!r}")
+        _powerOfTwo("slots", slots)
+        _powerOfTwo("upperSlots", upperSlots)
         TimerQueueBase.__init__(self, reactor, maximumTimeout, monitor)
         granularity = float(granularity)
         now = self._seconds()
@@ -98,9 +121,14 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
         self.granularity: float = granularity
         self._size: int = slots
         self._mask: int = slots - 1
+        self._shift: int = slots.bit_length() - 1
+        self._upperSize: int = upperSlots
+        self._upperMask: int = upperSlots - 1
         self._slots: list[_Slot | None] = [None] * slots
+        self._upper: list[_UpperSlot | None] = [None] * upperSlots
         self._tick: int = math.floor(now / granularity)  # every tick <= this is done
         self._inSlots: int = 0
+        self._inUpper: int = 0
         self._overflow: list[_Entry] = []
         self._overflowLive: int = 0
         self._sequence: Iterator[int] = itertools.count()
@@ -109,15 +137,19 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
         self._advancing: bool = False
 
     def __repr__(self) -> str:
-        return (
-            f"<TimerWheel at {id(self):#x}, granularity={self.granularity}, "
-            f"pending={self._inSlots + self._overflowLive}>"
-        )
+        pending = self._inSlots + self._inUpper + self._overflowLive
+        return f"<TimerWheel at {id(self):#x}, granularity={self.granularity}, pending={pending}>"
+
+    def _empty(self) -> bool:
+        return self._inSlots == 0 and self._inUpper == 0 and self._overflowLive == 0
 
     # Placement
 
-    def _place(self, h: WheelTimerHandle, tick: int) -> None:
-        """Put the not-placed C{h} into the slot or overflow entry of C{tick}."""
+    def _place(self, h: WheelTimerHandle, tick: int) -> int:
+        """
+        Put the unplaced C{h} where C{tick} belongs; return the tick at which
+        the wheel must wake up for it.
+        """
         if tick - self._tick < self._size:
             index = tick & self._mask
             slot = self._slots[index]
@@ -126,17 +158,32 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
             slot[h] = None
             h.slot = slot
             self._inSlots += 1
-        else:
-            entry = [tick, next(self._sequence), h]
-            heapq.heappush(self._overflow, entry)
-            h.slot = entry
-            self._overflowLive += 1
+            return tick
+        revolution = tick >> self._shift
+        if revolution - (self._tick >> self._shift) < self._upperSize:
+            index = revolution & self._upperMask
+            upper = self._upper[index]
+            if upper is None:
+                upper = self._upper[index] = _UpperSlot()
+            upper[h] = None
+            h.slot = upper
+            self._inUpper += 1
+            return revolution << self._shift
+        entry = [tick, next(self._sequence), h]
+        heapq.heappush(self._overflow, entry)
+        h.slot = entry
+        self._overflowLive += 1
+        return (revolution - self._upperSize + 1) << self._shift
 
     def _unplace(self, h: WheelTimerHandle) -> None:
         slot = h.slot
-        if type(slot) is dict:
-            del slot[h]
+        kind = type(slot)
+        if kind is dict:
+            del slot[h]  # type: ignore[arg-type,union-attr]
             self._inSlots -= 1
+        elif kind is _UpperSlot:
+            del slot[h]  # type: ignore[arg-type,union-attr]
+            self._inUpper -= 1
         else:
             slot[2] = None  # type: ignore[index]
             self._overflowLive -= 1
@@ -146,36 +193,61 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
         h.slot = None
 
     def _arm(self, h: WheelTimerHandle, timeout: float, now: float) -> None:
-        if h.slot is not None:
+        # The hot path of every set and update: level 0 is handled inline.
+        slot = h.slot
+        if type(slot) is dict:
+            del slot[h]
+            self._inSlots -= 1
+        elif slot is not None:
             self._unplace(h)
-        elif not self._advancing and self._inSlots == 0 and self._overflowLive == 0:
+        elif not self._advancing and self._empty():
             # Nothing pending: the wheel may skip the idle ticks.
             self._tick = max(self._tick, math.floor(now / self.granularity))
         deadline = now + timeout
-        tick = math.ceil(deadline / self.granularity)
-        if tick <= self._tick:
-            tick = self._tick + 1
         h.deadline = deadline
-        self._place(h, tick)
-        if not self._advancing and (self._call is None or tick < self._callTick):
-            self._schedule(tick, now)
+        current = self._tick
+        tick = math.ceil(deadline / self.granularity)
+        if tick <= current:
+            tick = current + 1
+        if tick - current < self._size:
+            index = tick & self._mask
+            slot = self._slots[index]
+            if slot is None:
+                slot = self._slots[index] = {}
+            slot[h] = None
+            h.slot = slot
+            self._inSlots += 1
+            wake = tick
+        else:
+            h.slot = None
+            wake = self._place(h, tick)
+        if not self._advancing and (self._call is None or wake < self._callTick):
+            self._schedule(wake, now)
 
     def _disarm(self, h: WheelTimerHandle) -> None:
-        self._unplace(h)
+        slot = h.slot
+        if type(slot) is dict:
+            del slot[h]
+            self._inSlots -= 1
+            h.slot = None
+        else:
+            self._unplace(h)
         h.deadline = None
-        if self._inSlots == 0 and self._overflowLive == 0 and self._call is not None:
+        if self._call is not None and self._empty():
             self._call.cancel()
             self._call = None
 
     def _cancelAll(self) -> list[WheelTimerHandle]:
         pending = [h for slot in self._slots if slot for h in slot]
+        pending.extend(h for slot in self._upper if slot for h in slot)
         pending.extend(e[2] for e in self._overflow if e[2] is not None)
         for h in pending:
             h.slot = None
-        # In place: a wheel shut down by a callback is still walking this list.
+        # In place: a wheel shut down by a callback is still walking these.
         self._slots[:] = [None] * self._size
+        self._upper[:] = [None] * self._upperSize
         self._overflow = []
-        self._inSlots = self._overflowLive = 0
+        self._inSlots = self._inUpper = self._overflowLive = 0
         if self._call is not None:
             self._call.cancel()
             self._call = None
@@ -200,45 +272,72 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
             self._runThrough(nowTick, now)
         finally:
             self._advancing = False
+        wake = self._nextWake()
+        if wake is not None:
+            self._schedule(wake, now)
+
+    def _nextRevolution(self) -> int:
+        """The first tick of the next level-0 revolution: a cascade point."""
+        return ((self._tick >> self._shift) + 1) << self._shift
+
+    def _firstOverflowWake(self) -> int:
+        overflow = self._overflow
+        while overflow[0][2] is None:
+            heapq.heappop(overflow)
+        revolution: int = overflow[0][0] >> self._shift
+        return max(revolution - self._upperSize + 1, 0) << self._shift
+
+    def _nextWake(self) -> int | None:
+        """The next tick with work to do, or C{None} if the wheel is empty."""
         if self._inSlots:
             tick = self._tick + 1
             while not self._slots[tick & self._mask]:
                 tick += 1
-            self._schedule(tick, now)
-        elif self._overflowLive:
-            self._schedule(self._firstOverflowTick(), now)
-
-    def _firstOverflowTick(self) -> int:
-        overflow = self._overflow
-        while overflow[0][2] is None:
-            heapq.heappop(overflow)
-        tick: int = overflow[0][0]
-        return tick
+            return tick
+        if self._inUpper:
+            return self._nextRevolution()
+        if self._overflowLive:
+            return max(self._firstOverflowWake(), self._tick + 1)
+        return None
 
     def _runThrough(self, nowTick: int, now: float) -> None:
-        slots, mask, size = self._slots, self._mask, self._size
         while self._tick < nowTick:
             if self._inSlots == 0:
-                if self._overflowLive == 0:
+                # Level 0 is empty: skip to just before the next tick with work.
+                wake = self._nextWake()
+                if wake is None:
                     self._tick = nowTick
                     return
-                # Skip the empty ticks before the first overflow timer.
-                self._tick = max(self._tick, min(nowTick, self._firstOverflowTick() - 1))
+                self._tick = max(self._tick, min(nowTick, wake - 1))
                 if self._tick == nowTick:
                     return
             self._tick += 1
-            overflow = self._overflow
-            while overflow and overflow[0][0] - self._tick < size:
-                entry = heapq.heappop(overflow)
-                h = entry[2]
-                if h is not None:
-                    self._overflowLive -= 1
-                    self._place(h, entry[0])
-            index = self._tick & mask
-            batch = slots[index]
+            if not self._tick & self._mask:
+                self._cascade()
+            index = self._tick & self._mask
+            batch = self._slots[index]
             if batch:
-                slots[index] = None
+                self._slots[index] = None
                 self._fire(batch, now)
+
+    def _cascade(self) -> None:
+        """A new revolution: bring its timers down from level 1 and overflow."""
+        revolution = self._tick >> self._shift
+        overflow = self._overflow
+        while overflow and (overflow[0][0] >> self._shift) - revolution < self._upperSize:
+            entry = heapq.heappop(overflow)
+            h = entry[2]
+            if h is not None:
+                self._overflowLive -= 1
+                self._place(h, entry[0])
+        index = revolution & self._upperMask
+        upper = self._upper[index]
+        if upper:
+            self._upper[index] = None
+            self._inUpper -= len(upper)
+            granularity = self.granularity
+            for h in upper:
+                self._place(h, max(math.ceil(h.deadline / granularity), self._tick))  # type: ignore[operator]
 
     def _fire(self, batch: _Slot, now: float) -> None:
         """Expire the timers of one tick, in deadline order."""

@@ -1,0 +1,125 @@
+"""writeNow over real loopback TCP: same bytes, same order, same backpressure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from timerserver.transport import writeNow
+
+
+@implementer(IPushProducer)
+class ServerSide(protocol.Protocol):
+    """Records pause/resume; the test drives its writes."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.ready: defer.Deferred[ServerSide] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self.ready.callback(self)
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class ClientSide(protocol.Protocol):
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.chunks: list[bytes] = []
+        self.received = 0
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+        self.ready: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.ready.callback(None)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.received += len(data)
+        if self.received >= self.expected and not self.done.called:
+            self.done.callback(b"".join(self.chunks))
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.done.called:
+            self.done.callback(b"".join(self.chunks))
+
+
+class WriteNowTests(TestCase):
+    @defer.inlineCallbacks
+    def connect(self, expected: int) -> Any:
+        server = ServerSide()
+        port = reactor.listenTCP(
+            0, protocol.Factory.forProtocol(lambda: server), interface="127.0.0.1"
+        )
+        self.addCleanup(port.stopListening)
+        client = ClientSide(expected)
+        connector = reactor.connectTCP(
+            "127.0.0.1", port.getHost().port, protocol.ClientFactory.forProtocol(lambda: client)
+        )
+        self.addCleanup(connector.disconnect)
+        yield server.ready
+        yield client.ready
+        return server, client
+
+    @defer.inlineCallbacks
+    def test_mixedWritesArriveInOrder(self) -> Any:
+        pieces = [bytes([i % 251]) * (1 + (i * 7919) % 200000) for i in range(60)]
+        expected = b"".join(pieces)
+        server, client = yield self.connect(len(expected))
+        for i, piece in enumerate(pieces):
+            if i % 3:
+                writeNow(server.transport, piece)
+            else:
+                server.transport.write(piece)
+        received = yield client.done
+        self.assertEqual(len(received), len(expected))
+        self.assertEqual(received, expected)
+
+    @defer.inlineCallbacks
+    def test_backpressureStillPausesAndResumes(self) -> Any:
+        """What the socket does not take is queued, and the producer paused."""
+        big = b"x" * (16 * 1024 * 1024)
+        server, client = yield self.connect(len(big) + 4)
+        client.transport.pauseProducing()
+        writeNow(server.transport, big)
+        writeNow(server.transport, b"tail")
+        # Twisted pauses on every write over its buffer size.
+        self.assertEqual(set(server.events), {"pause"})
+        client.transport.resumeProducing()
+        received = yield client.done
+        self.assertEqual(received, big + b"tail")
+        self.assertEqual(server.events[-1], "resume")
+        self.assertEqual(set(server.events[:-1]), {"pause"})
+
+    @defer.inlineCallbacks
+    def test_loseConnectionFlushesWhatWasWritten(self) -> Any:
+        server, client = yield self.connect(10**9)
+        # A registered producer holds the close back until it unregisters.
+        server.transport.unregisterProducer()
+        writeNow(server.transport, b"a" * 3_000_000)
+        writeNow(server.transport, b"end")
+        server.transport.loseConnection()
+        writeNow(server.transport, b"+")  # still flushed, as write() would
+        received = yield client.done
+        self.assertEqual(received, b"a" * 3_000_000 + b"end+")
+
+
+class OtherTransportTests(SynchronousTestCase):
+    def test_fallsBackToWrite(self) -> None:
+        transport = StringTransport()
+        writeNow(transport, b"one")
+        writeNow(transport, b"two")
+        self.assertEqual(transport.value(), b"onetwo")
