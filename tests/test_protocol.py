@@ -118,12 +118,21 @@ class ProtocolTestsMixin:
         proto.dataReceived(b"last words")
         proto.readConnectionLost()
         self.assertTrue(transport.disconnecting)
+        self.assertIsNone(transport.producer)  # else the close would wait for it
         self.assertEqual(transport.value(), DEFAULT_WELCOME + b"last words")
         self.elapse(5)
         self.assertEqual(transport.value(), DEFAULT_WELCOME + b"last words")
-        self.assertEqual(self.counters.pending, 0)
+        self.assertEqual(self.counters.pending, 1)  # only the close watchdog
         self.lose(proto)
-        self.assertEqual(self.counters.live, 0)
+        self.assertEqual((self.counters.pending, self.counters.live), (0, 0))
+
+    def test_halfCloseThatNeverFlushesIsAborted(self: Any) -> None:
+        proto, transport = self.connect()
+        proto.readConnectionLost()
+        self.elapse(29.9, step=0.1)
+        self.assertFalse(transport.disconnected)
+        self.elapse(0.2)
+        self.assertTrue(transport.disconnected)
 
     def test_connectionLostBetweenTicks(self: Any) -> None:
         proto, transport = self.connect()
@@ -137,7 +146,8 @@ class ProtocolTestsMixin:
 
     def test_thousandConnectionsLeaveNoTimers(self: Any) -> None:
         protos = [self.connect()[0] for _ in range(1000)]
-        self.assertEqual((self.counters.pending, self.counters.live), (1000, 1000))
+        # Two handles each: the periodic timer and the watchdog.
+        self.assertEqual((self.counters.pending, self.counters.live), (1000, 2000))
         self.elapse(2.5, step=0.05)
         self.assertEqual(self.counters.fired, 1000)
         for i, proto in enumerate(protos):

@@ -148,19 +148,24 @@ class TimerQueueBase(Generic[H]):
         if self._stopped:
             raise RuntimeError(f"{self!r} was shut down")
 
-    def _checkArguments(
-        self, handle: object, timer: object, timeout: object
-    ) -> tuple[H, float, bool]:
+    def _accept(self, handle: object, timer: object, timeout: object) -> tuple[H, float, bool]:
         """
-        Check what the inline test of C{setTimer}/C{updateTimer} did not pass;
-        return the handle, the timeout as a float and whether C{timer} is an
-        L{ITimer}.
+        Check the arguments of a set or update; return the handle, the
+        timeout and whether C{timer} is an L{ITimer}.  The common case costs
+        four inline tests.
         """
-        h = self._live(handle)
-        seconds = self._checkTimeout(timeout)
+        h: H = handle  # type: ignore[assignment]
+        if type(h) is not self._handleClass or h.queue is not self:
+            h = self._live(handle)
+        kind = type(timeout)
+        if (kind is not float and kind is not int) or not (
+            0 <= timeout <= self.maximumTimeout  # type: ignore[operator]
+        ):
+            timeout = self._checkTimeout(timeout)
         isTimer = h.isTimer if timer is h.timer else self._isTimer(timer)
-        self._checkRunning()
-        return h, seconds, isTimer
+        if self._stopped:
+            self._checkRunning()
+        return h, timeout, isTimer  # type: ignore[return-value]
 
     # IQueueTimers
 
@@ -183,19 +188,7 @@ class TimerQueueBase(Generic[H]):
     ) -> bool:
         if type(when) is not SetTimerIf:
             raise TypeError(f"when must be a SetTimerIf, not {when!r}")
-        h: H = handle  # type: ignore[assignment]
-        kind = type(timeout)
-        if not (
-            type(h) is self._handleClass
-            and h.queue is self
-            and timer is h.timer
-            and (kind is float or kind is int)
-            and 0 <= timeout <= self.maximumTimeout
-            and not self._stopped
-        ):
-            h, timeout, isTimer = self._checkArguments(handle, timer, timeout)
-        else:
-            isTimer = h.isTimer
+        h, timeout, isTimer = self._accept(handle, timer, timeout)
         wasPending = h.deadline is not None
         if not wasPending or when is SetTimerIf.ALWAYS:
             h.timer = timer
@@ -216,19 +209,7 @@ class TimerQueueBase(Generic[H]):
     ) -> bool:
         if type(when) is not UpdateTimerIf:
             raise TypeError(f"when must be an UpdateTimerIf, not {when!r}")
-        h: H = handle  # type: ignore[assignment]
-        kind = type(timeout)
-        if not (
-            type(h) is self._handleClass
-            and h.queue is self
-            and timer is h.timer
-            and (kind is float or kind is int)
-            and 0 <= timeout <= self.maximumTimeout
-            and not self._stopped
-        ):
-            h, timeout, isTimer = self._checkArguments(handle, timer, timeout)
-        else:
-            isTimer = h.isTimer
+        h, timeout, isTimer = self._accept(handle, timer, timeout)
         deadline = h.deadline
         now = self._seconds()
         if deadline is None or when is UpdateTimerIf.ALWAYS:
