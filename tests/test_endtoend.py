@@ -93,7 +93,7 @@ class EndToEndTests(SynchronousTestCase):
         self.assertIn(code, (0, -signal.SIGTERM))
         self.assertIn("stopped listening", self.server.output)
         self.assertNotIn("Traceback", self.server.output)
-        self.assertEqual(recvUntilClosed(sock).replace(MESSAGE, b""), b"")
+        self.assertEqual(recvUntilClosed(sock).replace(MESSAGE, b""), b"Server shutting down\r\n")
 
     def test_sigintStopsCleanly(self) -> None:
         code = self.server.stop(signal.SIGINT, timeout=10)

@@ -27,6 +27,17 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(o["message"], DEFAULT_MESSAGE)
         self.assertEqual(o["timer-queue"], "wheel")
         self.assertEqual(o["granularity"], 0.01)
+        self.assertEqual(o["stall-timeout"], 30.0)
+        self.assertEqual(o["max-buffer"], 1024 * 1024)
+        self.assertEqual(o["idle-timeout"], 0.0)
+        self.assertEqual(o["idle-message"], b"Idle timeout\r\n")
+        self.assertEqual(o["max-per-peer"], 0)
+        self.assertEqual(o["goodbye"], b"Server shutting down\r\n")
+        self.assertEqual(o["shutdown-timeout"], 5.0)
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.assertEqual(o["max-connections"], limit - 64)
 
     def test_everyOption(self) -> None:
         o = parse(
@@ -52,6 +63,19 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(parse("--port", "tcp6:5050:interface=\\:\\:1")["interval"], 2.0)
         self.assertEqual(parse("--interval", "3")["interval"], 3.0)
         self.assertEqual(parse("--timer-queue", "reactor")["timer-queue"], "reactor")
+        o = parse(
+            "--stall-timeout", "3", "--max-buffer", "4096", "--idle-timeout", "60",
+            "--idle-message", "bye\\n", "--max-connections", "10", "--max-per-peer", "2",
+            "--goodbye", "later\\r\\n", "--shutdown-timeout", "1.5",
+        )  # fmt: skip
+        self.assertEqual(
+            (o["stall-timeout"], o["max-buffer"], o["idle-timeout"], o["idle-message"]),
+            (3.0, 4096, 60.0, b"bye\n"),
+        )
+        self.assertEqual(
+            (o["max-connections"], o["max-per-peer"], o["goodbye"], o["shutdown-timeout"]),
+            (10, 2, b"later\r\n", 1.5),
+        )
 
     def test_noWelcome(self) -> None:
         self.assertEqual(parse("--no-welcome")["welcome"], b"")
@@ -75,6 +99,13 @@ class OptionsTests(SynchronousTestCase):
         self.assertUsageError(["--welcome", "bad \\q escape"], "--welcome", "\\q")
         self.assertUsageError(["--message", "trailing \\"], "--message")
         self.assertUsageError(["--bogus"], "bogus")
+        for option in ("--stall-timeout", "--idle-timeout", "--shutdown-timeout"):
+            for value in ("-1", "nan", "x", "inf"):
+                self.assertUsageError([option, value], option)
+        for option, bad in (("--max-buffer", "0"), ("--max-connections", "0"),
+                            ("--max-per-peer", "-1")):  # fmt: skip
+            for value in (bad, "1.5", "many"):
+                self.assertUsageError([option, value], option)
         self.assertUsageError(["--interval"], "interval")
 
     def test_asTwistdSubcommandExitsWithOneLine(self) -> None:
@@ -107,12 +138,24 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual((port, interface), (5055, "127.0.0.1"))
         self.assertEqual(factory.interval, 0.5)
         self.assertIsInstance(factory.queue, TimerWheel)
-        proto = factory.buildProtocol(None)
         from twisted.internet.testing import StringTransport
 
-        proto.makeConnection(StringTransport())
-        self.assertEqual(len(reactor.getDelayedCalls()), 1)
+        quick, stuck = factory.buildProtocol(None), factory.buildProtocol(None)
+        quickTransport, stuckTransport = StringTransport(), StringTransport()
+        quick.makeConnection(quickTransport)
+        stuck.makeConnection(stuckTransport)
+        self.assertEqual(len(reactor.getDelayedCalls()), 1)  # the wheel's one call
         d = parent.stopService()
+        for transport in (quickTransport, stuckTransport):
+            self.assertTrue(transport.value().endswith(b"Server shutting down\r\n"))
+            self.assertTrue(transport.disconnecting)
+        quick.connectionLost(None)
+        self.assertNoResult(d)
+        reactor.advance(4.9)
+        self.assertFalse(stuckTransport.disconnected)
+        reactor.advance(0.2)  # the shutdown timeout: abort what is left
+        self.assertTrue(stuckTransport.disconnected)
+        stuck.connectionLost(None)
         self.successResultOf(d)
         self.assertEqual(reactor.getDelayedCalls(), [])
         self.assertRaises(RuntimeError, factory.queue.setOneShotTimer, print, 1)

@@ -19,8 +19,12 @@ from twisted.python.failure import Failure
 from timerserver._queuebase import DEFAULT_MAXIMUM_TIMEOUT
 from timerserver.interfaces import IQueueTimers
 from timerserver.protocol import (
+    DEFAULT_GOODBYE,
+    DEFAULT_IDLE_MESSAGE,
     DEFAULT_INTERVAL,
+    DEFAULT_MAX_BUFFER,
     DEFAULT_MESSAGE,
+    DEFAULT_STALL_TIMEOUT,
     DEFAULT_WELCOME,
     TimerServerFactory,
 )
@@ -29,6 +33,10 @@ from timerserver.wheel import TimerWheel
 
 DEFAULT_PORT = "tcp:5050:interface=127.0.0.1"
 DEFAULT_GRANULARITY = 0.01
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+FILE_RESERVE = 64
+"""Descriptors kept back from --max-connections for the listening port, logs
+and the refusals themselves."""
 QUEUES = ("wheel", "reactor")
 
 _ESCAPES = {"r": "\r", "n": "\n", "t": "\t", "\\": "\\"}
@@ -62,6 +70,34 @@ def positiveSeconds(value: str, option: str, maximum: float) -> float:
     return seconds
 
 
+def wholeNumber(value: str, option: str, minimum: int) -> int:
+    """Parse a whole number >= C{minimum}."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise usage.UsageError(f"--{option}: not a whole number: {value!r}") from None
+    if number < minimum:
+        raise usage.UsageError(f"--{option}: must be >= {minimum}, not {value!r}")
+    return number
+
+
+def openFileLimit() -> int:
+    """
+    The open-file limit of this process, raised to its hard limit first so
+    that the server's own limit, not the kernel's, is what clients meet.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 class Options(usage.Options):
     """
     The command line of C{twistd timerserver}.
@@ -84,6 +120,14 @@ class Options(usage.Options):
         ["message", "m", DEFAULT_MESSAGE.decode("utf-8"), "Periodic text (\\r \\n \\t \\\\)."],
         ["timer-queue", None, "wheel", f"Timer queue: {' or '.join(QUEUES)}."],
         ["granularity", None, None, f"Wheel tick in seconds (default {DEFAULT_GRANULARITY})."],
+        ["stall-timeout", None, str(DEFAULT_STALL_TIMEOUT), "Seconds a client may not read."],
+        ["max-buffer", None, str(DEFAULT_MAX_BUFFER), "Bytes queued for a non-reading client."],
+        ["idle-timeout", None, "0", "Seconds without client data before closing; 0: never."],
+        ["idle-message", None, DEFAULT_IDLE_MESSAGE.decode(), "Text sent on idle timeout."],
+        ["max-connections", None, None, "Connections at once (default: file limit - 64)."],
+        ["max-per-peer", None, "0", "Connections at once from one host; 0: no limit."],
+        ["goodbye", None, DEFAULT_GOODBYE.decode(), "Text sent to every client on shutdown."],
+        ["shutdown-timeout", None, str(DEFAULT_SHUTDOWN_TIMEOUT), "Seconds to wait for closes."],
     ]
     compData = usage.Completions(optActions={"timer-queue": usage.CompleteList(list(QUEUES))})
 
@@ -114,6 +158,23 @@ class Options(usage.Options):
         self["interval"] = positiveSeconds(self["interval"], "interval", DEFAULT_MAXIMUM_TIMEOUT)
         self["welcome"] = b"" if self["no-welcome"] else unescape(self["welcome"], "welcome")
         self["message"] = unescape(self["message"], "message")
+        self["idle-message"] = unescape(self["idle-message"], "idle-message")
+        self["goodbye"] = unescape(self["goodbye"], "goodbye")
+        limit = DEFAULT_MAXIMUM_TIMEOUT
+        self["stall-timeout"] = positiveSeconds(self["stall-timeout"], "stall-timeout", limit)
+        self["shutdown-timeout"] = positiveSeconds(
+            self["shutdown-timeout"], "shutdown-timeout", limit
+        )
+        idle = self["idle-timeout"]
+        self["idle-timeout"] = (
+            0.0 if idle in ("0", "0.0") else positiveSeconds(idle, "idle-timeout", limit)
+        )
+        self["max-buffer"] = wholeNumber(self["max-buffer"], "max-buffer", 1)
+        self["max-per-peer"] = wholeNumber(self["max-per-peer"], "max-per-peer", 0)
+        if self["max-connections"] is None:
+            self["max-connections"] = max(1, openFileLimit() - FILE_RESERVE)
+        else:
+            self["max-connections"] = wholeNumber(self["max-connections"], "max-connections", 1)
         if self._reactor is None:
             from twisted.internet import reactor
 
@@ -140,10 +201,17 @@ class TimerServerService(Service):
     _log = Logger()
     _port: IListeningPort | None = None
 
-    def __init__(self, endpoint: Any, description: str, factory: TimerServerFactory) -> None:
+    def __init__(
+        self,
+        endpoint: Any,
+        description: str,
+        factory: TimerServerFactory,
+        shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+    ) -> None:
         self.endpoint = endpoint
         self.description = description
         self.factory = factory
+        self.shutdownTimeout = shutdownTimeout
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
@@ -166,16 +234,28 @@ class TimerServerService(Service):
         )
 
     def stopService(self) -> defer.Deferred[None]:
+        """
+        Stop listening, say goodbye to every client and close it, abort what
+        is still open after C{shutdownTimeout}, then cancel every timer.
+        twistd waits for the returned Deferred.
+        """
         Service.stopService(self)
+        factory = self.factory
         port, self._port = self._port, None
         d = defer.maybeDeferred(port.stopListening) if port else defer.succeed(None)
+        open = len(factory.connections)
+        d.addCallback(lambda _: factory.closeAll(self.shutdownTimeout))
 
         def stopped(_: object) -> None:
-            cancelled = self.factory.queue.shutdown()
+            cancelled = factory.queue.shutdown()
+            factory.events.stop()
             self._log.info(
-                "timerserver stopped listening on {description}; cancelled {cancelled} timers",
+                "timerserver stopped listening on {description}; closed {open} connections, "
+                "cancelled {cancelled} timers, skipped {skipped} messages to slow clients",
                 description=self.description,
+                open=open,
                 cancelled=cancelled,
+                skipped=factory.skippedMessages,
             )
 
         return d.addCallback(stopped)
@@ -191,7 +271,16 @@ def makeService(options: Options) -> IService:
         message=options["message"],
         interval=options["interval"],
         reactor=reactor,
+        idleTimeout=options["idle-timeout"],
+        idleMessage=options["idle-message"],
+        stallTimeout=options["stall-timeout"],
+        maxBuffer=options["max-buffer"],
+        maxConnections=options["max-connections"],
+        maxPerPeer=options["max-per-peer"],
+        goodbye=options["goodbye"],
     )
     parent = MultiService()
-    parent.addService(TimerServerService(options.endpoint, options["port"], factory))
+    parent.addService(
+        TimerServerService(options.endpoint, options["port"], factory, options["shutdown-timeout"])
+    )
     return parent
