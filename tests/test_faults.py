@@ -1,0 +1,295 @@
+"""
+Hostile clients and faults, at the protocol level: slow readers, idle
+clients, connection limits, floods of events, and any sequence of them
+(hypothesis).  Driven by StringTransport and task.Clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from timerserver import TimerQueueCounters, TimerWheel
+from timerserver.eventlog import EventLog
+from timerserver.protocol import DEFAULT_MESSAGE, DEFAULT_WELCOME, TimerServerFactory
+
+
+class GuardedTransport(StringTransport):
+    """A StringTransport that fails the test on a write after the connection is gone."""
+
+    lost = False
+
+    def write(self, data: bytes) -> None:
+        if self.lost or self.disconnected:
+            raise AssertionError(f"write after close: {data!r}")
+        super().write(data)
+
+
+def peer(host: str = "127.0.0.1", port: int = 40000) -> IPv4Address:
+    return IPv4Address("TCP", host, port)
+
+
+class Harness:
+    def __init__(self, **options: Any) -> None:
+        self.clock = Clock()
+        self.clock.advance(50)
+        self.counters = TimerQueueCounters()
+        self.queue = TimerWheel(self.clock, monitor=self.counters)
+        options.setdefault("welcome", None)
+        self.factory = TimerServerFactory(self.queue, reactor=self.clock, **options)
+
+    def connect(self, host: str = "127.0.0.1", port: int = 40000) -> tuple[Any, GuardedTransport]:
+        proto = self.factory.buildProtocol(peer(host, port))
+        transport = GuardedTransport(peerAddress=peer(host, port))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def lose(self, proto: Any, transport: GuardedTransport) -> None:
+        transport.lost = True
+        proto.connectionLost(Failure(ConnectionDone()))
+
+    def elapse(self, seconds: float, step: float = 0.01) -> None:
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+
+
+class SlowConsumerTests(SynchronousTestCase):
+    def test_registersAsStreamingProducer(self) -> None:
+        h = Harness()
+        proto, transport = h.connect()
+        self.assertIs(transport.producer, proto)
+        self.assertTrue(transport.streaming)
+
+    def test_pausedSkipsMessagesAndStopsReading(self) -> None:
+        h = Harness(interval=1.0)
+        proto, transport = h.connect()
+        proto.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        h.elapse(3.5)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(h.factory.skippedMessages, 3)
+        proto.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+        h.elapse(1.0)
+        self.assertEqual(transport.value(), DEFAULT_MESSAGE)  # back on its schedule at t+4
+
+    def test_stalledClientIsAborted(self) -> None:
+        h = Harness(stallTimeout=5.0)
+        proto, transport = h.connect()
+        proto.pauseProducing()
+        h.elapse(4.9, step=0.1)
+        self.assertFalse(transport.disconnected)
+        h.elapse(0.2)
+        self.assertTrue(transport.disconnected)
+        h.lose(proto, transport)
+        self.assertEqual((h.counters.pending, h.counters.live), (0, 0))
+
+    def test_drainingInTimeCancelsTheStallTimer(self) -> None:
+        h = Harness(stallTimeout=5.0)
+        proto, transport = h.connect()
+        for _ in range(3):
+            proto.pauseProducing()
+            h.elapse(4.0, step=0.1)
+            proto.resumeProducing()
+        h.elapse(10, step=0.1)
+        self.assertFalse(transport.disconnected)
+        self.assertEqual(h.counters.pending, 1)  # only the periodic timer
+
+    def test_overTheBufferCapAbortsAtOnce(self) -> None:
+        h = Harness(maxBuffer=100_000)
+        proto, transport = h.connect()
+        proto.pauseProducing()
+        proto.dataReceived(b"x" * 60_000)
+        self.assertFalse(transport.disconnected)
+        proto.dataReceived(b"x" * 60_000)
+        self.assertTrue(transport.disconnected)
+        h.elapse(5)  # nothing more is written: GuardedTransport would fail
+        h.lose(proto, transport)
+        self.assertEqual((h.counters.pending, h.counters.live), (0, 0))
+
+    def test_bigBurstIsEchoedExactly(self) -> None:
+        h = Harness()
+        proto, transport = h.connect()
+        burst = bytes(range(256)) * (16 * 4096)  # 16 MiB
+        for i in range(0, len(burst), 65536):
+            proto.dataReceived(burst[i : i + 65536])
+        self.assertEqual(transport.value(), burst)
+
+
+class IdleTests(SynchronousTestCase):
+    def test_idleClientIsToldAndClosed(self) -> None:
+        h = Harness(idleTimeout=10.0, interval=100.0)
+        _, transport = h.connect()
+        h.elapse(9.9, step=0.1)
+        self.assertFalse(transport.disconnecting)
+        h.elapse(0.2)
+        self.assertEqual(transport.value(), b"Idle timeout\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.disconnected)
+        h.elapse(2.1)  # the close did not complete within the grace: abort
+        self.assertTrue(transport.disconnected)
+
+    def test_readsPushTheIdleTimeoutBack(self) -> None:
+        h = Harness(idleTimeout=10.0, interval=100.0)
+        proto, transport = h.connect()
+        updates = h.counters.updated
+        for _ in range(5):
+            h.elapse(8.0, step=0.1)
+            proto.dataReceived(b"ping")
+        self.assertEqual(h.counters.updated - updates, 5)  # the update path, no new timers
+        self.assertEqual(h.counters.created, 2)
+        self.assertFalse(transport.disconnecting)
+        h.elapse(10.1, step=0.1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_idleMessageIsConfigurable(self) -> None:
+        h = Harness(idleTimeout=1.0, idleMessage=b"bye\n", interval=100.0)
+        _, transport = h.connect()
+        h.elapse(1.1)
+        self.assertEqual(transport.value(), b"bye\n")
+
+
+class LimitTests(SynchronousTestCase):
+    def test_maxConnections(self) -> None:
+        h = Harness(maxConnections=2)
+        (a, ta), _ = h.connect(port=1), h.connect(port=2)
+        refused, tr = h.connect(port=3)
+        self.assertEqual(tr.value(), b"Server busy\r\n")
+        self.assertTrue(tr.disconnecting)
+        self.assertEqual(h.counters.created, 4)  # the refused one has no timers
+        h.lose(refused, tr)
+        h.lose(a, ta)
+        _, tc = h.connect(port=4)
+        self.assertFalse(tc.disconnecting)
+        self.assertEqual(len(h.factory.connections), 2)
+
+    def test_maxPerPeer(self) -> None:
+        h = Harness(maxPerPeer=1)
+        a, ta = h.connect("10.0.0.1", 1)
+        _, tr = h.connect("10.0.0.1", 2)
+        _, tb = h.connect("10.0.0.2", 3)
+        self.assertEqual(tr.value(), b"Server busy\r\n")
+        self.assertFalse(tb.disconnecting)
+        h.lose(a, ta)
+        _, tc = h.connect("10.0.0.1", 4)
+        self.assertFalse(tc.disconnecting)
+        self.assertEqual(h.factory.perPeer, {"10.0.0.1": 1, "10.0.0.2": 1})
+
+    @settings(max_examples=50, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(st.sampled_from(["open", "close", "abort"]), st.integers(0, 3)), max_size=60
+        )
+    )
+    def test_countersNeverDrift(self, steps: list[tuple[str, int]]) -> None:
+        h = Harness(maxConnections=5, maxPerPeer=2, stallTimeout=1.0)
+        open_: list[tuple[Any, GuardedTransport]] = []
+        for action, host in steps:
+            if action == "open":
+                open_.append(h.connect(f"10.0.0.{host}", len(open_)))
+            elif open_:
+                proto, transport = open_.pop(host % len(open_))
+                if action == "abort":
+                    proto.pauseProducing() if proto.admitted else None
+                    h.elapse(1.1, step=0.1)
+                h.lose(proto, transport)
+            admitted = [p for p, _ in open_ if p.admitted]
+            self.assertEqual(len(h.factory.connections), len(admitted))
+            self.assertLessEqual(len(admitted), 5)
+            self.assertEqual(sum(h.factory.perPeer.values()), len(admitted))
+            self.assertTrue(all(n <= 2 for n in h.factory.perPeer.values()))
+        for proto, transport in open_:
+            h.lose(proto, transport)
+        self.assertEqual((h.factory.connections, h.factory.perPeer), (set(), {}))
+        self.assertEqual((h.counters.pending, h.counters.live), (0, 0))
+
+
+class EventLogTests(SynchronousTestCase):
+    def test_floodIsSummarised(self) -> None:
+        clock, events = Clock(), []
+        log = EventLog(clock, Logger(observer=events.append), interval=10.0, burst=5)
+        for i in range(1000):
+            log.event("refused", f"10.0.0.1:{i}")
+        self.assertEqual(len(events), 5)
+        clock.advance(10)
+        self.assertEqual(len(events), 6)
+        self.assertEqual(events[-1]["count"], 995)
+        self.assertEqual(log.totals["refused"], 1000)
+        log.event("idle", "x")
+        self.assertEqual(len(events), 7)  # a new window logs again
+        log.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_clientTextIsNeverTheFormat(self) -> None:
+        from twisted.logger import formatEvent
+
+        clock, events = Clock(), []
+        log = EventLog(clock, Logger(observer=events.append))
+        log.event("aborted", "{evil} %s {0}", detail=": {more}")
+        self.assertIn("{evil} %s {0}", formatEvent(events[0]))
+        self.assertNotIn("evil", events[0]["log_format"])
+        log.stop()
+
+
+ACTIONS = st.sampled_from(
+    ["data", "bigdata", "pause", "resume", "halfclose", "lose", "tick", "wait"]
+)
+
+
+class PropertyTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(ACTIONS, st.integers(0, 2)), max_size=40))
+    def test_anySequenceLeavesNoTimersAndNeverWritesAfterClose(
+        self, steps: list[tuple[str, int]]
+    ) -> None:
+        h = Harness(interval=0.5, idleTimeout=3.0, stallTimeout=2.0, maxBuffer=200_000)
+        conns = [h.connect(port=i) for i in range(3)]
+        gone: set[int] = set()
+        for action, i in steps:
+            proto, transport = conns[i]
+            if i in gone:
+                continue
+            if transport.disconnected and action != "lose":
+                action = "lose"  # an aborted connection is lost on the next turn
+            if action == "data" and not proto.closing:
+                proto.dataReceived(b"hello \x00\xff")
+            elif action == "bigdata" and not proto.closing:
+                proto.dataReceived(b"x" * 65536)
+            elif action == "pause":
+                proto.pauseProducing()
+            elif action == "resume":
+                proto.resumeProducing()
+            elif action == "halfclose" and not proto.closing:
+                proto.readConnectionLost()
+            elif action == "lose":
+                h.lose(proto, transport)
+                gone.add(i)
+            elif action == "tick":
+                h.elapse(0.5, step=0.05)
+            elif action == "wait":
+                h.elapse(2.5, step=0.1)
+        for i, (proto, transport) in enumerate(conns):
+            if i not in gone:
+                h.lose(proto, transport)
+        h.elapse(5, step=0.5)
+        self.assertEqual((h.counters.pending, h.counters.live), (0, 0))
+        h.factory.events.stop()  # its rate-limit window is the only other call
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        self.assertEqual((h.factory.connections, h.factory.perPeer), (set(), {}))
+
+
+class WelcomeTests(SynchronousTestCase):
+    def test_welcomeGoesFirst(self) -> None:
+        h = Harness(welcome=DEFAULT_WELCOME)
+        proto, transport = h.connect()
+        proto.dataReceived(b"x")
+        self.assertEqual(transport.value(), DEFAULT_WELCOME + b"x")
