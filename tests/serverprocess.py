@@ -24,6 +24,12 @@ def twistdCommand(*args: str) -> list[str]:
     return [sys.executable, "-c", TWISTD, *args]
 
 
+def _limitFiles(count: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
+
 class ServerProcess:
     """
     C{twistd -n --pidfile= timerserver ARGS} listening on a loopback port the
@@ -36,10 +42,12 @@ class ServerProcess:
         port: str = "tcp:0:interface=127.0.0.1",
         startTimeout: float = 20,
         command: list[str] | None = None,
+        openFiles: int | None = None,
     ) -> None:
         """
         @param command: run this instead of twistd; it must print a line with
             "listening on ... port=N".
+        @param openFiles: the server's open-file limit, soft and hard.
         """
         if command is None:
             command = twistdCommand("-n", "--pidfile=", "timerserver", "-p", port, *args)
@@ -50,6 +58,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=None if openFiles is None else lambda: _limitFiles(openFiles),
         )
         self.pid = self.process.pid
         self.lines: list[str] = []

@@ -1,0 +1,168 @@
+"""
+Socket-level faults against a real C{twistd timerserver} process on
+loopback: clients that never read, resets at awkward moments, running out of
+file descriptors, and shutdown with a stuck client.  Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import struct
+import time
+
+import psutil
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.serverprocess import ServerProcess
+
+WELCOME = b"Welcome to the timer server\r\n"
+MESSAGE = b"Periodic per connection message\r\n"
+RST = struct.pack("ii", 1, 0)
+
+
+def recvExactly(sock: socket.socket, size: int, timeout: float = 5) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
+    sock.close()
+
+
+class ServerCase(SynchronousTestCase):
+    def start(self, *args: str, **kwargs: object) -> ServerProcess:
+        server = ServerProcess(*args, **kwargs)  # type: ignore[arg-type]
+        self.addCleanup(server.kill)
+        return server
+
+    def connect(self, server: ServerProcess, rcvbuf: int | None = None) -> socket.socket:
+        sock = socket.socket()
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", server.port))
+        self.addCleanup(sock.close)
+        return sock
+
+    def assertServing(self, server: ServerProcess) -> None:
+        """A new client is greeted, echoed and sent its periodic message."""
+        sock = self.connect(server)
+        self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+        sock.sendall(b"still there?")
+        self.assertEqual(recvExactly(sock, 12), b"still there?")
+        self.assertEqual(recvExactly(sock, len(MESSAGE)), MESSAGE)
+
+
+class NonReadingClientTests(ServerCase):
+    def test_stalledClientIsAbortedAndOthersServed(self) -> None:
+        big = "x" * 20000 + "\\r\\n"
+        server = self.start("--interval", "0.01", "--message", big, "--stall-timeout", "1")
+        process = psutil.Process(server.pid)
+        stuck = self.connect(server, rcvbuf=4096)
+        reader = self.connect(server)
+        recvExactly(reader, len(WELCOME))
+        deadline = time.monotonic() + 15
+        aborted = False
+        while time.monotonic() < deadline and not aborted:
+            reader.settimeout(5)
+            self.assertTrue(reader.recv(65536))  # the reading client keeps getting data
+            aborted = "stalled" in server.output
+        self.assertTrue(aborted, server.output)
+        self.assertLess(process.memory_info().rss, 200 * 1024 * 1024)
+        stuck.settimeout(5)
+        with self.assertRaises((ConnectionResetError, BrokenPipeError)):
+            while stuck.recv(1 << 20):
+                pass
+        self.assertNotIn("Traceback", server.output)
+
+
+class ResetTests(ServerCase):
+    def test_resetsAtAwkwardMoments(self) -> None:
+        server = self.start("--interval", "0.05")
+        # During the welcome: reset before reading anything.
+        for _ in range(20):
+            reset(self.connect(server))
+        # Mid-echo: a megabyte sent, then a reset.
+        sock = self.connect(server)
+        sock.sendall(b"y" * 1_000_000)
+        reset(sock)
+        # Mid-periodic: reset right after a periodic message arrives.
+        for _ in range(5):
+            sock = self.connect(server)
+            recvExactly(sock, len(WELCOME) + len(MESSAGE))
+            reset(sock)
+        time.sleep(0.3)
+        self.assertServing(server)
+        self.assertNotIn("Traceback", server.output)
+
+
+class FileLimitTests(ServerCase):
+    def test_serverLimitMetBeforeTheKernels(self) -> None:
+        """With the default --max-connections, extra clients are told busy."""
+        server = self.start("--interval", "0.2", openFiles=100)  # serves 100 - 64 = 36
+        socks = [self.connect(server) for _ in range(40)]
+        greetings = [recvExactly(s, len(WELCOME), timeout=5) for s in socks]
+        self.assertEqual(greetings.count(WELCOME), 36)
+        busy = [g for g in greetings if g != WELCOME]
+        self.assertEqual(busy, [b"Server busy\r\n"] * 4)
+
+    def test_kernelLimitThenRecovery(self) -> None:
+        """Past the file limit clients are dropped; the rest stay on time; then it recovers."""
+        server = self.start("--interval", "0.2", "--max-connections", "1000", openFiles=64)
+        socks = []
+        for _ in range(80):
+            try:
+                socks.append(self.connect(server))
+            except OSError:
+                break
+        served = [s for s in socks if recvExactly(s, len(WELCOME), timeout=2) == WELCOME]
+        self.assertLess(len(served), len(socks))  # some were refused by the kernel limit
+        self.assertGreater(len(served), 20)
+        started = time.monotonic()
+        for s in served[:10]:
+            self.assertEqual(recvExactly(s, len(MESSAGE), timeout=2), MESSAGE)
+        self.assertLess(time.monotonic() - started, 1.5)
+        for s in socks:
+            s.close()
+        time.sleep(0.5)
+        self.assertServing(server)
+        self.assertNotIn("Traceback", server.output)
+
+
+class ShutdownTests(ServerCase):
+    def test_stuckClientDoesNotDelayExit(self) -> None:
+        big = "z" * 20000 + "\\r\\n"
+        server = self.start(
+            "--interval",
+            "0.01",
+            "--message",
+            big,
+            "--shutdown-timeout",
+            "1",
+            "--stall-timeout",
+            "60",
+        )
+        stuck = self.connect(server, rcvbuf=4096)
+        reader = self.connect(server)
+        recvExactly(reader, len(WELCOME))
+        time.sleep(1.0)  # let the stuck client's buffers fill
+        started = time.monotonic()
+        code = server.stop(signal.SIGTERM, timeout=10)
+        self.assertLess(time.monotonic() - started, 4)
+        self.assertIn(code, (0, -signal.SIGTERM))
+        self.assertIn("closed 2 connections", server.output)
+        self.assertNotIn("Traceback", server.output)
+        reader.settimeout(5)
+        tail = b""
+        while chunk := reader.recv(1 << 20):
+            tail += chunk
+        self.assertTrue(tail.endswith(b"Server shutting down\r\n"))
+        stuck.close()
