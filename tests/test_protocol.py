@@ -94,13 +94,15 @@ class ProtocolTestsMixin:
             self.assertLessEqual(at, 100 + 2 * k + self.tolerance + 0.01 + 1e-9)
 
     def test_skipsMissedMessagesAfterAStall(self: Any) -> None:
-        _, transport = self.connect(
-            TimerServerFactory(self.queue, welcome=None, reactor=self.clock)
-        )
+        factory = TimerServerFactory(self.queue, welcome=None, reactor=self.clock)
+        _, transport = self.connect(factory)
         self.clock.advance(9)  # the reactor stalled for four intervals
         self.clock.advance(0.05)
         self.assertEqual(transport.value(), DEFAULT_MESSAGE)
-        self.elapse(2.0)
+        self.assertEqual(factory.skippedMessages, 3)  # due at 102, 104, 106; 108 was sent
+        self.elapse(0.9)
+        self.assertEqual(transport.value(), DEFAULT_MESSAGE)  # next due at 110, not now
+        self.elapse(1.1)
         self.assertEqual(transport.value(), DEFAULT_MESSAGE * 2)
 
     def test_customMessageAndInterval(self: Any) -> None:

@@ -51,8 +51,9 @@ class TimerServerProtocol(Protocol):
 
     The periodic schedule does not drift: each message is due one interval
     after the previous one was due, not after it was sent.  If the server
-    fell a whole interval behind, it skips the missed messages instead of
-    sending a burst.
+    fell a whole interval behind, a message is never more than one interval
+    late: the older ones are skipped (counted in C{factory.skippedMessages})
+    instead of sent in a burst.
 
     The connection is its transport's streaming producer.  While the
     transport is paused (the client is not reading), periodic messages are
@@ -133,18 +134,22 @@ class TimerServerProtocol(Protocol):
 
     def _tick(self) -> None:
         factory = self.factory
+        interval = factory.interval
+        now = factory.clock.seconds()
+        behind = math.floor((now - self._due) / interval)
+        if behind > 0:
+            # A whole interval or more late: this message stands for the
+            # latest one due, and the older ones are skipped.
+            factory.skippedMessages += behind
+            self._due += behind * interval
         if self.paused:
             factory.skippedMessages += 1
         else:
             self._write(factory.message)
         if self.closing:
             return  # the write found the buffer over its cap
-        now = factory.clock.seconds()
-        due = self._due + factory.interval
-        if due <= now:
-            due = now + factory.interval
-        self._due = due
-        factory.queue.setTimer(self._periodic, self, due - now, PERIODIC)  # type: ignore[arg-type]
+        self._due += interval
+        factory.queue.setTimer(self._periodic, self, max(0.0, self._due - now), PERIODIC)  # type: ignore[arg-type]
 
     def _armIdle(self) -> None:
         """(Re-)arm the idle timeout, if there is one, through the update path."""

@@ -1,0 +1,218 @@
+"""
+Hostile load against a real C{twistd timerserver}: slow readers and churn.
+
+1. Slow readers: one reading client's lateness (p50/p99/max) is measured
+   alone, then while 1,000 clients that never read are held for 30 s at a
+   10 ms interval; server RSS before, during and after.
+2. Churn: 100,000 connect/close cycles from several processes; server RSS
+   before and after, and the pending timers at the end (from its stop line).
+
+    python bench/hostile.py [--slow 1000] [--hold 30] [--cycles 100000] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from hdrh.histogram import HdrHistogram
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.serverprocess import ServerProcess  # noqa: E402
+
+WELCOME = b"Welcome to the timer server\r\n"
+MESSAGE = b"Periodic per connection message\r\n"
+RST = struct.pack("ii", 1, 0)
+PORT = "tcp:0:interface=127.0.0.1:backlog=4096"
+
+
+class Reader(threading.Thread):
+    """A client that reads, recording each message's lateness in microseconds."""
+
+    def __init__(self, port: int, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.interval = interval
+        self.histogram = HdrHistogram(1, 600_000_000, 3)
+        self.running = True
+
+    def run(self) -> None:
+        buffer = b""
+        anchor = None
+        count = 0
+        while self.running:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            now = time.monotonic()
+            buffer += data
+            if anchor is None and len(buffer) >= len(WELCOME):
+                buffer, anchor = buffer[len(WELCOME) :], now
+            while anchor is not None and len(buffer) >= len(MESSAGE):
+                buffer = buffer[len(MESSAGE) :]
+                count += 1
+                late = now - (anchor + count * self.interval)
+                self.histogram.record_value(max(1, int(late * 1e6)))
+
+    def take(self) -> dict[str, float]:
+        h, self.histogram = self.histogram, HdrHistogram(1, 600_000_000, 3)
+        return {
+            "messages": h.get_total_count(),
+            "p50ms": h.get_value_at_percentile(50) / 1000,
+            "p99ms": h.get_value_at_percentile(99) / 1000,
+            "maxms": h.get_max_value() / 1000,
+        }
+
+
+def slowReaders(count: int, hold: float, interval: float) -> dict[str, Any]:
+    server = ServerProcess("--interval", str(interval), port=PORT)
+    try:
+        process = psutil.Process(server.pid)
+        reader = Reader(server.port, interval)
+        reader.start()
+        time.sleep(5)
+        alone = reader.take()
+        before = process.memory_info().rss
+        stuck = []
+        for _ in range(count):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", server.port))
+            stuck.append(s)
+        peak = before
+        started = time.monotonic()
+        while time.monotonic() - started < hold:
+            time.sleep(1)
+            peak = max(peak, process.memory_info().rss)
+        during = reader.take()
+        for s in stuck:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
+            s.close()
+        time.sleep(3)
+        after = process.memory_info().rss
+        aborted = len(re.findall(r"aborted connection", server.output))
+        reader.running = False
+        server.stop(timeout=30)
+        skipped = re.search(r"skipped (\d+) messages", server.output)
+        return {
+            "slowClients": count,
+            "holdSeconds": hold,
+            "interval": interval,
+            "readerAlone": alone,
+            "readerDuringSlowClients": during,
+            "rssBefore": before,
+            "rssPeakDuring": peak,
+            "rssAfter": after,
+            "abortedLogLines": aborted,
+            "skippedMessages": int(skipped.group(1)) if skipped else None,
+        }
+    finally:
+        server.kill()
+
+
+def churn(port: int, cycles: int) -> int:
+    done = 0
+    for _ in range(cycles):
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if done % 2:
+                s.recv(len(WELCOME))  # half of them wait for the welcome
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
+            s.close()
+            done += 1
+        except OSError:
+            time.sleep(0.01)
+    return done
+
+
+def churnRun(cycles: int, processes: int) -> dict[str, Any]:
+    server = ServerProcess("--interval", "0.5", port=PORT)
+    try:
+        process = psutil.Process(server.pid)
+        # Warm up allocator pools with a first round, then measure from there.
+        with multiprocessing.Pool(processes) as pool:
+            pool.starmap(churn, [(server.port, 2000)] * processes)
+        time.sleep(1)
+        before = process.memory_info().rss
+        started = time.monotonic()
+        with multiprocessing.Pool(processes) as pool:
+            done = sum(pool.starmap(churn, [(server.port, cycles // processes)] * processes))
+        seconds = time.monotonic() - started
+        time.sleep(2)
+        after = process.memory_info().rss
+        server.stop(timeout=30)
+        cancelled = re.search(r"cancelled (\d+) timers", server.output)
+        return {
+            "cycles": done,
+            "seconds": seconds,
+            "rssBefore": before,
+            "rssAfter": after,
+            "rssChange": (after - before) / before,
+            "pendingTimersAtEnd": int(cancelled.group(1)) if cancelled else None,
+        }
+    finally:
+        server.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--slow", type=int, default=1000)
+    parser.add_argument("--hold", type=float, default=30)
+    parser.add_argument("--intervals", default="0.01,0.1", help="one slow-reader run each")
+    parser.add_argument("--cycles", type=int, default=100000)
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--json", default="bench/results/hostile.json")
+    args = parser.parse_args()
+    mb = 1024 * 1024
+    slowRuns = []
+    for interval in (float(i) for i in args.intervals.split(",")):
+        slow = slowReaders(args.slow, args.hold, interval)
+        slowRuns.append(slow)
+        print(
+            f"slow readers: {args.slow} clients that never read, held {args.hold:.0f}s, "
+            f"interval {interval * 1000:.0f} ms"
+        )
+        print(
+            f"  server RSS before {slow['rssBefore'] / mb:.1f} MiB, peak during "
+            f"{slow['rssPeakDuring'] / mb:.1f} MiB, after {slow['rssAfter'] / mb:.1f} MiB"
+        )
+        for label in ("readerAlone", "readerDuringSlowClients"):
+            r = slow[label]
+            print(
+                f"  reading client {label}: {r['messages']} messages, p50 {r['p50ms']:.2f} ms, "
+                f"p99 {r['p99ms']:.2f} ms, max {r['maxms']:.2f} ms"
+            )
+        print(
+            f"  skipped messages {slow['skippedMessages']}, "
+            f"abort log lines {slow['abortedLogLines']}"
+        )
+    churned = churnRun(args.cycles, args.processes)
+    print(
+        f"churn: {churned['cycles']} connect/close cycles in {churned['seconds']:.1f}s; server RSS "
+        f"{churned['rssBefore'] / mb:.1f} -> {churned['rssAfter'] / mb:.1f} MiB "
+        f"({churned['rssChange'] * 100:+.1f}%); pending timers at the end: "
+        f"{churned['pendingTimersAtEnd']}"
+    )
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"slowReaders": slowRuns, "churn": churned}, indent=2))
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
