@@ -32,9 +32,13 @@ def writeNow(transport: Any, data: bytes) -> None:
         and not transport.disconnecting
         and not transport._writeDisconnecting
     ):
-        sent = transport.writeSomeData(data)
-        if type(sent) is int:  # else the connection failed: write() will find out
-            if sent == len(data):
-                return
-            data = data[sent:]
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # EAGAIN, EINTR, or a failing connection: write() queues the data
+            # and the reactor finds out about the connection in its own way.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
     transport.write(data)
