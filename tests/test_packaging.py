@@ -5,8 +5,10 @@ environment, where twistd must find the plugin.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -26,8 +28,9 @@ def run(*command: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 class WheelTests(SynchronousTestCase):
     def test_wheelInstallsThePlugin(self) -> None:
-        tmp = Path(self.mktemp()).resolve()
-        tmp.mkdir(parents=True)
+        # Outside the repository, so that nothing there can be picked up.
+        tmp = Path(tempfile.mkdtemp(prefix="timerserver-wheel-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
         run(
             sys.executable,
             "-m",
