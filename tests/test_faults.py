@@ -1,7 +1,7 @@
 """
 Hostile clients and faults, at the protocol level: slow readers, idle
-clients, connection limits, floods of events, and any sequence of them
-(hypothesis).  Driven by StringTransport and task.Clock.
+clients, connection limits, and any sequence of them (hypothesis).  Driven
+by StringTransport and task.Clock.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from timerserver import TimerQueueCounters, TimerWheel
-from timerserver.eventlog import EventLog
 from timerserver.protocol import DEFAULT_MESSAGE, DEFAULT_WELCOME, TimerServerFactory
 
 
@@ -211,33 +209,6 @@ class LimitTests(SynchronousTestCase):
             h.lose(proto, transport)
         self.assertEqual((h.factory.connections, h.factory.perPeer), (set(), {}))
         self.assertEqual((h.counters.pending, h.counters.live), (0, 0))
-
-
-class EventLogTests(SynchronousTestCase):
-    def test_floodIsSummarised(self) -> None:
-        clock, events = Clock(), []
-        log = EventLog(clock, Logger(observer=events.append), interval=10.0, burst=5)
-        for i in range(1000):
-            log.event("refused", f"10.0.0.1:{i}")
-        self.assertEqual(len(events), 5)
-        clock.advance(10)
-        self.assertEqual(len(events), 6)
-        self.assertEqual(events[-1]["count"], 995)
-        self.assertEqual(log.totals["refused"], 1000)
-        log.event("idle", "x")
-        self.assertEqual(len(events), 7)  # a new window logs again
-        log.stop()
-        self.assertEqual(clock.getDelayedCalls(), [])
-
-    def test_clientTextIsNeverTheFormat(self) -> None:
-        from twisted.logger import formatEvent
-
-        clock, events = Clock(), []
-        log = EventLog(clock, Logger(observer=events.append))
-        log.event("aborted", "{evil} %s {0}", detail=": {more}")
-        self.assertIn("{evil} %s {0}", formatEvent(events[0]))
-        self.assertNotIn("evil", events[0]["log_format"])
-        log.stop()
 
 
 ACTIONS = st.sampled_from(

@@ -6,9 +6,11 @@ file descriptors, and shutdown with a stuck client.  Every wait is bounded.
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import struct
+import threading
 import time
 
 import psutil
@@ -59,6 +61,18 @@ class ServerCase(SynchronousTestCase):
         sock.sendall(b"still there?")
         self.assertEqual(recvExactly(sock, 12), b"still there?")
         self.assertEqual(recvExactly(sock, len(MESSAGE)), MESSAGE)
+        sock.close()
+
+    def assertNothingLeft(self, server: ServerProcess, sockets: list[socket.socket]) -> None:
+        """Once its clients are gone, the server stops with no connection or timer left."""
+        for sock in sockets:
+            sock.close()
+        time.sleep(0.5)
+        server.stop(timeout=15)
+        match = re.search(r"closed (\d+) connections, cancelled (\d+) timers", server.output)
+        self.assertIsNotNone(match, server.output)
+        self.assertEqual(match.groups(), ("0", "0"), server.output)  # type: ignore[union-attr]
+        self.assertNotIn("Traceback", server.output)
 
 
 class NonReadingClientTests(ServerCase):
@@ -101,7 +115,24 @@ class ResetTests(ServerCase):
             reset(sock)
         time.sleep(0.3)
         self.assertServing(server)
-        self.assertNotIn("Traceback", server.output)
+        self.assertNothingLeft(server, [])
+
+    def test_burstIsEchoedByteForByte(self) -> None:
+        server = self.start("--interval", "1")
+        sock = self.connect(server)
+        recvExactly(sock, len(WELCOME))
+        burst = bytes(range(256)) * (16 * 4096)  # 16 MiB in one sendall
+        sender = threading.Thread(target=sock.sendall, args=(burst,), daemon=True)
+        sender.start()
+        received = b""
+        deadline = time.monotonic() + 60
+        while len(received.replace(MESSAGE, b"")) < len(burst) and time.monotonic() < deadline:
+            received += sock.recv(1 << 20)
+        sender.join(10)
+        # Periodic messages may fall between echoed writes, never inside one.
+        self.assertEqual(received.replace(MESSAGE, b""), burst)
+        self.assertServing(server)
+        self.assertNothingLeft(server, [sock])
 
 
 class FileLimitTests(ServerCase):
@@ -134,7 +165,7 @@ class FileLimitTests(ServerCase):
             s.close()
         time.sleep(0.5)
         self.assertServing(server)
-        self.assertNotIn("Traceback", server.output)
+        self.assertNothingLeft(server, socks)
 
 
 class ShutdownTests(ServerCase):
