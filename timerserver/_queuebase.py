@@ -114,8 +114,8 @@ class TimerQueueBase(Generic[H]):
         raise NotImplementedError
 
     # Checks.  The common case (a live handle, the same timer as last time,
-    # an int or float timeout) is tested inline by the callers; these are the
-    # slow paths.
+    # an int or float timeout) costs a few inline tests in _accept and
+    # cancelTimer; these are the slow paths.
 
     def _live(self, handle: object) -> H:
         if type(handle) is not self._handleClass or handle.queue is not self:

@@ -193,45 +193,22 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
         h.slot = None
 
     def _arm(self, h: WheelTimerHandle, timeout: float, now: float) -> None:
-        # The hot path of every set and update: level 0 is handled inline.
-        slot = h.slot
-        if type(slot) is dict:
-            del slot[h]
-            self._inSlots -= 1
-        elif slot is not None:
+        if h.slot is not None:
             self._unplace(h)
         elif not self._advancing and self._empty():
             # Nothing pending: the wheel may skip the idle ticks.
             self._tick = max(self._tick, math.floor(now / self.granularity))
         deadline = now + timeout
         h.deadline = deadline
-        current = self._tick
         tick = math.ceil(deadline / self.granularity)
-        if tick <= current:
-            tick = current + 1
-        if tick - current < self._size:
-            index = tick & self._mask
-            slot = self._slots[index]
-            if slot is None:
-                slot = self._slots[index] = {}
-            slot[h] = None
-            h.slot = slot
-            self._inSlots += 1
-            wake = tick
-        else:
-            h.slot = None
-            wake = self._place(h, tick)
+        if tick <= self._tick:
+            tick = self._tick + 1
+        wake = self._place(h, tick)
         if not self._advancing and (self._call is None or wake < self._callTick):
             self._schedule(wake, now)
 
     def _disarm(self, h: WheelTimerHandle) -> None:
-        slot = h.slot
-        if type(slot) is dict:
-            del slot[h]
-            self._inSlots -= 1
-            h.slot = None
-        else:
-            self._unplace(h)
+        self._unplace(h)
         h.deadline = None
         if self._call is not None and self._empty():
             self._call.cancel()
