@@ -30,10 +30,8 @@ from hdrh.histogram import HdrHistogram
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.serverprocess import ServerProcess  # noqa: E402
+from tests.serverprocess import MESSAGE, WELCOME, ServerProcess  # noqa: E402
 
-WELCOME = b"Welcome to the timer server\r\n"
-MESSAGE = b"Periodic per connection message\r\n"
 RST = struct.pack("ii", 1, 0)
 PORT = "tcp:0:interface=127.0.0.1:backlog=4096"
 

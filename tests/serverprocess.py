@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +16,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+WELCOME = b"Welcome to the timer server\r\n"
+MESSAGE = b"Periodic per connection message\r\n"
 
 # Like the twistd script, but run with the repository root first on sys.path.
 TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
@@ -107,3 +110,24 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+def recvExactly(sock: socket.socket, size: int, timeout: float = 5) -> bytes:
+    """Read C{size} bytes, or fewer if the peer closes first."""
+    sock.settimeout(timeout)
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def recvUntilClosed(sock: socket.socket, timeout: float = 5) -> bytes:
+    """Read until the peer closes."""
+    sock.settimeout(timeout)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)

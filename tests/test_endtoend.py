@@ -12,29 +12,15 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.serverprocess import ROOT, ServerProcess, twistdCommand
-
-WELCOME = b"Welcome to the timer server\r\n"
-MESSAGE = b"Periodic per connection message\r\n"
-
-
-def recvExactly(sock: socket.socket, size: int, timeout: float = 5) -> bytes:
-    sock.settimeout(timeout)
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def recvUntilClosed(sock: socket.socket, timeout: float = 5) -> bytes:
-    sock.settimeout(timeout)
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
+from tests.serverprocess import (
+    MESSAGE,
+    ROOT,
+    WELCOME,
+    ServerProcess,
+    recvExactly,
+    recvUntilClosed,
+    twistdCommand,
+)
 
 
 class EndToEndTests(SynchronousTestCase):

@@ -16,22 +16,9 @@ import time
 import psutil
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.serverprocess import ServerProcess
+from tests.serverprocess import MESSAGE, WELCOME, ServerProcess, recvExactly
 
-WELCOME = b"Welcome to the timer server\r\n"
-MESSAGE = b"Periodic per connection message\r\n"
 RST = struct.pack("ii", 1, 0)
-
-
-def recvExactly(sock: socket.socket, size: int, timeout: float = 5) -> bytes:
-    sock.settimeout(timeout)
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def reset(sock: socket.socket) -> None:
