@@ -18,6 +18,7 @@ import multiprocessing
 import re
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -77,7 +78,11 @@ class Reader(threading.Thread):
         }
 
 
-def slowReaders(count: int, hold: float, interval: float) -> dict[str, Any]:
+def slowReaders(count: int, hold: float, interval: float, reading: bool = False) -> dict[str, Any]:
+    """
+    One reading client alone, then beside C{count} clients that never read
+    (or, with C{reading}, as many that do: the same load, for contrast).
+    """
     server = ServerProcess("--interval", str(interval), port=PORT)
     try:
         process = psutil.Process(server.pid)
@@ -87,7 +92,15 @@ def slowReaders(count: int, hold: float, interval: float) -> dict[str, Any]:
         alone = reader.take()
         before = process.memory_info().rss
         stuck = []
-        for _ in range(count):
+        others = None
+        if reading:
+            others = subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "loadclient.py"), "127.0.0.1",
+                 str(server.port), str(count), str(interval)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            others.stdout.readline()  # type: ignore[union-attr]
+        for _ in range(0 if reading else count):
             s = socket.socket()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             s.connect(("127.0.0.1", server.port))
@@ -101,6 +114,9 @@ def slowReaders(count: int, hold: float, interval: float) -> dict[str, Any]:
         for s in stuck:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
             s.close()
+        if others is not None:
+            others.kill()
+            others.wait(10)
         time.sleep(3)
         after = process.memory_info().rss
         aborted = len(re.findall(r"aborted connection", server.output))
@@ -108,6 +124,7 @@ def slowReaders(count: int, hold: float, interval: float) -> dict[str, Any]:
         server.stop(timeout=30)
         skipped = re.search(r"skipped (\d+) messages", server.output)
         return {
+            "otherClientsRead": reading,
             "slowClients": count,
             "holdSeconds": hold,
             "interval": interval,
@@ -172,17 +189,23 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=1000)
     parser.add_argument("--hold", type=float, default=30)
     parser.add_argument("--intervals", default="0.01,0.1", help="one slow-reader run each")
+    parser.add_argument(
+        "--contrast", default="0.1", help="intervals to rerun with clients that do read"
+    )
     parser.add_argument("--cycles", type=int, default=100000)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--json", default="bench/results/hostile.json")
     args = parser.parse_args()
     mb = 1024 * 1024
     slowRuns = []
-    for interval in (float(i) for i in args.intervals.split(",")):
-        slow = slowReaders(args.slow, args.hold, interval)
+    runs = [(float(i), False) for i in args.intervals.split(",")]
+    runs += [(float(i), True) for i in args.contrast.split(",") if i]
+    for interval, reading in runs:
+        slow = slowReaders(args.slow, args.hold, interval, reading)
         slowRuns.append(slow)
+        what = "that read (the same load, for contrast)" if reading else "that never read"
         print(
-            f"slow readers: {args.slow} clients that never read, held {args.hold:.0f}s, "
+            f"slow readers: {args.slow} clients {what}, held {args.hold:.0f}s, "
             f"interval {interval * 1000:.0f} ms"
         )
         print(
