@@ -105,6 +105,18 @@ class ProtocolTestsMixin:
         self.elapse(1.1)
         self.assertEqual(transport.value(), DEFAULT_MESSAGE * 2)
 
+    def test_lateByLessThanTwoIntervalsSkipsNothing(self: Any) -> None:
+        factory = TimerServerFactory(self.queue, welcome=None, reactor=self.clock)
+        _, transport = self.connect(factory)
+        self.clock.advance(5.0)  # the message due at 102 goes out at 105,
+        self.clock.advance(0.05)  # and the one due at 104 right after it
+        self.assertEqual(transport.value(), DEFAULT_MESSAGE * 2)
+        self.assertEqual(factory.skippedMessages, 0)
+        self.elapse(0.9)  # then back on schedule: the next is due at 106
+        self.assertEqual(transport.value(), DEFAULT_MESSAGE * 2)
+        self.elapse(0.1)
+        self.assertEqual(transport.value(), DEFAULT_MESSAGE * 3)
+
     def test_customMessageAndInterval(self: Any) -> None:
         factory = TimerServerFactory(
             self.queue, welcome=b"hi\n", message=b"tick\n", interval=0.5, reactor=self.clock

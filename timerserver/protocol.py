@@ -50,10 +50,10 @@ class TimerServerProtocol(Protocol):
     periodic message every C{factory.interval} seconds.
 
     The periodic schedule does not drift: each message is due one interval
-    after the previous one was due, not after it was sent.  If the server
-    fell a whole interval behind, a message is never more than one interval
-    late: the older ones are skipped (counted in C{factory.skippedMessages})
-    instead of sent in a burst.
+    after the previous one was due, not after it was sent.  A message is sent
+    less than two intervals late; after a longer stall the older ones are
+    skipped (counted in C{factory.skippedMessages}) instead of sent in a
+    burst, so at most two go out back to back.
 
     The connection is its transport's streaming producer.  While the
     transport is paused (the client is not reading), periodic messages are
@@ -137,9 +137,10 @@ class TimerServerProtocol(Protocol):
         interval = factory.interval
         now = factory.clock.seconds()
         behind = math.floor((now - self._due) / interval)
-        if behind > 0:
-            # A whole interval or more late: this message stands for the
-            # latest one due, and the older ones are skipped.
+        if behind >= 2:
+            # Two intervals or more late (a stall, not the queue's
+            # granularity): this message stands for the latest one due, and
+            # the older ones are skipped.
             factory.skippedMessages += behind
             self._due += behind * interval
         if self.paused:
