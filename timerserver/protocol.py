@@ -205,6 +205,12 @@ class TimerServerProtocol(Protocol):
         if grace is not None:
             queue.setTimer(self._watchdog, self, grace, CLOSING)  # type: ignore[arg-type]
 
+    def goodbye(self, text: bytes) -> None:
+        """Write C{text} and close; the factory aborts what is left in time."""
+        if not self.closing:
+            self._write(text)
+            self.close(grace=None)
+
     def abort(self, why: str) -> None:
         """Drop the connection at once (RST), whatever is still queued."""
         self.factory.events.event("aborted", self.transport.getPeer(), f": {why}")  # type: ignore[union-attr]
@@ -340,9 +346,7 @@ class TimerServerFactory(Factory):
         after C{timeout} seconds.  Fires when all are closed.
         """
         for proto in list(self.connections):
-            if not proto.closing:
-                proto._write(self.goodbye)
-                proto.close(grace=None)
+            proto.goodbye(self.goodbye)
         if not self.connections:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
