@@ -89,6 +89,21 @@ class WriteNowTests(TestCase):
         self.assertEqual(received, expected)
 
     @defer.inlineCallbacks
+    def test_smallWriteLeavesNothingQueued(self) -> Any:
+        """
+        Pins the fast path to the Twisted internals it reads: if a Twisted
+        release renames them, writeNow still works but queues, and this fails.
+        """
+        server, client = yield self.connect(5)
+        transport = server.transport
+        for name in ("_tempDataLen", "dataBuffer", "offset", "_writeDisconnecting"):
+            self.assertTrue(hasattr(transport, name), name)
+        writeNow(transport, b"hello")
+        self.assertEqual((transport._tempDataLen, len(transport.dataBuffer)), (0, 0))
+        received = yield client.done
+        self.assertEqual(received, b"hello")
+
+    @defer.inlineCallbacks
     def test_backpressureStillPausesAndResumes(self) -> Any:
         """What the socket does not take is queued, and the producer paused."""
         big = b"x" * (16 * 1024 * 1024)
