@@ -63,6 +63,8 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(parse("--port", "tcp6:5050:interface=\\:\\:1")["interval"], 2.0)
         self.assertEqual(parse("--interval", "3")["interval"], 3.0)
         self.assertEqual(parse("--timer-queue", "reactor")["timer-queue"], "reactor")
+        for off in ("0", "0.0", "0.00"):
+            self.assertEqual(parse("--idle-timeout", off)["idle-timeout"], 0.0)
         o = parse(
             "--stall-timeout", "3", "--max-buffer", "4096", "--idle-timeout", "60",
             "--idle-message", "bye\\n", "--max-connections", "10", "--max-per-peer", "2",

@@ -63,16 +63,17 @@ class QueueHandle(TimerHandle):
 H = TypeVar("H", bound=QueueHandle)
 
 
-def checkMaximumTimeout(maximumTimeout: float) -> float:
+def positiveFinite(name: str, value: object) -> float:
     """
-    Return C{maximumTimeout} as a float if it is a finite positive number.
+    Return C{value} as a float if it is a finite number > 0; raise
+    C{TypeError} or C{ValueError} naming C{name} otherwise.
     """
-    if isinstance(maximumTimeout, bool) or not isinstance(maximumTimeout, numbers.Real):
-        raise TypeError(f"maximumTimeout must be a number, not {maximumTimeout!r}")
-    value = float(maximumTimeout)
-    if not (0 < value < math.inf):
-        raise ValueError(f"maximumTimeout must be finite and > 0, not {maximumTimeout!r}")
-    return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, not {value!r}")
+    result = float(value)
+    if not (0 < result < math.inf):
+        raise ValueError(f"{name} must be finite and > 0, not {value!r}")
+    return result
 
 
 class TimerQueueBase(Generic[H]):
@@ -95,7 +96,7 @@ class TimerQueueBase(Generic[H]):
             reactor = cast(IReactorTime, globalReactor)
         self._reactor = reactor
         self._seconds = reactor.seconds
-        self.maximumTimeout = checkMaximumTimeout(maximumTimeout)
+        self.maximumTimeout = positiveFinite("maximumTimeout", maximumTimeout)
         self._monitor = monitor
         self._stopped = False
 

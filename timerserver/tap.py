@@ -70,6 +70,13 @@ def positiveSeconds(value: str, option: str, maximum: float) -> float:
     return seconds
 
 
+def _isZero(value: str) -> bool:
+    try:
+        return float(value) == 0
+    except ValueError:
+        return False
+
+
 def wholeNumber(value: str, option: str, minimum: int) -> int:
     """Parse a whole number >= C{minimum}."""
     try:
@@ -167,7 +174,7 @@ class Options(usage.Options):
         )
         idle = self["idle-timeout"]
         self["idle-timeout"] = (
-            0.0 if idle in ("0", "0.0") else positiveSeconds(idle, "idle-timeout", limit)
+            0.0 if _isZero(idle) else positiveSeconds(idle, "idle-timeout", limit)
         )
         self["max-buffer"] = wholeNumber(self["max-buffer"], "max-buffer", 1)
         self["max-per-peer"] = wholeNumber(self["max-per-peer"], "max-per-peer", 0)

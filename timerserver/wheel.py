@@ -31,7 +31,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import numbers
 from collections.abc import Iterator
 from operator import attrgetter
 from typing import Any
@@ -43,6 +42,7 @@ from timerserver._queuebase import (
     DEFAULT_MAXIMUM_TIMEOUT,
     QueueHandle,
     TimerQueueBase,
+    positiveFinite,
 )
 from timerserver.interfaces import IMonitorTimerQueue, IQueueTimers
 
@@ -104,14 +104,10 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
         slots: int = 1024,
         upperSlots: int = 4096,
     ) -> None:
-        if isinstance(granularity, bool) or not isinstance(granularity, numbers.Real):
-            raise TypeError(f"granularity must be a number, not {granularity!r}")
-        if not (0 < granularity < math.inf):
-            raise ValueError(f"granularity must be finite and > 0, not {granularity!r}")
+        granularity = positiveFinite("granularity", granularity)
         _powerOfTwo("slots", slots)
         _powerOfTwo("upperSlots", upperSlots)
         TimerQueueBase.__init__(self, reactor, maximumTimeout, monitor)
-        granularity = float(granularity)
         now = self._seconds()
         if (now + self.maximumTimeout) / granularity > _MAXIMUM_TICKS:
             raise ValueError(
