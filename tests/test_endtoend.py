@@ -5,12 +5,13 @@ Every wait is bounded; every process is stopped.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.serverprocess import (
     MESSAGE,
@@ -133,3 +134,39 @@ class CommandLineErrorTests(SynchronousTestCase):
         [line] = [x for x in output.splitlines() if "cannot listen" in x]
         self.assertIn(f"cannot listen on tcp:{port}", line)
         self.assertIn("Address already in use", line)
+
+
+def listenBacklog(port: int) -> int | None:
+    """The listen backlog the kernel holds for a loopback TCP port (ss's Send-Q)."""
+    result = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10
+    )
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "LISTEN":
+            return int(fields[2])
+    return None
+
+
+class BacklogTests(SynchronousTestCase):
+    """The backlog reaches the kernel: ss shows it as the listening socket's Send-Q."""
+
+    def setUp(self) -> None:
+        if shutil.which("ss") is None:
+            raise SkipTest("ss (Debian package iproute2) is not installed")
+
+    def backlogOf(self, *args: str, port: str = "tcp:0:interface=127.0.0.1") -> int | None:
+        server = ServerProcess(*args, port=port)
+        self.addCleanup(server.kill)
+        return listenBacklog(server.port)
+
+    def test_defaultIs1024(self) -> None:
+        self.assertEqual(self.backlogOf(), 1024)
+
+    def test_option(self) -> None:
+        self.assertEqual(self.backlogOf("--backlog", "77"), 77)
+
+    def test_endpointStringWins(self) -> None:
+        self.assertEqual(
+            self.backlogOf("--backlog", "77", port="tcp:0:interface=127.0.0.1:backlog=33"), 33
+        )

@@ -9,7 +9,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from timerserver import ReactorTimerQueue, TimerWheel
 from timerserver.protocol import DEFAULT_MESSAGE, DEFAULT_WELCOME
-from timerserver.tap import Options, TimerServerService, makeService
+from timerserver.service import TimerServerService
+from timerserver.tap import Options, makeService
 
 
 def parse(*args: str) -> Options:
@@ -34,6 +35,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(o["max-per-peer"], 0)
         self.assertEqual(o["goodbye"], b"Server shutting down\r\n")
         self.assertEqual(o["shutdown-timeout"], 5.0)
+        self.assertEqual(o["backlog"], 1024)
         import resource
 
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -109,6 +111,8 @@ class OptionsTests(SynchronousTestCase):
             for value in (bad, "1.5", "many"):
                 self.assertUsageError([option, value], option)
         self.assertUsageError(["--interval"], "interval")
+        for value in ("0", "-5", "many", "1.5"):
+            self.assertUsageError(["--backlog", value], "--backlog")
 
     def test_asTwistdSubcommandExitsWithOneLine(self) -> None:
         """Under twistd a bad value is one line on exit, not twistd's usage."""
@@ -136,8 +140,8 @@ class ServiceTests(SynchronousTestCase):
         parent, reactor = self.build("-p", "tcp:5055:interface=127.0.0.1", "-i", "0.5")
         parent.privilegedStartService()
         parent.startService()
-        [(port, factory, _, interface)] = reactor.tcpServers
-        self.assertEqual((port, interface), (5055, "127.0.0.1"))
+        [(port, factory, backlog, interface)] = reactor.tcpServers
+        self.assertEqual((port, backlog, interface), (5055, 1024, "127.0.0.1"))
         self.assertEqual(factory.interval, 0.5)
         self.assertIsInstance(factory.queue, TimerWheel)
         from twisted.internet.testing import StringTransport

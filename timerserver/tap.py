@@ -8,15 +8,12 @@ import math
 import re
 from typing import Any, cast
 
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IReactorTime
-from twisted.logger import Logger
+from twisted.application.service import IService, MultiService
+from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
-from twisted.python.failure import Failure
 
 from timerserver._queuebase import DEFAULT_MAXIMUM_TIMEOUT
+from timerserver.endpoint import DEFAULT_BACKLOG, serverEndpoint
 from timerserver.interfaces import IQueueTimers
 from timerserver.protocol import (
     DEFAULT_GOODBYE,
@@ -29,11 +26,11 @@ from timerserver.protocol import (
     TimerServerFactory,
 )
 from timerserver.reactorqueue import ReactorTimerQueue
+from timerserver.service import DEFAULT_SHUTDOWN_TIMEOUT, TimerServerService
 from timerserver.wheel import TimerWheel
 
 DEFAULT_PORT = "tcp:5050:interface=127.0.0.1"
 DEFAULT_GRANULARITY = 0.01
-DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 FILE_RESERVE = 64
 """Descriptors kept back from --max-connections for the listening port, logs
 and the refusals themselves."""
@@ -122,6 +119,7 @@ class Options(usage.Options):
     optFlags = [["no-welcome", None, "Send no welcome message."]]
     optParameters: list[list[Any]] = [
         ["port", "p", DEFAULT_PORT, "Server endpoint string to listen on."],
+        ["backlog", None, str(DEFAULT_BACKLOG), "Listen queue, unless --port names backlog=."],
         ["interval", "i", str(DEFAULT_INTERVAL), "Seconds between periodic messages."],
         ["welcome", None, DEFAULT_WELCOME.decode("utf-8"), "Welcome text (\\r \\n \\t \\\\)."],
         ["message", "m", DEFAULT_MESSAGE.decode("utf-8"), "Periodic text (\\r \\n \\t \\\\)."],
@@ -186,10 +184,8 @@ class Options(usage.Options):
             from twisted.internet import reactor
 
             self._reactor = reactor
-        try:
-            self.endpoint = serverFromString(self._reactor, self["port"])
-        except Exception as e:
-            raise usage.UsageError(f"--port: cannot use {self['port']!r}: {e}") from None
+        self["backlog"] = wholeNumber(self["backlog"], "backlog", 1)
+        self.endpoint = serverEndpoint(self._reactor, self["port"], self["backlog"])
 
 
 def makeQueue(options: Options, reactor: IReactorTime) -> IQueueTimers:
@@ -197,75 +193,6 @@ def makeQueue(options: Options, reactor: IReactorTime) -> IQueueTimers:
     if options["timer-queue"] == "reactor":
         return ReactorTimerQueue(reactor)
     return TimerWheel(reactor, granularity=options["granularity"])
-
-
-class TimerServerService(Service):
-    """
-    Listens on an endpoint with a L{TimerServerFactory}; on stop, closes the
-    port and cancels every timer of the queue.
-    """
-
-    _log = Logger()
-    _port: IListeningPort | None = None
-
-    def __init__(
-        self,
-        endpoint: Any,
-        description: str,
-        factory: TimerServerFactory,
-        shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-    ) -> None:
-        self.endpoint = endpoint
-        self.description = description
-        self.factory = factory
-        self.shutdownTimeout = shutdownTimeout
-
-    def privilegedStartService(self) -> None:
-        Service.privilegedStartService(self)
-        failures: list[Failure] = []
-        d = self.endpoint.listen(self.factory)
-        d.addCallbacks(self._listening, failures.append)
-        if failures:
-            raise SystemExit(
-                f"twistd timerserver: cannot listen on {self.description}: "
-                f"{failures[0].getErrorMessage()}"
-            )
-
-    def _listening(self, port: IListeningPort) -> None:
-        self._port = port
-        self._log.info(
-            "timerserver listening on {address}, {queue!r}, interval {interval}s",
-            address=port.getHost(),
-            queue=self.factory.queue,
-            interval=self.factory.interval,
-        )
-
-    def stopService(self) -> defer.Deferred[None]:
-        """
-        Stop listening, say goodbye to every client and close it, abort what
-        is still open after C{shutdownTimeout}, then cancel every timer.
-        twistd waits for the returned Deferred.
-        """
-        Service.stopService(self)
-        factory = self.factory
-        port, self._port = self._port, None
-        d = defer.maybeDeferred(port.stopListening) if port else defer.succeed(None)
-        open = len(factory.connections)
-        d.addCallback(lambda _: factory.closeAll(self.shutdownTimeout))
-
-        def stopped(_: object) -> None:
-            cancelled = factory.queue.shutdown()
-            factory.events.stop()
-            self._log.info(
-                "timerserver stopped listening on {description}; closed {open} connections, "
-                "cancelled {cancelled} timers, skipped {skipped} messages to slow clients",
-                description=self.description,
-                open=open,
-                cancelled=cancelled,
-                skipped=factory.skippedMessages,
-            )
-
-        return d.addCallback(stopped)
 
 
 def makeService(options: Options) -> IService:

@@ -1,0 +1,186 @@
+"""
+A reconnect storm: N clients connect at once to a real C{twistd timerserver},
+K handshakes in flight (shared among client processes), from several
+loopback source addresses, the way
+clients come back after a restart.  Reports how many were welcomed within
+the deadline and the welcome latency (from the start of connect to the
+welcome's arrival) p50/p99/max, for the server's defaults and for
+C{--backlog 50} (Twisted's own default) side by side.  Bounded in time;
+everything it starts, it stops.
+
+    python bench/storm.py [--clients 10000] [--in-flight 1000] [--deadline 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.serverprocess import WELCOME, ServerProcess  # noqa: E402
+
+SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
+LINGER_RST = struct.pack("ii", 1, 0)
+
+
+class _Client(asyncio.Protocol):
+    """One storm client: connected, then waiting for the welcome."""
+
+    def __init__(self, welcomed: asyncio.Future[float]) -> None:
+        self.welcomed = welcomed
+        self.received = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        if len(self.received) >= len(WELCOME) and not self.welcomed.done():
+            ok = self.received.startswith(WELCOME)
+            self.welcomed.set_result(time.monotonic() if ok else -1.0)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.welcomed.done():
+            self.welcomed.set_result(-1.0)
+
+
+async def storm(port: int, clients: int, inFlight: int, deadline: float) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    slots = asyncio.Semaphore(inFlight)
+    histogram = HdrHistogram(1, 600_000_000, 3)
+    transports: list[asyncio.Transport] = []
+    counts = {"welcomed": 0, "noWelcome": 0, "failedToConnect": 0}
+    end = time.monotonic() + deadline
+
+    async def client(i: int) -> None:
+        welcomed: asyncio.Future[float] = loop.create_future()
+        async with slots:
+            started = time.monotonic()
+            try:
+                transport, _ = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: _Client(welcomed),
+                        "127.0.0.1",
+                        port,
+                        local_addr=(SOURCES[i % len(SOURCES)], 0),
+                    ),
+                    max(0.1, end - time.monotonic()),
+                )
+            except (OSError, asyncio.TimeoutError):
+                counts["failedToConnect"] += 1
+                return
+        transports.append(transport)
+        try:
+            at = await asyncio.wait_for(welcomed, max(0.1, end - time.monotonic()))
+        except asyncio.TimeoutError:
+            at = -1.0
+        if at < 0:
+            counts["noWelcome"] += 1
+        else:
+            counts["welcomed"] += 1
+            histogram.record_value(max(1, int((at - started) * 1e6)))
+
+    began = time.monotonic()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    took = time.monotonic() - began
+    for transport in transports:
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+        transport.close()
+    return {
+        **counts,
+        "clients": clients,
+        "inFlight": inFlight,
+        "seconds": round(took, 2),
+        "_histogram": histogram,
+    }
+
+
+def _stormProcess(port: int, clients: int, inFlight: int, deadline: float) -> dict[str, Any]:
+    result = asyncio.run(storm(port, clients, inFlight, deadline))
+    result["histogram"] = result.pop("_histogram").encode()
+    return result
+
+
+def run(
+    label: str, args: list[str], clients: int, inFlight: int, deadline: float, processes: int
+) -> dict[str, Any]:
+    """Storm a server started with C{args} from C{processes} client processes."""
+    server = ServerProcess(*args, "--max-connections", str(clients + 100))
+    try:
+        with multiprocessing.Pool(processes) as pool:
+            parts = pool.starmap(
+                _stormProcess,
+                [(server.port, clients // processes, inFlight // processes, deadline)] * processes,
+            )
+    finally:
+        server.stop(timeout=60)
+    histogram = HdrHistogram(1, 600_000_000, 3)
+    for part in parts:
+        histogram.decode_and_add(part.pop("histogram"))
+    return {
+        "server": label,
+        "clients": sum(p["clients"] for p in parts),
+        "inFlight": sum(p["inFlight"] for p in parts),
+        "welcomed": sum(p["welcomed"] for p in parts),
+        "noWelcome": sum(p["noWelcome"] for p in parts),
+        "failedToConnect": sum(p["failedToConnect"] for p in parts),
+        "seconds": max(p["seconds"] for p in parts),
+        "welcomeMs": {
+            "p50": histogram.get_value_at_percentile(50) / 1000,
+            "p99": histogram.get_value_at_percentile(99) / 1000,
+            "max": histogram.get_max_value() / 1000,
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--clients", type=int, default=10_000)
+    parser.add_argument("--in-flight", type=int, default=1_000)
+    parser.add_argument("--deadline", type=float, default=20.0)
+    parser.add_argument("--processes", type=int, default=2, help="client processes")
+    parser.add_argument("--json", default="bench/results/storm.json")
+    args = parser.parse_args()
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.clients + 100 > hard:
+        sys.exit(f"--clients {args.clients} needs more than the open-file limit {hard}")
+    results = [
+        run(label, extra, args.clients, args.in_flight, args.deadline, args.processes)
+        for label, extra in (("defaults", []), ("--backlog 50", ["--backlog", "50"]))
+    ]
+    print(
+        f"\n{'server':16}{'clients':>8}{'welcomed':>10}{'none':>7}"
+        f"{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+    )
+    for r in results:
+        w = r["welcomeMs"]
+        print(
+            f"{r['server']:16}{r['clients']:>8}{r['welcomed']:>10}"
+            f"{r['noWelcome'] + r['failedToConnect']:>7}"
+            f"{w['p50']:>9.1f}{w['p99']:>9.1f}{w['max']:>9.1f}"
+        )
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    print(f"\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    main()

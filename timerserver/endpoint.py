@@ -1,0 +1,112 @@
+"""
+What the server does to the endpoint string it is given before listening:
+a listen backlog that survives a reconnect storm, and TLS that refuses
+protocols older than TLS 1.2 and says which extra to install when pyOpenSSL
+is missing.
+
+Twisted gives every listening endpoint string without C{backlog=} a listen
+queue of 50.  When thousands of clients reconnect at once the kernel
+completes their handshakes, finds the accept queue full and drops them; the
+clients believe they are connected and wait for a welcome that never comes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+DEFAULT_BACKLOG = 1024
+BACKLOG_TYPES = frozenset({"tcp", "tcp6", "unix", "ssl"})
+"""Endpoint types that take C{backlog=}; C{systemd:} sockets are already
+listening, with the backlog systemd gave them."""
+WRAPPERS = frozenset({"haproxy"})
+TLS_EXTRA = "pip install 'timerserver[tls]'"
+
+
+def splitFields(description: str) -> list[str]:
+    """Split an endpoint string on its unescaped colons, keeping escapes."""
+    fields, current = [], []
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            current.append(char + next(chars, ""))
+        elif char == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    return fields
+
+
+def endpointKind(description: str) -> str:
+    """The endpoint type of C{description}, wrappers included: C{haproxy:ssl}."""
+    fields = splitFields(description)
+    kind = fields[0].strip().lower()
+    if kind in WRAPPERS and len(fields) > 1:
+        return f"{kind}:{endpointKind(description.split(':', 1)[1])}"
+    return kind
+
+
+def withBacklog(description: str, backlog: int) -> str:
+    """
+    C{description} with C{backlog=BACKLOG} added where its type takes one and
+    it does not name one itself (inside C{haproxy:} too).
+    """
+    fields = splitFields(description)
+    kind = fields[0].strip().lower()
+    if kind in WRAPPERS and len(fields) > 1:
+        head, inner = description.split(":", 1)
+        return f"{head}:{withBacklog(inner, backlog)}"
+    if kind not in BACKLOG_TYPES:
+        return description
+    if any(field.strip().lower().startswith("backlog=") for field in fields[1:]):
+        return description
+    return f"{description}:backlog={backlog}"
+
+
+def _hasOpenSSL() -> bool:
+    try:
+        import OpenSSL  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def serverEndpoint(reactor: Any, description: str, backlog: int) -> Any:
+    """
+    Build the server endpoint for C{description} with the default C{backlog},
+    or raise L{usage.UsageError} with one line naming C{--port}.
+    """
+    full = withBacklog(description, backlog)
+    if "ssl" in endpointKind(description).split(":") and not _hasOpenSSL():
+        raise usage.UsageError(
+            f"--port: {description!r} needs TLS support (pyOpenSSL): {TLS_EXTRA}"
+        )
+    try:
+        endpoint = serverFromString(reactor, full)
+        requireModernTLS(endpoint)
+    except Exception as e:
+        raise usage.UsageError(f"--port: cannot use {description!r}: {e}") from None
+    return endpoint
+
+
+def tlsContextFactory(endpoint: Any) -> Any:
+    """The TLS context factory of an C{ssl:} endpoint (wrapped or not), or C{None}."""
+    while endpoint is not None:
+        factory = getattr(endpoint, "_sslContextFactory", None)
+        if factory is not None:
+            return factory
+        endpoint = getattr(endpoint, "_wrappedEndpoint", None)
+    return None
+
+
+def requireModernTLS(endpoint: Any) -> None:
+    """Refuse protocols older than TLS 1.2 on C{endpoint}, whatever C{sslmethod=} says."""
+    factory = tlsContextFactory(endpoint)
+    if factory is not None:
+        from OpenSSL import SSL
+
+        factory.getContext().set_min_proto_version(SSL.TLS1_2_VERSION)
