@@ -6,7 +6,9 @@ periodic messages and records how late each arrives against its schedule
 Prints one JSON line with its figures and exits; connections close with RST
 so that no TIME_WAIT is left behind.
 
-    python bench/loadclient.py HOST PORT CONNECTIONS INTERVAL
+    python bench/loadclient.py HOST PORT CONNECTIONS INTERVAL [CAFILE]
+
+With CAFILE, every connection is TLS, verified against that CA.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -79,15 +82,23 @@ class Client(asyncio.Protocol):
         self.stats.closed += 1
 
 
-async def main(host: str, port: int, count: int, interval: float) -> None:
+async def main(host: str, port: int, count: int, interval: float, caFile: str | None) -> None:
     stats = Stats()
+    tls = ssl.create_default_context(cafile=caFile) if caFile else None
     clients: list[Client] = []
     loop = asyncio.get_running_loop()
 
     async def connectOne() -> None:
         try:
             _, client = await asyncio.wait_for(
-                loop.create_connection(lambda: Client(stats, interval), host, port), 30
+                loop.create_connection(
+                    lambda: Client(stats, interval),
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname="localhost" if tls else None,
+                ),
+                30,
             )
             clients.append(client)
             stats.connected += 1
@@ -137,4 +148,4 @@ if __name__ == "__main__":
         int(sys.argv[3]),
         float(sys.argv[4]),
     )
-    asyncio.run(main(host, port, count, interval))
+    asyncio.run(main(host, port, count, interval, sys.argv[5] if len(sys.argv) > 5 else None))

@@ -29,26 +29,37 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.serverprocess import ServerProcess  # noqa: E402
+from tests.tlshelpers import Certificates  # noqa: E402
 
-PORT = "tcp:0:interface=127.0.0.1:backlog=4096"
-SERVERS: dict[str, list[str] | None] = {
-    "baseline": [sys.executable, str(ROOT / "bench" / "baseline_server.py"), "--port", PORT],
+PORT = "tcp:0:interface=127.0.0.1"  # the defaults a user gets (backlog 1024)
+BASE = PORT + ":backlog=1024"  # the baseline names its backlog
+SERVERS: dict[str, list[str]] = {
+    "baseline": [
+        sys.executable,
+        str(ROOT / "bench" / "baseline_server.py"),
+        "--port",
+        BASELINE_PORT,
+    ],
     "timerserver (wheel)": ["--timer-queue", "wheel"],
     "timerserver (reactor)": ["--timer-queue", "reactor"],
+    "timerserver TLS (wheel)": ["--timer-queue", "wheel"],
 }
+"""Each server's command line; a name with TLS listens on an ssl: endpoint."""
 
 
-def startServer(name: str, interval: float) -> ServerProcess:
+def startServer(name: str, interval: float, certs: Certificates | None) -> ServerProcess:
     spec = SERVERS[name]
     if name == "baseline":
-        return ServerProcess(command=[*spec, "--interval", str(interval)])  # type: ignore[misc]
-    return ServerProcess(*spec, "--interval", str(interval), port=PORT)  # type: ignore[misc]
+        return ServerProcess(command=[*spec, "--interval", str(interval)])
+    port = certs.endpoint() if certs else PORT
+    return ServerProcess(*spec, "--interval", str(interval), port=port)
 
 
 def measure(
     name: str, connections: int, interval: float, window: float, clients: int
 ) -> dict[str, Any]:
-    server = startServer(name, interval)
+    certs = Certificates() if "TLS" in name else None
+    server = startServer(name, interval, certs)
     procs: list[subprocess.Popen[str]] = []
     try:
         proc = psutil.Process(server.pid)
@@ -65,6 +76,7 @@ def measure(
                         str(server.port),
                         str(n),
                         str(interval),
+                        *([str(certs.chain)] if certs else []),
                     ],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
@@ -132,7 +144,7 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--runs", default="10000x0.5,19000x2")
-    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--servers", default="baseline,timerserver (wheel),timerserver (reactor)")
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=2, help="load client processes")
     parser.add_argument("--json", default="bench/results/server.json")

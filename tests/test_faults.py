@@ -80,6 +80,36 @@ class SlowConsumerTests(SynchronousTestCase):
         h.elapse(1.0)
         self.assertEqual(transport.value(), DEFAULT_MESSAGE)  # back on its schedule at t+4
 
+    def test_pauseFromAWrapperKeepsReading(self) -> None:
+        """
+        A TLS layer pauses its producer while its handshake is pending, with
+        the socket's buffer empty: reading goes on (the handshake needs it),
+        messages are skipped, and the stall timer still runs.
+        """
+        h = Harness(interval=1.0, stallTimeout=5.0)
+        proto, transport = h.connect()
+        transport.transport = StringTransport()  # type: ignore[attr-defined]
+        transport.transport.producerPaused = False  # type: ignore[attr-defined]
+        proto.pauseProducing()
+        self.assertEqual(transport.producerState, "producing")
+        h.elapse(1.5)
+        self.assertEqual(h.factory.skippedMessages, 1)
+        proto.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+        proto.pauseProducing()
+        h.elapse(5.1, step=0.1)
+        self.assertTrue(transport.disconnected)
+
+    def test_pauseWithTheSocketFullStopsReadingThroughWrappers(self) -> None:
+        h = Harness()
+        proto, transport = h.connect()
+        transport.transport = StringTransport()  # type: ignore[attr-defined]
+        transport.transport.producerPaused = True  # type: ignore[attr-defined]
+        proto.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        proto.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+
     def test_stalledClientIsAborted(self) -> None:
         h = Harness(stallTimeout=5.0)
         proto, transport = h.connect()

@@ -8,7 +8,7 @@ complete.
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import (
@@ -64,10 +64,12 @@ class TimerServerProtocol(Protocol):
     """
 
     factory: TimerServerFactory
+    transport: Any  # set by makeConnection before any method below runs
     _periodic: TimerHandle | None = None
     _watchdog: TimerHandle | None = None
     _due = 0.0
     paused = False
+    _readingPaused = False
     closing = False
     admitted = False
     _queuedWhilePaused = 0
@@ -78,14 +80,14 @@ class TimerServerProtocol(Protocol):
         factory = self.factory
         if not factory.admit(self):
             self.closing = True
-            self.transport.write(BUSY)  # type: ignore[union-attr]
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.transport.write(BUSY)
+            self.transport.loseConnection()
             return
         self.admitted = True
         queue = factory.queue
         self._periodic = queue.createTimer()
         self._watchdog = queue.createTimer()
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self.transport.registerProducer(self, True)
         if factory.welcome:
             self._write(factory.welcome)
         self._due = factory.clock.seconds() + factory.interval
@@ -93,6 +95,13 @@ class TimerServerProtocol(Protocol):
         self._armIdle()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if reason is not None and type(reason.value).__module__.startswith("OpenSSL"):
+            # Not a TLS client (plain TCP, an old protocol, a bad handshake).
+            self.factory.events.event(
+                "dropped",
+                self.transport.getPeer(),
+                f": TLS error {reason.getErrorMessage()}",
+            )
         self.closing = True
         queue = self.factory.queue
         for handle in (self._periodic, self._watchdog):
@@ -125,7 +134,7 @@ class TimerServerProtocol(Protocol):
         if userData == PERIODIC:
             self._tick()
         elif userData == IDLE:
-            self.factory.events.event("idle", self.transport.getPeer())  # type: ignore[union-attr]
+            self.factory.events.event("idle", self.transport.getPeer())
             self._write(self.factory.idleMessage)
             self.close(grace=self.factory.closeGrace)
         else:
@@ -168,12 +177,22 @@ class TimerServerProtocol(Protocol):
                 self.abort("over its buffer limit")
 
     def pauseProducing(self) -> None:
-        """The transport's buffer is full: the client is not reading."""
+        """
+        The transport cannot take more now: the client is not reading, or a
+        TLS handshake is still under way.
+
+        Reading stops only when the socket's own buffer is full, so that echo
+        cannot grow it.  A TLS layer also pauses its producer while its
+        handshake is pending, and it needs to read to complete it: stopping
+        reading then would stall the handshake for good.
+        """
         if self.paused or self.closing:
             return
         self.paused = True
         self._queuedWhilePaused = 0
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._readingPaused = getattr(_socketTransport(self.transport), "producerPaused", True)
+        if self._readingPaused:
+            self.transport.pauseProducing()
         self.factory.queue.setTimer(self._watchdog, self, self.factory.stallTimeout, STALL)  # type: ignore[arg-type]
 
     def resumeProducing(self) -> None:
@@ -181,7 +200,9 @@ class TimerServerProtocol(Protocol):
         if not self.paused or self.closing:
             return
         self.paused = False
-        self.transport.resumeProducing()  # type: ignore[union-attr]
+        if self._readingPaused:
+            self._readingPaused = False
+            self.transport.resumeProducing()
         self.factory.queue.cancelTimer(self._watchdog)  # type: ignore[arg-type]
         self._armIdle()
 
@@ -200,8 +221,8 @@ class TimerServerProtocol(Protocol):
         queue.cancelTimer(self._periodic)  # type: ignore[arg-type]
         queue.cancelTimer(self._watchdog)  # type: ignore[arg-type]
         # A registered producer holds loseConnection back until it unregisters.
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
         if grace is not None:
             queue.setTimer(self._watchdog, self, grace, CLOSING)  # type: ignore[arg-type]
 
@@ -213,12 +234,12 @@ class TimerServerProtocol(Protocol):
 
     def abort(self, why: str) -> None:
         """Drop the connection at once (RST), whatever is still queued."""
-        self.factory.events.event("aborted", self.transport.getPeer(), f": {why}")  # type: ignore[union-attr]
+        self.factory.events.event("aborted", self.transport.getPeer(), f": {why}")
         self.closing = True
         for handle in (self._periodic, self._watchdog):
             if handle is not None:
                 self.factory.queue.cancelTimer(handle)
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        self.transport.abortConnection()
 
 
 class TimerServerFactory(Factory):
@@ -305,17 +326,17 @@ class TimerServerFactory(Factory):
 
     @staticmethod
     def _host(proto: TimerServerProtocol) -> str:
-        peer = proto.transport.getPeer()  # type: ignore[union-attr]
+        peer = proto.transport.getPeer()
         return str(getattr(peer, "host", peer))
 
     def admit(self, proto: TimerServerProtocol) -> bool:
         """Count C{proto} in, or return C{False} (and log) if it is over a limit."""
         host = self._host(proto)
         if self.maxConnections is not None and len(self.connections) >= self.maxConnections:
-            self.events.event("refused", proto.transport.getPeer(), ": server full")  # type: ignore[union-attr]
+            self.events.event("refused", proto.transport.getPeer(), ": server full")
             return False
         if self.maxPerPeer and self.perPeer.get(host, 0) >= self.maxPerPeer:
-            self.events.event("refused", proto.transport.getPeer(), ": too many from host")  # type: ignore[union-attr]
+            self.events.event("refused", proto.transport.getPeer(), ": too many from host")
             return False
         self.connections.add(proto)
         self.perPeer[host] = self.perPeer.get(host, 0) + 1
@@ -359,6 +380,13 @@ class TimerServerFactory(Factory):
         self._abortCall = None
         for proto in list(self.connections):
             proto.abort("still open at shutdown")
+
+
+def _socketTransport(transport: object) -> object:
+    """The transport at the bottom of C{transport}'s wrappers (TLS, PROXY)."""
+    while (inner := getattr(transport, "transport", None)) is not None:
+        transport = inner
+    return transport
 
 
 def _seconds(name: str, value: object, maximum: float) -> float:

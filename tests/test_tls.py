@@ -1,0 +1,138 @@
+"""
+C{ssl:} endpoints against a real C{twistd timerserver} process: the
+handshake completes, and every rule of the server (echo, periodic messages,
+half-close, backpressure and the stall timeout, shutdown) holds over TLS.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import threading
+import time
+import warnings
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.serverprocess import MESSAGE, WELCOME, ServerProcess, recvExactly
+from tests.tlshelpers import Certificates
+
+
+class TLSTests(SynchronousTestCase):
+    def start(self, *args: str) -> ServerProcess:
+        self.certs = Certificates()
+        server = ServerProcess(*args, port=self.certs.endpoint())
+        self.addCleanup(server.kill)
+        return server
+
+    def connect(self, server: ServerProcess, rcvbuf: int | None = None) -> ssl.SSLSocket:
+        sock = self.certs.connect(server.port, rcvbuf)
+        self.addCleanup(sock.close)
+        return sock
+
+    def test_welcomeEchoPeriodic(self) -> None:
+        server = self.start("--interval", "0.2")
+        sock = self.connect(server)
+        self.assertIn(sock.version(), ("TLSv1.2", "TLSv1.3"))
+        self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+        sock.sendall(b"secret \x00\xff\r\n")
+        self.assertEqual(recvExactly(sock, 11), b"secret \x00\xff\r\n")
+        for _ in range(3):
+            self.assertEqual(recvExactly(sock, len(MESSAGE)), MESSAGE)
+
+    def test_multiMegabyteEchoByteForByte(self) -> None:
+        server = self.start("--interval", "0.1")
+        sock = self.connect(server)
+        recvExactly(sock, len(WELCOME))
+        payload = bytes(range(256)) * 4096 * 4  # 4 MiB
+        sender = threading.Thread(target=sock.sendall, args=(payload,))
+        sender.start()
+        received = b""
+        deadline = time.monotonic() + 30
+        while len(received.replace(MESSAGE, b"")) < len(payload) and time.monotonic() < deadline:
+            received += sock.recv(1 << 16)
+        sender.join(10)
+        self.assertEqual(received.replace(MESSAGE, b""), payload)
+
+    def test_closeNotifyClosesCleanly(self) -> None:
+        """The client's close_notify: what was echoed arrives, then the server's close."""
+        server = self.start("--interval", "0.2")
+        sock = self.connect(server)
+        recvExactly(sock, len(WELCOME))
+        sock.sendall(b"last words")
+        self.assertEqual(recvExactly(sock, 10), b"last words")
+        plain = sock.unwrap()  # sends close_notify, waits for the server's
+        plain.settimeout(5)
+        self.assertEqual(plain.recv(100), b"")
+        plain.close()
+        self.assertServing(server)
+        server.stop()
+        self.assertIn("closed 0 connections, cancelled 0 timers", server.output)
+
+    def assertServing(self, server: ServerProcess) -> None:
+        sock = self.connect(server)
+        self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+        sock.sendall(b"ok?")
+        self.assertEqual(recvExactly(sock, 3), b"ok?")
+        sock.close()
+
+    def test_nonReadingClientIsAbortedWhileOthersAreServed(self) -> None:
+        big = "x" * 20000 + "\\r\\n"
+        server = self.start("--interval", "0.01", "--message", big, "--stall-timeout", "1")
+        stuck = self.connect(server, rcvbuf=4096)
+        reader = self.connect(server)
+        recvExactly(reader, len(WELCOME))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and "stalled" not in server.output:
+            self.assertTrue(reader.recv(65536))  # the reading client keeps its messages
+        self.assertIn("stalled", server.output)
+        # The stalled client's connection ends (an RST, which ssl may report as EOF).
+        try:
+            while stuck.recv(1 << 20):
+                pass
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+            pass
+        server.stop()
+        skipped = re.search(r"skipped (\d+) messages", server.output)
+        self.assertIsNotNone(skipped, server.output)
+        self.assertGreater(int(skipped.group(1)), 0)  # type: ignore[union-attr]
+        self.assertNotIn("Traceback", server.output)
+
+    def test_plainTCPClientIsDroppedAndLogged(self) -> None:
+        server = self.start()
+        plain = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        self.addCleanup(plain.close)
+        plain.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = plain.recv(1000)
+        self.assertNotIn(b"Welcome", data)
+        server.waitForLine(r"dropped connection from .*TLS error", 10)
+        self.assertServing(server)
+        self.assertNotIn("Traceback", server.output)
+
+    def test_protocolsOlderThanTLS12AreRefused(self) -> None:
+        server = self.start()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.certs.ca.configure_trust(context)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = ssl.TLSVersion.TLSv1
+            context.maximum_version = ssl.TLSVersion.TLSv1_1
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        with self.assertRaises(ssl.SSLError):
+            self.certs.connect(server.port, context=context)
+        self.assertServing(server)
+
+    def test_shutdownSaysGoodbyeOverTLS(self) -> None:
+        server = self.start()
+        sock = self.connect(server)
+        recvExactly(sock, len(WELCOME))
+        server.stop()
+        self.assertEqual(recvExactly(sock, 22), b"Server shutting down\r\n")
+        self.assertIn("closed 1 connections", server.output)
+
+    def test_idleTimeoutOverTLS(self) -> None:
+        server = self.start("--idle-timeout", "0.5")
+        sock = self.connect(server)
+        recvExactly(sock, len(WELCOME))
+        self.assertEqual(recvExactly(sock, 14), b"Idle timeout\r\n")
