@@ -38,7 +38,7 @@ SERVERS: dict[str, list[str]] = {
         sys.executable,
         str(ROOT / "bench" / "baseline_server.py"),
         "--port",
-        BASELINE_PORT,
+        BASE,
     ],
     "timerserver (wheel)": ["--timer-queue", "wheel"],
     "timerserver (reactor)": ["--timer-queue", "reactor"],

@@ -46,11 +46,13 @@ class ServerProcess:
         startTimeout: float = 20,
         command: list[str] | None = None,
         openFiles: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         """
         @param command: run this instead of twistd; it must print a line with
             "listening on ... port=N".
         @param openFiles: the server's open-file limit, soft and hard.
+        @param env: variables added to the server's environment.
         """
         if command is None:
             command = twistdCommand("-n", "--pidfile=", "timerserver", "-p", port, *args)
@@ -60,7 +62,7 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             preexec_fn=None if openFiles is None else lambda: _limitFiles(openFiles),
         )
         self.pid = self.process.pid

@@ -207,6 +207,6 @@ class FactoryTests(SynchronousTestCase):
         self.assertRaises(TypeError, TimerServerFactory, object(), reactor=clock)
 
     def test_builds(self) -> None:
-        factory = TimerServerFactory(TimerWheel(Clock()), reactor=Clock())
+        factory = TimerServerFactory(TimerWheel(Clock()))
         self.assertIsInstance(factory.buildProtocol(PEER), TimerServerProtocol)
         self.assertEqual(factory.interval, 2.0)

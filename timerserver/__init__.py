@@ -3,6 +3,7 @@ timerserver: per-connection timer queues for Twisted, and a server that
 shows them off.
 """
 
+from timerserver.clock import useMonotonicTime
 from timerserver.interfaces import (
     IMonitorTimerQueue,
     InvalidTimerHandle,
@@ -30,4 +31,5 @@ __all__ = [
     "TimerWheel",
     "UpdateTimerIf",
     "__version__",
+    "useMonotonicTime",
 ]

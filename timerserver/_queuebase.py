@@ -95,10 +95,18 @@ class TimerQueueBase(Generic[H]):
 
             reactor = cast(IReactorTime, globalReactor)
         self._reactor = reactor
-        self._seconds = reactor.seconds
         self.maximumTimeout = positiveFinite("maximumTimeout", maximumTimeout)
         self._monitor = monitor
         self._stopped = False
+
+    @property
+    def clock(self) -> IReactorTime:
+        """
+        The clock this queue reads and schedules on.  It is read on every
+        call, never cached, so a later L{timerserver.useMonotonicTime} on it
+        takes effect here too.
+        """
+        return self._reactor
 
     # Primitives of a concrete queue.
 
@@ -195,7 +203,7 @@ class TimerQueueBase(Generic[H]):
             h.timer = timer
             h.isTimer = isTimer
             h.userData = userData
-            self._arm(h, timeout, self._seconds())
+            self._arm(h, timeout, self._reactor.seconds())
         if self._monitor is not None:
             self._monitor.timerSet(wasPending)
         return wasPending
@@ -212,7 +220,7 @@ class TimerQueueBase(Generic[H]):
             raise TypeError(f"when must be an UpdateTimerIf, not {when!r}")
         h, timeout, isTimer = self._accept(handle, timer, timeout)
         deadline = h.deadline
-        now = self._seconds()
+        now = self._reactor.seconds()
         if deadline is None or when is UpdateTimerIf.ALWAYS:
             rearm = update = True
         elif when is UpdateTimerIf.NO_TIMEOUT_CHANGE:
@@ -262,7 +270,7 @@ class TimerQueueBase(Generic[H]):
         h.timer = timer
         h.isTimer = isTimer
         h.userData = userData
-        self._arm(h, timeout, self._seconds())
+        self._arm(h, timeout, self._reactor.seconds())
         if self._monitor is not None:
             self._monitor.oneShotTimerSet()
 

@@ -258,8 +258,9 @@ class TimerServerFactory(Factory):
     @param maxConnections: connections served at once; more are refused with
         C{Server busy}.  C{None} for no limit.
     @param maxPerPeer: connections at once from one host; 0 for no limit.
-    @param reactor: the clock of the periodic schedule and of the log's rate
-        limit; the global reactor if C{None}.
+    @param reactor: the clock of the periodic schedule, the shutdown timeout
+        and the log's rate limit: the queue's own clock (C{queue.clock}) if
+        C{None}; it may not be another one.
     """
 
     protocol = TimerServerProtocol  # type: ignore[assignment]
@@ -305,10 +306,16 @@ class TimerServerFactory(Factory):
             None if maxConnections is None else _count("maxConnections", maxConnections, minimum=1)
         )
         self.maxPerPeer = _count("maxPerPeer", maxPerPeer, minimum=0)
+        # One time source: the schedule is kept on the clock the queue reads.
+        queueClock = getattr(queue, "clock", None)
         if reactor is None:
-            from twisted.internet import reactor as globalReactor
+            if queueClock is None:
+                from twisted.internet import reactor as globalReactor
 
-            reactor = cast(IReactorTime, globalReactor)
+                queueClock = globalReactor
+            reactor = cast(IReactorTime, queueClock)
+        elif queueClock is not None and reactor is not queueClock:
+            raise ValueError(f"reactor {reactor!r} is not the clock of {queue!r}")
         self.queue = queue
         self.welcome = welcome or b""
         self.message = message

@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
 from timerserver._queuebase import DEFAULT_MAXIMUM_TIMEOUT
+from timerserver.clock import useMonotonicTime
 from timerserver.endpoint import DEFAULT_BACKLOG, serverEndpoint
 from timerserver.interfaces import IQueueTimers
 from timerserver.protocol import (
@@ -198,6 +199,8 @@ def makeQueue(options: Options, reactor: IReactorTime) -> IQueueTimers:
 def makeService(options: Options) -> IService:
     """Build the service C{twistd timerserver} runs."""
     reactor = cast(IReactorTime, options._reactor)
+    # Before anything is scheduled: a wall-clock step moves no timer.
+    useMonotonicTime(reactor)
     queue = makeQueue(options, reactor)
     factory = TimerServerFactory(
         queue,

@@ -108,7 +108,7 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
         _powerOfTwo("slots", slots)
         _powerOfTwo("upperSlots", upperSlots)
         TimerQueueBase.__init__(self, reactor, maximumTimeout, monitor)
-        now = self._seconds()
+        now = self._reactor.seconds()
         if (now + self.maximumTimeout) / granularity > _MAXIMUM_TICKS:
             raise ValueError(
                 f"maximumTimeout {maximumTimeout!r} is too long for granularity "
@@ -238,7 +238,7 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
     def _advance(self) -> None:
         """Fire every timer of every tick up to now, then sleep until the next."""
         self._call = None
-        now = self._seconds()
+        now = self._reactor.seconds()
         nowTick = max(math.floor(now / self.granularity), self._callTick)
         self._advancing = True
         try:
