@@ -47,12 +47,15 @@ class ServerProcess:
         command: list[str] | None = None,
         openFiles: int | None = None,
         env: dict[str, str] | None = None,
+        portPattern: str = r"listening on .*port=(\d+)",
     ) -> None:
         """
         @param command: run this instead of twistd; it must print a line with
             "listening on ... port=N".
         @param openFiles: the server's open-file limit, soft and hard.
         @param env: variables added to the server's environment.
+        @param portPattern: the log line that says the server listens; its
+            group, if a number, is the port (for a UNIX socket, 0).
         """
         if command is None:
             command = twistdCommand("-n", "--pidfile=", "timerserver", "-p", port, *args)
@@ -69,7 +72,8 @@ class ServerProcess:
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.port = self._waitForPort(startTimeout)
+        found = self.waitForLine(portPattern, startTimeout).groups()
+        self.port = int(found[0]) if found and found[0].isdigit() else 0
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -80,21 +84,18 @@ class ServerProcess:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def waitForLine(self, pattern: str, timeout: float) -> re.Match[str]:
+    def waitForLine(self, pattern: str, timeout: float, occurrence: int = 1) -> re.Match[str]:
+        """The C{occurrence}th line matching C{pattern}, waiting up to C{timeout}."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in list(self.lines):
-                match = re.search(pattern, line)
-                if match:
-                    return match
+            matches = [m for m in map(re.compile(pattern).search, list(self.lines)) if m]
+            if len(matches) >= occurrence:
+                return matches[occurrence - 1]
             if self.process.poll() is not None and not self._reader.is_alive():
                 break
             time.sleep(0.02)
         self.kill()
         raise AssertionError(f"no line matching {pattern!r} in:\n{self.output}")
-
-    def _waitForPort(self, timeout: float) -> int:
-        return int(self.waitForLine(r"listening on .*port=(\d+)", timeout).group(1))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         """Send C{sig} and wait; kill and fail if it does not exit in time."""

@@ -113,6 +113,16 @@ class OptionsTests(SynchronousTestCase):
         self.assertUsageError(["--interval"], "interval")
         for value in ("0", "-5", "many", "1.5"):
             self.assertUsageError(["--backlog", value], "--backlog")
+        for value in ("0", "-1", "x", "65", "1.5", ""):
+            self.assertUsageError(["--workers", value], "--workers")
+
+    def test_workers(self) -> None:
+        import os
+
+        self.assertEqual(parse()["workers"], 1)
+        self.assertEqual(parse("--workers", "3")["workers"], 3)
+        self.assertEqual(parse("--workers", "64")["workers"], 64)
+        self.assertEqual(parse("--workers", "auto")["workers"], len(os.sched_getaffinity(0)))
 
     def test_asTwistdSubcommandExitsWithOneLine(self) -> None:
         """Under twistd a bad value is one line on exit, not twistd's usage."""

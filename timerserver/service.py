@@ -19,6 +19,23 @@ from timerserver.protocol import TimerServerFactory
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 
 
+def listenOrExit(endpoint: Any, factory: Any, description: str) -> IListeningPort:
+    """
+    Listen on C{endpoint} now; a failure is C{SystemExit} with one line (no
+    traceback), as is an endpoint that does not listen at once.
+    """
+    results: list[IListeningPort | Failure] = []
+    endpoint.listen(factory).addBoth(results.append)
+    if not results:
+        raise SystemExit(f"twistd timerserver: cannot listen on {description}: no answer")
+    [result] = results
+    if isinstance(result, Failure):
+        raise SystemExit(
+            f"twistd timerserver: cannot listen on {description}: {result.getErrorMessage()}"
+        )
+    return result
+
+
 class TimerServerService(Service):
     """
     Listens on C{endpoint} with C{factory}.  A listen failure is one line on
@@ -46,20 +63,10 @@ class TimerServerService(Service):
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
-        failures: list[Failure] = []
-        d = self.endpoint.listen(self.factory)
-        d.addCallbacks(self._listening, failures.append)
-        if failures:
-            raise SystemExit(
-                f"twistd timerserver: cannot listen on {self.description}: "
-                f"{failures[0].getErrorMessage()}"
-            )
-
-    def _listening(self, port: IListeningPort) -> None:
-        self._port = port
+        self._port = listenOrExit(self.endpoint, self.factory, self.description)
         self._log.info(
             "timerserver listening on {address}, {queue!r}, interval {interval}s",
-            address=port.getHost(),
+            address=self._port.getHost(),
             queue=self.factory.queue,
             interval=self.factory.interval,
         )

@@ -5,7 +5,9 @@ C{twistd timerserver}: the command line, and the service it builds.
 from __future__ import annotations
 
 import math
+import os
 import re
+import sys
 from typing import Any, cast
 
 from twisted.application.service import IService, MultiService
@@ -86,6 +88,19 @@ def wholeNumber(value: str, option: str, minimum: int) -> int:
     return number
 
 
+MAX_WORKERS = 64
+
+
+def workerCount(value: str) -> int:
+    """Parse C{--workers}: a whole number from 1 to L{MAX_WORKERS}, or C{auto}."""
+    if value == "auto":
+        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    number = wholeNumber(value, "workers", 1)
+    if number > MAX_WORKERS:
+        raise usage.UsageError(f"--workers: at most {MAX_WORKERS}, not {value!r}")
+    return number
+
+
 def openFileLimit() -> int:
     """
     The open-file limit of this process, raised to its hard limit first so
@@ -130,8 +145,14 @@ class Options(usage.Options):
         ["max-buffer", None, str(DEFAULT_MAX_BUFFER), "Bytes queued for a non-reading client."],
         ["idle-timeout", None, "0", "Seconds without client data before closing; 0: never."],
         ["idle-message", None, DEFAULT_IDLE_MESSAGE.decode(), "Text sent on idle timeout."],
-        ["max-connections", None, None, "Connections at once (default: file limit - 64)."],
-        ["max-per-peer", None, "0", "Connections at once from one host; 0: no limit."],
+        [
+            "max-connections",
+            None,
+            None,
+            "Connections at once per worker (default: file limit - 64).",
+        ],
+        ["max-per-peer", None, "0", "Connections at once from one host, per worker; 0: none."],
+        ["workers", None, "1", f"Worker processes, 1-{MAX_WORKERS} or auto (one per core)."],
         ["goodbye", None, DEFAULT_GOODBYE.decode(), "Text sent to every client on shutdown."],
         ["shutdown-timeout", None, str(DEFAULT_SHUTDOWN_TIMEOUT), "Seconds to wait for closes."],
     ]
@@ -142,6 +163,7 @@ class Options(usage.Options):
         self._reactor = reactor
 
     def parseOptions(self, options: Any = None) -> None:
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             usage.Options.parseOptions(self, options)
         except usage.UsageError as e:
@@ -186,7 +208,12 @@ class Options(usage.Options):
 
             self._reactor = reactor
         self["backlog"] = wholeNumber(self["backlog"], "backlog", 1)
-        self.endpoint = serverEndpoint(self._reactor, self["port"], self["backlog"])
+        self["workers"] = workerCount(self["workers"])
+        self.endpoint = self.makeEndpoint()
+
+    def makeEndpoint(self) -> Any:
+        """The endpoint C{--port} names, with the default backlog."""
+        return serverEndpoint(self._reactor, self["port"], self["backlog"])
 
 
 def makeQueue(options: Options, reactor: IReactorTime) -> IQueueTimers:
@@ -196,18 +223,13 @@ def makeQueue(options: Options, reactor: IReactorTime) -> IQueueTimers:
     return TimerWheel(reactor, granularity=options["granularity"])
 
 
-def makeService(options: Options) -> IService:
-    """Build the service C{twistd timerserver} runs."""
-    reactor = cast(IReactorTime, options._reactor)
-    # Before anything is scheduled: a wall-clock step moves no timer.
-    useMonotonicTime(reactor)
-    queue = makeQueue(options, reactor)
+def makeServer(options: Options, reactor: IReactorTime, endpoint: Any) -> TimerServerService:
+    """One server process's service: a queue, the factory, and the listening service."""
     factory = TimerServerFactory(
-        queue,
+        makeQueue(options, reactor),
         welcome=options["welcome"],
         message=options["message"],
         interval=options["interval"],
-        reactor=reactor,
         idleTimeout=options["idle-timeout"],
         idleMessage=options["idle-message"],
         stallTimeout=options["stall-timeout"],
@@ -216,8 +238,22 @@ def makeService(options: Options) -> IService:
         maxPerPeer=options["max-per-peer"],
         goodbye=options["goodbye"],
     )
+    return TimerServerService(endpoint, options["port"], factory, options["shutdown-timeout"])
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the service C{twistd timerserver} runs: the server itself, or with
+    C{--workers} N > 1 the master that supervises N worker processes.
+    """
+    reactor = cast(IReactorTime, options._reactor)
+    # Before anything is scheduled: a wall-clock step moves no timer.
+    useMonotonicTime(reactor)
     parent = MultiService()
-    parent.addService(
-        TimerServerService(options.endpoint, options["port"], factory, options["shutdown-timeout"])
-    )
+    if options["workers"] > 1:
+        from timerserver.supervisor import WorkerPoolService
+
+        parent.addService(WorkerPoolService(options, reactor))
+    else:
+        parent.addService(makeServer(options, reactor, options.endpoint))
     return parent

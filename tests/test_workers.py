@@ -1,0 +1,237 @@
+"""
+C{--workers N}: a master and N real worker processes on one listening
+socket.  Every process started is stopped; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import socket
+import time
+
+import psutil
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.serverprocess import MESSAGE, WELCOME, ServerProcess, recvExactly, recvUntilClosed
+
+
+def raiseFileLimit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class WorkerCase(SynchronousTestCase):
+    def start(self, *args: str, workers: int = 2, **kwargs: object) -> ServerProcess:
+        server = ServerProcess("--workers", str(workers), *args, **kwargs)  # type: ignore[arg-type]
+        self.addCleanup(self.stopAll, server)
+        for number in range(1, workers + 1):
+            server.waitForLine(rf"worker {number}: timerserver listening on", 20)
+        return server
+
+    def stopAll(self, server: ServerProcess) -> None:
+        pids = list(self.workerPids(server).values())
+        server.kill()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def workerPids(self, server: ServerProcess) -> dict[int, int]:
+        """The newest pid of each worker number, from the master's log."""
+        pids: dict[int, int] = {}
+        for match in re.finditer(r"worker (\d+) started, pid (\d+)", server.output):
+            pids[int(match.group(1))] = int(match.group(2))
+        return pids
+
+    def connect(self, server: ServerProcess, source: str = "127.0.0.1") -> socket.socket:
+        sock = socket.socket()
+        sock.settimeout(5)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", server.port))
+        self.addCleanup(sock.close)
+        return sock
+
+    def served(self, pid: int, port: int) -> int:
+        """How many established connections worker C{pid} holds on C{port}."""
+        return sum(
+            1
+            for c in psutil.Process(pid).net_connections(kind="tcp")
+            if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+        )
+
+    def waitGone(self, pids: list[int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            alive = [p for p in pids if psutil.pid_exists(p) and _notZombie(p)]
+            if not alive:
+                return
+            time.sleep(0.05)
+        self.fail(f"processes still running after {timeout}s: {alive}")
+
+
+def _notZombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class WorkerTests(WorkerCase):
+    def test_twoWorkersServeAndConnectionsSpread(self) -> None:
+        raiseFileLimit()
+        server = self.start("--interval", "5")
+        socks = [self.connect(server, f"127.0.0.{2 + i % 50}") for i in range(2000)]
+        for sock in socks:
+            self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+        pids = self.workerPids(server)
+        self.assertEqual(sorted(pids), [1, 2])
+        counts = [self.served(pid, server.port) for pid in pids.values()]
+        self.assertEqual(sum(counts), 2000)
+        self.assertGreaterEqual(min(counts), 600, counts)  # neither under 30%
+        self.assertEqual(self.served(server.pid, server.port), 0)  # the master serves none
+
+    def test_killedWorkerIsReplacedAndTheOtherKeepsServing(self) -> None:
+        server = self.start("--interval", "0.2")
+        socks = [self.connect(server, f"127.0.0.{2 + i}") for i in range(20)]
+        for sock in socks:
+            recvExactly(sock, len(WELCOME))
+        pids = self.workerPids(server)
+        victim = pids[1]
+        survivors = [s for s in socks if self.ownedBy(s, pids[2])]
+        os.kill(victim, signal.SIGKILL)
+        killedAt = time.monotonic()
+        server.waitForLine(r"worker 1 killed by signal 9 \(SIGKILL\)", 5)
+        server.waitForLine(r"worker 1: timerserver listening on", 10, occurrence=2)
+        self.assertLess(time.monotonic() - killedAt, 5)
+        newPid = self.workerPids(server)[1]
+        self.assertNotEqual(newPid, victim)
+        match = re.search(
+            r"worker 1 killed by signal 9 \(SIGKILL\) after .*restarting it in (\S+)s",
+            server.output,
+        )
+        self.assertIsNotNone(match, server.output)
+        self.assertEqual(float(match.group(1)), 0.0)  # type: ignore[union-attr]
+        for sock in survivors:  # the other worker's clients keep their messages
+            self.assertEqual(recvExactly(sock, len(MESSAGE)), MESSAGE)
+        fresh = self.connect(server)
+        self.assertEqual(recvExactly(fresh, len(WELCOME)), WELCOME)
+
+    def ownedBy(self, sock: socket.socket, pid: int) -> bool:
+        local = sock.getsockname()
+        return any(
+            c.raddr and (c.raddr.ip, c.raddr.port) == local
+            for c in psutil.Process(pid).net_connections(kind="tcp")
+        )
+
+    def test_sigtermSaysGoodbyeEverywhereAndLeavesNoProcess(self) -> None:
+        server = self.start("--interval", "5")
+        socks = [self.connect(server, f"127.0.0.{2 + i}") for i in range(10)]
+        for sock in socks:
+            recvExactly(sock, len(WELCOME))
+        pids = list(self.workerPids(server).values())
+        server.stop(signal.SIGTERM, timeout=20)
+        for sock in socks:
+            self.assertEqual(recvUntilClosed(sock), b"Server shutting down\r\n")
+        self.waitGone(pids, 5)
+        line = re.search(
+            r"and its 2 workers; closed (\d+) connections, cancelled (\d+) timers", server.output
+        )
+        self.assertIsNotNone(line, server.output)
+        self.assertEqual(line.group(1), "10")  # type: ignore[union-attr]
+        self.assertNotIn("Traceback", server.output)
+
+    def test_workersOfAKilledMasterExitByThemselves(self) -> None:
+        server = self.start()
+        pids = list(self.workerPids(server).values())
+        server.kill()  # SIGKILL: the master cannot tell anyone
+        self.waitGone(pids, 10)
+
+    def test_workerThatKeepsDyingIsRestartedWithBackOff(self) -> None:
+        from tests.tlshelpers import Certificates
+
+        certs = Certificates()
+        server = ServerProcess("--workers", "2", port=certs.endpoint())
+        self.addCleanup(self.stopAll, server)
+        server.waitForLine(r"worker 2: timerserver listening", 20)
+        certs.key.unlink()  # every new worker now fails to load its key at start
+        pid = self.workerPids(server)[1]
+        os.kill(pid, signal.SIGKILL)
+        server.waitForLine(r"worker 1 exited with status 1 .*restarting it in 2\.0s", 20)
+        delays = [
+            float(m)
+            for m in re.findall(
+                r"worker 1 (?:killed|exited)[^\n]*restarting it in (\S+)s", server.output
+            )
+        ]
+        self.assertEqual(delays[:4], [0.0, 0.5, 1.0, 2.0])
+        self.assertNotIn("worker 2 exited", server.output)  # untouched
+        self.assertIn("worker 1: --port: cannot use", server.output)  # one line, no traceback
+        self.assertNotIn("Traceback", server.output)
+
+
+class WorkerEndpointTests(WorkerCase):
+    def test_unixSocket(self) -> None:
+        import tempfile
+
+        path = os.path.join(tempfile.mkdtemp(), "ts.sock")
+        server = ServerProcess(
+            "--workers",
+            "2",
+            port=f"unix:{path}",
+            command=None,
+            portPattern=r"listening on (.*) with",
+        )
+        self.addCleanup(self.stopAll, server)
+        server.waitForLine(r"worker 2: timerserver listening", 20)
+        for _ in range(4):
+            sock = socket.socket(socket.AF_UNIX)
+            self.addCleanup(sock.close)
+            sock.settimeout(5)
+            sock.connect(path)
+            self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+
+    def test_tls(self) -> None:
+        from tests.tlshelpers import Certificates
+
+        certs = Certificates()
+        server = ServerProcess("--workers", "2", "--interval", "0.2", port=certs.endpoint())
+        self.addCleanup(self.stopAll, server)
+        server.waitForLine(r"worker 2: timerserver listening", 20)
+        for _ in range(4):
+            sock = certs.connect(server.port)
+            self.addCleanup(sock.close)
+            self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+            sock.sendall(b"tls")
+            self.assertEqual(recvExactly(sock, 3), b"tls")
+            self.assertEqual(recvExactly(sock, len(MESSAGE)), MESSAGE)
+
+
+class WorkerStartErrorTests(SynchronousTestCase):
+    def test_portInUseIsOneLineAndNoWorker(self) -> None:
+        import subprocess
+
+        from tests.serverprocess import ROOT, twistdCommand
+
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            twistdCommand(
+                "-n", "--pidfile=", "timerserver", "--workers", "2",
+                "-p", f"tcp:{port}:interface=127.0.0.1",
+            ),
+            cwd=ROOT, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        output = result.stdout + result.stderr
+        self.assertNotEqual(result.returncode, 0)
+        [line] = [x for x in output.splitlines() if "cannot listen" in x]
+        self.assertIn("Address already in use", line)
+        self.assertNotIn("worker 1", output)
+        self.assertNotIn("Traceback", output)
