@@ -1,8 +1,14 @@
 """
 What the server does to the endpoint string it is given before listening:
-a listen backlog that survives a reconnect storm, and TLS that refuses
+a listen backlog that survives a reconnect storm, TLS that refuses
 protocols older than TLS 1.2 and says which extra to install when pyOpenSSL
-is missing.
+is missing, and C{haproxy:} endpoints that read the PROXY header before the
+server sees the connection (L{timerserver.proxyheader}).
+
+Behind C{haproxy:ssl:...} the PROXY header comes first, in clear, as HAProxy
+sends it in front of a TLS connection it passes through; the TLS layer sits
+inside it.  (Twisted's own C{haproxy:ssl:} puts TLS outside, where the
+header can never arrive.)
 
 Twisted gives every listening endpoint string without C{backlog=} a listen
 queue of 50.  When thousands of clients reconnect at once the kernel
@@ -14,8 +20,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.endpoints import serverFromString
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 from twisted.python import usage
+
+from timerserver.proxyheader import ProxyHeaderFactory
 
 DEFAULT_BACKLOG = 1024
 BACKLOG_TYPES = frozenset({"tcp", "tcp6", "unix", "ssl"})
@@ -81,16 +90,56 @@ def serverEndpoint(reactor: Any, description: str, backlog: int) -> Any:
     or raise L{usage.UsageError} with one line naming C{--port}.
     """
     full = withBacklog(description, backlog)
-    if "ssl" in endpointKind(description).split(":") and not _hasOpenSSL():
+    layers = endpointKind(description).split(":")
+    if "ssl" in layers and not _hasOpenSSL():
         raise usage.UsageError(
             f"--port: {description!r} needs TLS support (pyOpenSSL): {TLS_EXTRA}"
         )
+    proxied = layers[0] == "haproxy" and len(layers) > 1
     try:
-        endpoint = serverFromString(reactor, full)
+        endpoint = serverFromString(reactor, full.split(":", 1)[1] if proxied else full)
         requireModernTLS(endpoint)
     except Exception as e:
         raise usage.UsageError(f"--port: cannot use {description!r}: {e}") from None
-    return endpoint
+    return ProxyHeaderEndpoint(endpoint) if proxied else endpoint
+
+
+def layered(factory: Any, tls: Any = None, proxy: bool = False) -> Any:
+    """
+    C{factory} with TLS (given C{tls}, a context factory) inside a PROXY
+    header reader (C{proxy}), as the server listens behind C{haproxy:}.
+    """
+    clock: Any = getattr(factory, "clock", None)
+    events = getattr(factory, "events", None)
+    if tls is not None:
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        factory = TLSMemoryBIOFactory(tls, False, factory)
+    if proxy:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        factory = ProxyHeaderFactory(factory, clock, events)
+    return factory
+
+
+class ProxyHeaderEndpoint:
+    """
+    A C{haproxy:} endpoint: listens on the inner endpoint's TCP socket with
+    the PROXY header read first, and TLS inside it for C{haproxy:ssl:}.
+    """
+
+    def __init__(self, wrappedEndpoint: Any) -> None:
+        self._wrappedEndpoint = wrappedEndpoint
+
+    def listen(self, factory: Any) -> defer.Deferred[Any]:
+        inner = self._wrappedEndpoint
+        tls = getattr(inner, "_sslContextFactory", None)
+        if tls is not None:
+            inner = TCP4ServerEndpoint(
+                inner._reactor, inner._port, inner._backlog, inner._interface
+            )
+        listening: defer.Deferred[Any] = inner.listen(layered(factory, tls, proxy=True))
+        return listening
 
 
 def tlsContextFactory(endpoint: Any) -> Any:

@@ -29,7 +29,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python import usage
 
 from timerserver.clock import useMonotonicTime
-from timerserver.endpoint import endpointKind, serverEndpoint, tlsContextFactory
+from timerserver.endpoint import endpointKind, layered, serverEndpoint, tlsContextFactory
 from timerserver.service import TimerServerService
 from timerserver.tap import Options, makeServer
 
@@ -39,7 +39,7 @@ FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_
 class AdoptedEndpoint:
     """
     Listens on an inherited listening socket with the layers C{--port} names
-    (PROXY header, TLS), in the order Twisted's own endpoints put them.
+    (PROXY header, TLS), as L{timerserver.endpoint.serverEndpoint} does.
     """
 
     def __init__(self, reactor: Any, fd: int, family: int, options: Options) -> None:
@@ -55,15 +55,8 @@ class AdoptedEndpoint:
         )
 
     def listen(self, factory: Any) -> defer.Deferred[Any]:
-        if self.haproxy:
-            from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
-
-            factory = HAProxyWrappingFactory(factory)
-        if self.tls is not None:
-            from twisted.protocols.tls import TLSMemoryBIOFactory
-
-            factory = TLSMemoryBIOFactory(self.tls, False, factory)
-        return defer.execute(self.reactor.adoptStreamPort, self.fd, self.family, factory)
+        wrapped = layered(factory, self.tls, self.haproxy)
+        return defer.execute(self.reactor.adoptStreamPort, self.fd, self.family, wrapped)
 
 
 class WorkerOptions(Options):

@@ -1,0 +1,150 @@
+"""
+A real HAProxy (TCP mode, C{send-proxy-v2}) in front of two real server
+instances.  Skips, saying why, where haproxy is not installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.serverprocess import MESSAGE, ServerProcess, recvExactly, recvUntilClosed
+from tests.tlshelpers import Certificates
+
+CONFIG = """\
+global
+    maxconn 1000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend plain
+    bind 127.0.0.1:{plain}
+    default_backend servers
+backend servers
+    balance source
+    server a 127.0.0.1:{a} send-proxy-v2
+    server b 127.0.0.1:{b} send-proxy-v2
+frontend tls
+    bind 127.0.0.1:{tls}
+    default_backend tlsservers
+backend tlsservers
+    server c 127.0.0.1:{c} send-proxy-v2
+"""
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class HAProxyTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        haproxy = shutil.which("haproxy") or (
+            "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
+        )
+        if haproxy is None:
+            raise SkipTest("haproxy is not installed (Debian package haproxy)")
+        self.certs = Certificates()
+        self.a = self.server("A", "--workers", "2", port="haproxy:tcp:0:interface=127.0.0.1")
+        self.b = self.server("B", port="haproxy:tcp:0:interface=127.0.0.1")
+        self.c = self.server("C", port="haproxy:" + self.certs.endpoint())
+        self.plain, tls = freePort(), freePort()
+        config = Path(tempfile.mkdtemp()) / "haproxy.cfg"
+        config.write_text(
+            CONFIG.format(plain=self.plain, tls=tls, a=self.a.port, b=self.b.port, c=self.c.port)
+        )
+        self.tls = tls
+        self.haproxy = subprocess.Popen(
+            [haproxy, "-db", "-f", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.addCleanup(self.stopHAProxy)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.plain), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            self.fail("haproxy did not start")
+
+    def server(self, name: str, *args: str, port: str) -> ServerProcess:
+        server = ServerProcess(
+            "--welcome", f"Welcome from {name}\\r\\n", "--max-per-peer", "1",
+            "--interval", "0.3", *args, port=port,
+        )  # fmt: skip
+        self.addCleanup(server.kill)
+        if "--workers" in args:
+            server.waitForLine(r"worker 2: timerserver listening", 20)
+        return server
+
+    def stopHAProxy(self) -> None:
+        self.haproxy.kill()
+        self.haproxy.wait(10)
+        if self.haproxy.stdout:
+            self.haproxy.stdout.close()
+
+    def connect(self, source: str, port: int | None = None) -> socket.socket:
+        sock = socket.socket()
+        sock.settimeout(5)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port or self.plain))
+        self.addCleanup(sock.close)
+        return sock
+
+    def welcome(self, sock: socket.socket) -> bytes:
+        return recvExactly(sock, len(b"Welcome from A\r\n"))
+
+    def test_clientsReachBothInstancesWithTheirOwnAddress(self) -> None:
+        socks = {f"127.0.0.{i}": self.connect(f"127.0.0.{i}") for i in range(2, 12)}
+        welcomes = {source: self.welcome(sock) for source, sock in socks.items()}
+        self.assertEqual(set(welcomes.values()), {b"Welcome from A\r\n", b"Welcome from B\r\n"})
+        for sock in socks.values():
+            sock.sendall(b"ping")
+            self.assertEqual(recvExactly(sock, 4), b"ping")
+
+        # --max-per-peer 1 counts the client's address, not HAProxy's (on B,
+        # one process: with --workers, as on A, the limit is per worker).
+        source = next(s for s, w in welcomes.items() if w.endswith(b"B\r\n"))
+        again = self.connect(source)
+        self.assertEqual(recvExactly(again, 13), b"Server busy\r\n")
+        pattern = rf"refused connection from .*host='{source.replace('.', '[.]')}'"
+        self.b.waitForLine(pattern, 5)
+        self.assertNotRegex(self.b.output, r"refused connection from .*host='127\.0\.0\.1'")
+
+    def test_stoppingOneInstanceGracefully(self) -> None:
+        socks = {f"127.0.0.{i}": self.connect(f"127.0.0.{i}") for i in range(2, 12)}
+        onA = [s for s in socks.values() if self.welcome(s).endswith(b"A\r\n")]
+        onB = [s for s in socks.values() if s not in onA]
+        self.assertTrue(onA and onB)
+        self.b.stop()
+        for sock in onB:
+            self.assertEqual(
+                recvUntilClosed(sock).replace(MESSAGE, b""), b"Server shutting down\r\n"
+            )
+        for sock in onA:  # the other instance keeps serving
+            data = recvExactly(sock, 3 * len(MESSAGE))
+            self.assertEqual(data, 3 * MESSAGE)
+
+    def test_tlsTerminatedByTheServerBehindHAProxy(self) -> None:
+        raw = self.connect("127.0.0.5", self.tls)
+        sock = self.certs.clientContext().wrap_socket(raw, server_hostname="localhost")
+        self.assertEqual(self.welcome(sock), b"Welcome from C\r\n")
+        sock.sendall(b"secret")
+        self.assertEqual(recvExactly(sock, 6), b"secret")
+        second = self.certs.clientContext().wrap_socket(
+            self.connect("127.0.0.5", self.tls), server_hostname="localhost"
+        )
+        self.assertEqual(recvExactly(second, 13), b"Server busy\r\n")

@@ -1,0 +1,93 @@
+"""
+Socket activation: C{systemd-socket-activate} (from the systemd package)
+hands the server a listening socket by name, with and without workers; and
+the unit files in contrib/systemd say what the README says they do.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shutil
+import socket
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.serverprocess import ROOT, WELCOME, ServerProcess, recvExactly, twistdCommand
+
+UNITS = ROOT / "contrib" / "systemd"
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SocketActivationTests(SynchronousTestCase):
+    def activate(self, *args: str) -> tuple[ServerProcess, int]:
+        tool = shutil.which("systemd-socket-activate")
+        if tool is None:
+            raise SkipTest("systemd-socket-activate is not installed (Debian package systemd)")
+        port = freePort()
+        command = [tool, "--fdname=timerserver", "-l", f"127.0.0.1:{port}"]
+        command += twistdCommand(
+            "-n", "--pidfile=", "timerserver", "--port", "systemd:domain=INET:name=timerserver",
+            *args,
+        )  # fmt: skip
+        # systemd-socket-activate listens at once and starts the server on the
+        # first connection, as systemd does: that client waits in the backlog.
+        server = ServerProcess(command=command, portPattern=r"Listening on [\d.]+:(\d+) as")
+        self.addCleanup(server.kill)
+        self.assertEqual(server.port, port)
+        return server, port
+
+    def assertWelcomed(self, port: int, count: int = 1) -> None:
+        for _ in range(count):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                self.assertEqual(recvExactly(sock, len(WELCOME), timeout=30), WELCOME)
+                sock.sendall(b"activated")
+                self.assertEqual(recvExactly(sock, 9), b"activated")
+
+    def test_aClientIsWelcomed(self) -> None:
+        server, port = self.activate()
+        self.assertWelcomed(port)  # the first connection starts the server
+        server.waitForLine(r"timerserver listening on .*port=(\d+)", 5)
+        self.assertWelcomed(port)
+        server.stop()
+        self.assertIn("stopped listening on systemd:domain=INET:name=timerserver", server.output)
+
+    def test_theMasterHandsTheSocketToItsWorkers(self) -> None:
+        server, port = self.activate("--workers", "2")
+        self.assertWelcomed(port)
+        server.waitForLine(r"worker 2: timerserver listening", 20)
+        self.assertIn("one shared socket", server.output)
+        self.assertWelcomed(port, 6)
+        server.stop(timeout=20)
+        self.assertRegex(server.output, r"and its 2 workers; closed \d+ connections")
+        self.assertNotIn("Traceback", server.output)
+
+
+class UnitFileTests(SynchronousTestCase):
+    def read(self, name: str) -> configparser.ConfigParser:
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        parser.read_string((UNITS / name).read_text())
+        return parser
+
+    def test_theServiceUsesTheSocketByName(self) -> None:
+        socketUnit, service = self.read("timerserver.socket"), self.read("timerserver.service")
+        name = socketUnit["Socket"]["FileDescriptorName"]
+        execStart = service["Service"]["ExecStart"].replace("\\\n", " ")
+        self.assertIn(f"systemd:domain=INET:name={name}", execStart)
+        self.assertEqual(service["Unit"]["Requires"], "timerserver.socket")
+
+    def test_stopsGracefullyAndRunsWithoutRoot(self) -> None:
+        unit = self.read("timerserver.service")["Service"]
+        execStart = unit["ExecStart"]
+        shutdown = float(re.search(r"--shutdown-timeout (\S+)", execStart).group(1))  # type: ignore[union-attr]
+        self.assertGreater(float(unit["TimeoutStopSec"]), shutdown)
+        self.assertEqual(unit["Restart"], "on-failure")
+        self.assertEqual(unit["LimitNOFILE"], "20000")
+        self.assertEqual(unit["DynamicUser"], "yes")
+        self.assertNotIn("User=root", (UNITS / "timerserver.service").read_text())
