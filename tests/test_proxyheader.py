@@ -47,7 +47,7 @@ class Harness:
 class ProxyHeaderTests(SynchronousTestCase):
     def test_nothingBeforeTheHeader(self) -> None:
         h = Harness()
-        proto, transport = h.connect()
+        _proto, transport = h.connect()
         self.assertEqual(transport.value(), b"")
         self.assertEqual(h.factory.connections, set())
         self.assertEqual(h.counters.live, 0)
@@ -115,7 +115,7 @@ class ProxyHeaderTests(SynchronousTestCase):
 
     def test_closedBeforeTheHeader(self) -> None:
         h = Harness()
-        proto, transport = h.connect()
+        proto, _transport = h.connect()
         proto.connectionLost(None)
         self.assertEqual(h.clock.getDelayedCalls(), [])
         self.assertEqual(h.logged, [])
