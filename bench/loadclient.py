@@ -6,9 +6,11 @@ periodic messages and records how late each arrives against its schedule
 Prints one JSON line with its figures and exits; connections close with RST
 so that no TIME_WAIT is left behind.
 
-    python bench/loadclient.py HOST PORT CONNECTIONS INTERVAL [CAFILE]
+    python bench/loadclient.py HOST PORT CONNECTIONS INTERVAL [--ca CAFILE] [--source ADDR]
 
-With CAFILE, every connection is TLS, verified against that CA.
+With --ca, every connection is TLS, verified against that CA; with --source,
+connections come from that local address (each loopback address has its own
+28,000 ephemeral ports).
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ class Client(asyncio.Protocol):
         self.stats.closed += 1
 
 
-async def main(host: str, port: int, count: int, interval: float, caFile: str | None) -> None:
+async def main(
+    host: str, port: int, count: int, interval: float, caFile: str | None, source: str | None
+) -> None:
     stats = Stats()
     tls = ssl.create_default_context(cafile=caFile) if caFile else None
     clients: list[Client] = []
@@ -97,6 +101,7 @@ async def main(host: str, port: int, count: int, interval: float, caFile: str | 
                     port,
                     ssl=tls,
                     server_hostname="localhost" if tls else None,
+                    local_addr=(source, 0) if source else None,
                 ),
                 30,
             )
@@ -142,10 +147,18 @@ async def main(host: str, port: int, count: int, interval: float, caFile: str | 
 
 
 if __name__ == "__main__":
-    host, port, count, interval = (
-        sys.argv[1],
-        int(sys.argv[2]),
-        int(sys.argv[3]),
-        float(sys.argv[4]),
-    )
-    asyncio.run(main(host, port, count, interval, sys.argv[5] if len(sys.argv) > 5 else None))
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("connections", type=int)
+    parser.add_argument("interval", type=float)
+    parser.add_argument("--ca", help="speak TLS, trusting this CA file")
+    parser.add_argument("--source", help="local address to connect from")
+    a = parser.parse_args()
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    asyncio.run(main(a.host, a.port, a.connections, a.interval, a.ca, a.source))

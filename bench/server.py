@@ -4,12 +4,17 @@ run the hand-written baseline (bench/baseline_server.py), each driven by load
 client processes (bench/loadclient.py) over loopback.
 
 For each server and each (connections, interval) it reports, over a steady
-window: server CPU microseconds per periodic message (= ms per 1,000), server
-RSS per connection, messages lost, and lateness p50/p99/max against each
-connection's schedule; then the ratios to the baseline.  Bounded in time;
-everything it starts, it stops.
+window: server CPU microseconds per periodic message the server sent (= ms
+per 1,000; CPU and RSS summed over a server's processes), server RSS per
+connection, messages lost, and lateness p50/p99/max against each
+connection's schedule; then the ratios to the baseline and, with --workers,
+to one worker.  Bounded in time; everything it starts, it stops.
 
     python bench/server.py [--runs 10000x0.5,19000x2] [--window 10] [--json FILE]
+    python bench/server.py --runs 38000x2 --workers 2 --clients 4 \\
+        --servers "baseline,timerserver (wheel)"
+    python bench/server.py --runs 10000x0.5 --servers "baseline,timerserver (wheel),\\
+        timerserver (wheel) metrics,timerserver TLS (wheel)"
 """
 
 from __future__ import annotations
@@ -43,28 +48,67 @@ SERVERS: dict[str, list[str]] = {
     "timerserver (wheel)": ["--timer-queue", "wheel"],
     "timerserver (reactor)": ["--timer-queue", "reactor"],
     "timerserver TLS (wheel)": ["--timer-queue", "wheel"],
+    "timerserver (wheel) metrics": [
+        "--timer-queue",
+        "wheel",
+        "--metrics",
+        "tcp:0:interface=127.0.0.1",
+    ],
 }
 """Each server's command line; a name with TLS listens on an ssl: endpoint."""
 
 
-def startServer(name: str, interval: float, certs: Certificates | None) -> ServerProcess:
+def startServer(
+    name: str, interval: float, certs: Certificates | None, workers: int
+) -> ServerProcess:
     spec = SERVERS[name]
     if name == "baseline":
         return ServerProcess(command=[*spec, "--interval", str(interval)])
     port = certs.endpoint() if certs else PORT
-    return ServerProcess(*spec, "--interval", str(interval), port=port)
+    server = ServerProcess(*spec, "--interval", str(interval), "--workers", str(workers), port=port)
+    for number in range(1, workers + 1 if workers > 1 else 1):
+        server.waitForLine(rf"worker {number}: timerserver listening", 30)
+    return server
+
+
+class ProcessTree:
+    """A server process and its workers: CPU and RSS summed over all of them."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+
+    def processes(self) -> list[psutil.Process]:
+        return [self.root, *self.root.children(recursive=True)]
+
+    def cpu(self) -> float:
+        return sum(t.user + t.system for t in (p.cpu_times() for p in self.processes()))
+
+    def rss(self) -> int:
+        return sum(p.memory_info().rss for p in self.processes())
+
+    def connectionsPerWorker(self, port: int) -> list[int]:
+        """Established connections on C{port} held by each worker (or the server)."""
+        workers = self.root.children() or [self.root]
+        return [
+            sum(
+                1
+                for c in w.net_connections(kind="tcp")
+                if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+            )
+            for w in workers
+        ]
 
 
 def measure(
-    name: str, connections: int, interval: float, window: float, clients: int
+    name: str, connections: int, interval: float, window: float, clients: int, workers: int = 1
 ) -> dict[str, Any]:
     certs = Certificates() if "TLS" in name else None
-    server = startServer(name, interval, certs)
+    server = startServer(name, interval, certs, workers)
     procs: list[subprocess.Popen[str]] = []
     try:
-        proc = psutil.Process(server.pid)
+        proc = ProcessTree(server.pid)
         time.sleep(0.5)
-        idleRss = proc.memory_info().rss
+        idleRss = proc.rss()
         share = [connections // clients + (i < connections % clients) for i in range(clients)]
         for n in share:
             procs.append(
@@ -76,7 +120,9 @@ def measure(
                         str(server.port),
                         str(n),
                         str(interval),
-                        *([str(certs.chain)] if certs else []),
+                        *(["--ca", str(certs.chain)] if certs else []),
+                        "--source",
+                        f"127.0.0.{2 + len(procs)}",
                     ],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
@@ -90,13 +136,14 @@ def measure(
             connected += status["connected"]
             failed += status["failed"]
         time.sleep(2 * interval + 1)  # let every connection reach its steady schedule
-        cpu0 = proc.cpu_times()
+        cpu0 = proc.cpu()
         for p in procs:
             p.stdin.write("start\n")  # type: ignore[union-attr]
             p.stdin.flush()  # type: ignore[union-attr]
         time.sleep(window)
-        cpu1 = proc.cpu_times()
-        rss = proc.memory_info().rss
+        cpu1 = proc.cpu()
+        rss = proc.rss()
+        spread = proc.connectionsPerWorker(server.port)
         for p in procs:
             p.stdin.write("stop\n")  # type: ignore[union-attr]
             p.stdin.flush()  # type: ignore[union-attr]
@@ -110,21 +157,28 @@ def measure(
             early += result["earlierThanAnchor"]
             histogram.decode_and_add(result["histogram"])
             p.wait(30)
-        cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+        cpu = cpu1 - cpu0
+        expected = int(connected * window / interval)
         return {
-            "server": name,
+            "server": name if workers == 1 else f"{name} x{workers} workers",
+            "workers": workers,
+            "connectionsPerWorker": spread,
+            "rssBytes": rss,
             "connections": connections,
             "connected": connected,
             "failedToConnect": failed,
             "interval": interval,
             "window": window,
             "messages": messages,
-            "expectedMessages": int(connected * window / interval),
+            "expectedMessages": expected,
             "lost": lost,
             "closedByServer": closed,
             "earlierThanAnchor": early,
             "cpuSeconds": cpu,
-            "cpuMicrosecondsPerMessage": cpu / messages * 1e6 if messages else None,
+            # Per message the server sent in its CPU window: every connection's
+            # schedule (lost is 0 when all arrived).  The clients' own count
+            # runs over when a busy client reads a backlog inside its window.
+            "cpuMicrosecondsPerMessage": cpu / expected * 1e6 if expected else None,
             "rssBytesPerConnection": (rss - idleRss) / max(connected, 1),
             "idleRssBytes": idleRss,
             "latenessMs": {
@@ -147,48 +201,65 @@ def main() -> None:
     parser.add_argument("--servers", default="baseline,timerserver (wheel),timerserver (reactor)")
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=2, help="load client processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also run the wheel server with this many workers at the full count; "
+        "the other servers then hold one worker's share",
+    )
     parser.add_argument("--json", default="bench/results/server.json")
     args = parser.parse_args()
     results = []
     for run in args.runs.split(","):
-        count, interval = run.split("x")
+        count, interval = int(run.split("x")[0]), float(run.split("x")[1])
+        share = count // args.workers
         for name in args.servers.split(","):
-            r = measure(name, int(count), float(interval), args.window, args.clients)
+            clients = max(1, -(-share * args.clients // count))
+            results.append(measure(name, share, interval, args.window, clients))
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+        if args.workers > 1:
+            r = measure(
+                "timerserver (wheel)", count, interval, args.window, args.clients, args.workers
+            )
             results.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
-
-    print(
-        f"\n{'server':24}{'conns':>7}{'intvl':>6}{'msgs':>9}{'lost':>6}{'us/msg':>9}{'ratio':>7}"
-        f"{'B/conn':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
-    )
-    for r in results:
-        base = next(
-            (
-                b
-                for b in results
-                if b["server"] == "baseline"
-                and b["connections"] == r["connections"]
-                and b["interval"] == r["interval"]
-            ),
-            None,
-        )
-        cost = r["cpuMicrosecondsPerMessage"]
-        ratio = (
-            cost / base["cpuMicrosecondsPerMessage"]
-            if base and cost and base["cpuMicrosecondsPerMessage"]
-            else None
-        )
-        r["cpuRatioToBaseline"] = ratio
-        late = r["latenessMs"]
-        print(
-            f"{r['server']:24}{r['connected']:>7}{r['interval']:>6}{r['messages']:>9}{r['lost']:>6}"
-            f"{cost or 0:>9.2f}{ratio or 0:>7.2f}{r['rssBytesPerConnection']:>8.0f}"
-            f"{late['p50']:>8.2f}{late['p99']:>8.2f}{late['max']:>8.2f}"
-        )
+    report(results)
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     print(f"\nwritten to {path}")
+
+
+def report(results: list[dict[str, Any]]) -> None:
+    """Print each result with its CPU per message against the baseline and one worker."""
+
+    def cost(server: str, interval: float) -> float | None:
+        for r in results:
+            if r["server"] == server and r["interval"] == interval:
+                value: float | None = r["cpuMicrosecondsPerMessage"]
+                return value
+        return None
+
+    print(
+        f"\n{'server':34}{'conns':>7}{'intvl':>6}{'msgs':>9}{'lost':>6}{'us/msg':>8}"
+        f"{'/base':>7}{'/1 wkr':>7}{'B/conn':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
+    )
+    for r in results:
+        mine = r["cpuMicrosecondsPerMessage"] or 0.0
+        base = cost("baseline", r["interval"])
+        single = cost("timerserver (wheel)", r["interval"])
+        r["cpuRatioToBaseline"] = mine / base if base else None
+        r["cpuRatioToOneWorker"] = mine / single if single and r["workers"] > 1 else None
+        late = r["latenessMs"]
+        print(
+            f"{r['server']:34}{r['connected']:>7}{r['interval']:>6}{r['messages']:>9}"
+            f"{r['lost']:>6}{mine:>8.2f}{r['cpuRatioToBaseline'] or 0:>7.2f}"
+            f"{r['cpuRatioToOneWorker'] or 0:>7.2f}{r['rssBytesPerConnection']:>8.0f}"
+            f"{late['p50']:>8.2f}{late['p99']:>8.2f}{late['max']:>8.2f}"
+        )
+        if r["workers"] > 1:
+            print(f"{'':34}connections per worker: {r['connectionsPerWorker']}")
 
 
 if __name__ == "__main__":

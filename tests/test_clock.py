@@ -17,7 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from timerserver import ReactorTimerQueue, TimerQueueCounters, TimerWheel, useMonotonicTime
 from timerserver.clock import isMonotonic
 from timerserver.eventlog import EventLog
-from timerserver.protocol import DEFAULT_MESSAGE, TimerServerFactory
+from timerserver.factory import TimerServerFactory
+from timerserver.protocol import DEFAULT_MESSAGE
 from timerserver.tap import Options, makeService
 
 HOUR = 3600.0

@@ -18,7 +18,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from timerserver import TimerQueueCounters, TimerWheel
-from timerserver.protocol import DEFAULT_MESSAGE, DEFAULT_WELCOME, TimerServerFactory
+from timerserver.factory import TimerServerFactory
+from timerserver.protocol import DEFAULT_MESSAGE, DEFAULT_WELCOME
 
 
 class GuardedTransport(StringTransport):

@@ -35,6 +35,11 @@ backend servers
 frontend tls
     bind 127.0.0.1:{tls}
     default_backend tlsservers
+frontend edge
+    bind 127.0.0.1:{edge} ssl crt {pem}
+    default_backend edgeservers
+backend edgeservers
+    server b 127.0.0.1:{b} send-proxy-v2
 backend tlsservers
     server c 127.0.0.1:{c} send-proxy-v2
 """
@@ -57,10 +62,21 @@ class HAProxyTests(SynchronousTestCase):
         self.a = self.server("A", "--workers", "2", port="haproxy:tcp:0:interface=127.0.0.1")
         self.b = self.server("B", port="haproxy:tcp:0:interface=127.0.0.1")
         self.c = self.server("C", port="haproxy:" + self.certs.endpoint())
-        self.plain, tls = freePort(), freePort()
-        config = Path(tempfile.mkdtemp()) / "haproxy.cfg"
+        self.plain, tls, self.edge = freePort(), freePort(), freePort()
+        directory = Path(tempfile.mkdtemp())
+        pem = directory / "edge.pem"  # what HAProxy's crt takes: certificate, then key
+        pem.write_bytes(self.certs.cert.read_bytes() + self.certs.key.read_bytes())
+        config = directory / "haproxy.cfg"
         config.write_text(
-            CONFIG.format(plain=self.plain, tls=tls, a=self.a.port, b=self.b.port, c=self.c.port)
+            CONFIG.format(
+                plain=self.plain,
+                tls=tls,
+                edge=self.edge,
+                pem=pem,
+                a=self.a.port,
+                b=self.b.port,
+                c=self.c.port,
+            )
         )
         self.tls = tls
         self.haproxy = subprocess.Popen(
@@ -148,3 +164,10 @@ class HAProxyTests(SynchronousTestCase):
             self.connect("127.0.0.5", self.tls), server_hostname="localhost"
         )
         self.assertEqual(recvExactly(second, 13), b"Server busy\r\n")
+
+    def test_tlsTerminatedByHAProxy(self) -> None:
+        raw = self.connect("127.0.0.6", self.edge)
+        sock = self.certs.clientContext().wrap_socket(raw, server_hostname="localhost")
+        self.assertEqual(self.welcome(sock), b"Welcome from B\r\n")
+        sock.sendall(b"edge")
+        self.assertEqual(recvExactly(sock, 4), b"edge")

@@ -13,10 +13,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from timerserver import ReactorTimerQueue, TimerQueueCounters, TimerWheel
+from timerserver.factory import TimerServerFactory
 from timerserver.protocol import (
     DEFAULT_MESSAGE,
     DEFAULT_WELCOME,
-    TimerServerFactory,
     TimerServerProtocol,
 )
 

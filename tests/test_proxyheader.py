@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from timerserver import TimerQueueCounters, TimerWheel
 from timerserver.endpoint import layered
-from timerserver.protocol import BUSY, DEFAULT_WELCOME, TimerServerFactory
+from timerserver.factory import TimerServerFactory
+from timerserver.protocol import BUSY, DEFAULT_WELCOME
 from timerserver.proxyheader import DEFAULT_HEADER_TIMEOUT
 
 PROXY_ADDRESS = IPv4Address("TCP", "10.0.0.1", 40000)

@@ -8,23 +8,21 @@ complete.
 from __future__ import annotations
 
 import math
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IHalfCloseableProtocol,
     IPushProducer,
-    IReactorTime,
 )
-from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from timerserver.eventlog import EventLog
-from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
+from timerserver.interfaces import ITimer, TimerHandle
 from timerserver.transport import writeNow
+
+if TYPE_CHECKING:
+    from timerserver.factory import TimerServerFactory
 
 DEFAULT_WELCOME = b"Welcome to the timer server\r\n"
 DEFAULT_MESSAGE = b"Periodic per connection message\r\n"
@@ -73,6 +71,8 @@ class TimerServerProtocol(Protocol):
     closing = False
     admitted = False
     _queuedWhilePaused = 0
+    closeReason: str | None = None
+    """Why the server closed the connection (idle, stalled, buffer, ...); else the client did."""
 
     # Connection life
 
@@ -102,6 +102,7 @@ class TimerServerProtocol(Protocol):
                 self.transport.getPeer(),
                 f": TLS error {reason.getErrorMessage()}",
             )
+            self.closeReason = self.closeReason or "tls"
         self.closing = True
         queue = self.factory.queue
         for handle in (self._periodic, self._watchdog):
@@ -115,6 +116,7 @@ class TimerServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
+        self.factory.echoBytes += len(data)
         self._write(data)
         self._armIdle()
 
@@ -123,10 +125,10 @@ class TimerServerProtocol(Protocol):
         The client half-closed: stop the periodic message, and close once
         everything echoed so far has been written.
         """
-        self.close(grace=self.factory.stallTimeout)
+        self.close(grace=self.factory.stallTimeout, reason="client")
 
     def writeConnectionLost(self) -> None:
-        self.close(grace=self.factory.stallTimeout)
+        self.close(grace=self.factory.stallTimeout, reason="client")
 
     # Timers
 
@@ -136,16 +138,20 @@ class TimerServerProtocol(Protocol):
         elif userData == IDLE:
             self.factory.events.event("idle", self.transport.getPeer())
             self._write(self.factory.idleMessage)
-            self.close(grace=self.factory.closeGrace)
+            self.close(grace=self.factory.closeGrace, reason="idle")
+        elif userData == STALL:
+            self.abort("stalled", reason="stalled")
         else:
-            what = "stalled" if userData == STALL else "close timed out"
-            self.abort(what)
+            self.abort("close timed out", reason="close_timeout")
 
     def _tick(self) -> None:
         factory = self.factory
         interval = factory.interval
         now = factory.clock.seconds()
-        behind = math.floor((now - self._due) / interval)
+        late = now - self._due
+        if factory.lateness is not None:
+            factory.lateness.record(late)
+        behind = math.floor(late / interval)
         if behind >= 2:
             # Two intervals or more late (a stall, not the queue's
             # granularity): this message stands for the latest one due, and
@@ -155,6 +161,7 @@ class TimerServerProtocol(Protocol):
         if self.paused:
             factory.skippedMessages += 1
         else:
+            factory.periodicMessages += 1
             self._write(factory.message)
         if self.closing:
             return  # the write found the buffer over its cap
@@ -174,7 +181,7 @@ class TimerServerProtocol(Protocol):
         if self.paused:
             self._queuedWhilePaused += len(data)
             if self._queuedWhilePaused > self.factory.maxBuffer:
-                self.abort("over its buffer limit")
+                self.abort("over its buffer limit", reason="buffer")
 
     def pauseProducing(self) -> None:
         """
@@ -209,14 +216,16 @@ class TimerServerProtocol(Protocol):
     def stopProducing(self) -> None:
         """The connection is going away; connectionLost cleans up."""
 
-    def close(self, grace: float | None) -> None:
+    def close(self, grace: float | None, reason: str) -> None:
         """
         Stop the periodic message and close once what was written is flushed;
         abort if that has not happened within C{grace} seconds (if given).
+        C{reason} is what the close is counted as.
         """
         if self.closing:
             return
         self.closing = True
+        self.closeReason = self.closeReason or reason
         queue = self.factory.queue
         queue.cancelTimer(self._periodic)  # type: ignore[arg-type]
         queue.cancelTimer(self._watchdog)  # type: ignore[arg-type]
@@ -230,163 +239,20 @@ class TimerServerProtocol(Protocol):
         """Write C{text} and close; the factory aborts what is left in time."""
         if not self.closing:
             self._write(text)
-            self.close(grace=None)
+            self.close(grace=None, reason="shutdown")
 
-    def abort(self, why: str) -> None:
-        """Drop the connection at once (RST), whatever is still queued."""
+    def abort(self, why: str, reason: str) -> None:
+        """
+        Drop the connection at once (RST), whatever is still queued; log
+        C{why} and count it as C{reason}.
+        """
         self.factory.events.event("aborted", self.transport.getPeer(), f": {why}")
         self.closing = True
+        self.closeReason = self.closeReason or reason
         for handle in (self._periodic, self._watchdog):
             if handle is not None:
                 self.factory.queue.cancelTimer(handle)
         self.transport.abortConnection()
-
-
-class TimerServerFactory(Factory):
-    """
-    Builds L{TimerServerProtocol}s, holds what they share, admits or refuses
-    connections and closes them all on shutdown.
-
-    @param queue: the L{IQueueTimers} every connection takes its handles from.
-    @param welcome: bytes written on connect; empty or C{None} for none.
-    @param message: bytes written every C{interval} seconds.
-    @param idleTimeout: seconds without data from the client before it is
-        told C{idleMessage} and closed; 0 for never.
-    @param stallTimeout: seconds a connection may stay unable to write.
-    @param maxBuffer: bytes a connection may queue while the client does not
-        read before it is aborted.
-    @param maxConnections: connections served at once; more are refused with
-        C{Server busy}.  C{None} for no limit.
-    @param maxPerPeer: connections at once from one host; 0 for no limit.
-    @param reactor: the clock of the periodic schedule, the shutdown timeout
-        and the log's rate limit: the queue's own clock (C{queue.clock}) if
-        C{None}; it may not be another one.
-    """
-
-    protocol = TimerServerProtocol  # type: ignore[assignment]
-    noisy = False
-    _log = Logger()
-
-    def __init__(
-        self,
-        queue: IQueueTimers,
-        welcome: bytes | None = DEFAULT_WELCOME,
-        message: bytes = DEFAULT_MESSAGE,
-        interval: float = DEFAULT_INTERVAL,
-        reactor: IReactorTime | None = None,
-        *,
-        idleTimeout: float = 0.0,
-        idleMessage: bytes = DEFAULT_IDLE_MESSAGE,
-        stallTimeout: float = DEFAULT_STALL_TIMEOUT,
-        maxBuffer: int = DEFAULT_MAX_BUFFER,
-        maxConnections: int | None = None,
-        maxPerPeer: int = 0,
-        goodbye: bytes = DEFAULT_GOODBYE,
-        closeGrace: float = DEFAULT_CLOSE_GRACE,
-    ) -> None:
-        if not IQueueTimers.providedBy(queue):
-            raise TypeError(f"queue must provide IQueueTimers, not {queue!r}")
-        for name, value in (
-            ("message", message),
-            ("idleMessage", idleMessage),
-            ("goodbye", goodbye),
-        ):
-            if not isinstance(value, bytes):
-                raise TypeError(f"{name} must be bytes, not {value!r}")
-        if welcome is not None and not isinstance(welcome, bytes):
-            raise TypeError(f"welcome must be bytes or None, not {welcome!r}")
-        self.interval = _seconds("interval", interval, queue.maximumTimeout)
-        self.stallTimeout = _seconds("stallTimeout", stallTimeout, queue.maximumTimeout)
-        self.closeGrace = _seconds("closeGrace", closeGrace, queue.maximumTimeout)
-        self.idleTimeout = (
-            _seconds("idleTimeout", idleTimeout, queue.maximumTimeout) if idleTimeout else 0.0
-        )
-        self.maxBuffer = _count("maxBuffer", maxBuffer, minimum=1)
-        self.maxConnections = (
-            None if maxConnections is None else _count("maxConnections", maxConnections, minimum=1)
-        )
-        self.maxPerPeer = _count("maxPerPeer", maxPerPeer, minimum=0)
-        # One time source: the schedule is kept on the clock the queue reads.
-        queueClock = getattr(queue, "clock", None)
-        if reactor is None:
-            if queueClock is None:
-                from twisted.internet import reactor as globalReactor
-
-                queueClock = globalReactor
-            reactor = cast(IReactorTime, queueClock)
-        elif queueClock is not None and reactor is not queueClock:
-            raise ValueError(f"reactor {reactor!r} is not the clock of {queue!r}")
-        self.queue = queue
-        self.welcome = welcome or b""
-        self.message = message
-        self.idleMessage = idleMessage
-        self.goodbye = goodbye
-        self.clock = reactor
-        self.events = EventLog(reactor, self._log)
-        self.connections: set[TimerServerProtocol] = set()
-        self.perPeer: dict[str, int] = {}
-        self.skippedMessages = 0
-        self._allClosed: list[defer.Deferred[None]] = []
-        self._abortCall: IDelayedCall | None = None
-
-    # Admission
-
-    @staticmethod
-    def _host(proto: TimerServerProtocol) -> str:
-        peer = proto.transport.getPeer()
-        return str(getattr(peer, "host", peer))
-
-    def admit(self, proto: TimerServerProtocol) -> bool:
-        """Count C{proto} in, or return C{False} (and log) if it is over a limit."""
-        host = self._host(proto)
-        if self.maxConnections is not None and len(self.connections) >= self.maxConnections:
-            self.events.event("refused", proto.transport.getPeer(), ": server full")
-            return False
-        if self.maxPerPeer and self.perPeer.get(host, 0) >= self.maxPerPeer:
-            self.events.event("refused", proto.transport.getPeer(), ": too many from host")
-            return False
-        self.connections.add(proto)
-        self.perPeer[host] = self.perPeer.get(host, 0) + 1
-        return True
-
-    def release(self, proto: TimerServerProtocol) -> None:
-        """Count an admitted C{proto} out."""
-        self.connections.discard(proto)
-        host = self._host(proto)
-        left = self.perPeer[host] - 1
-        if left:
-            self.perPeer[host] = left
-        else:
-            del self.perPeer[host]
-        if not self.connections:
-            if self._abortCall is not None:
-                self._abortCall.cancel()
-                self._abortCall = None
-            waiting, self._allClosed = self._allClosed, []
-            for d in waiting:
-                d.callback(None)
-
-    # Shutdown
-
-    def closeAll(self, timeout: float) -> defer.Deferred[None]:
-        """
-        Say goodbye to every connection and close it; abort those still open
-        after C{timeout} seconds.  Fires when all are closed.
-        """
-        for proto in list(self.connections):
-            proto.goodbye(self.goodbye)
-        if not self.connections:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._allClosed.append(d)
-        if self._abortCall is None:
-            self._abortCall = self.clock.callLater(timeout, self._abortAll)
-        return d
-
-    def _abortAll(self) -> None:
-        self._abortCall = None
-        for proto in list(self.connections):
-            proto.abort("still open at shutdown")
 
 
 def _socketTransport(transport: object) -> object:
@@ -394,19 +260,3 @@ def _socketTransport(transport: object) -> object:
     while (inner := getattr(transport, "transport", None)) is not None:
         transport = inner
     return transport
-
-
-def _seconds(name: str, value: object, maximum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    if not (0 < value <= maximum) or math.isnan(value):
-        raise ValueError(f"{name} must be > 0 and <= {maximum}, not {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
-    return value

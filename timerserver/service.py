@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from timerserver.protocol import TimerServerFactory
+from timerserver.factory import TimerServerFactory
 
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 
@@ -48,6 +48,8 @@ class TimerServerService(Service):
     _log = Logger()
     _port: IListeningPort | None = None
     stopStats: dict[str, int] | None = None
+    monitor: Any = None
+    """The queue's L{TimerQueueCounters} when metrics are on."""
 
     def __init__(
         self,

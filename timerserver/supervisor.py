@@ -64,6 +64,7 @@ class WorkerProcess(ProcessProtocol):
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.stopStats: dict[str, int] | None = None
         self.waiting: list[defer.Deferred[dict[str, Any]]] = []
+        self.lastStats: dict[str, Any] | None = None
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         lines = (self.buffers.get(childFD, b"") + data).split(b"\n")
@@ -88,6 +89,7 @@ class WorkerProcess(ProcessProtocol):
                 "worker {worker}: {text}", worker=self.number, text=line.decode(errors="replace")
             )
         elif "stats" in message:
+            self.lastStats = message["stats"]
             waiting, self.waiting = self.waiting, []
             for d in waiting:
                 d.callback(message["stats"])
@@ -149,6 +151,8 @@ class WorkerPoolService(Service):
         self.failures: dict[int, int] = {}
         self.stopping = False
         self._restarts: dict[int, Any] = {}
+        self.retired: list[dict[str, Any]] = []
+        """The last counters of workers that died, kept in the metrics' sums."""
         self.sockets = WorkerSockets(options.endpoint, options["port"], self.count)
 
     def privilegedStartService(self) -> None:
@@ -193,6 +197,10 @@ class WorkerPoolService(Service):
         number = worker.number
         if self.workers.get(number) is worker:
             del self.workers[number]
+        if worker.lastStats:
+            from timerserver.metrics import retired
+
+            self.retired.append(retired(worker.lastStats))
         if self.stopping:
             return
         lived = self.reactor.seconds() - worker.startedAt
@@ -208,10 +216,26 @@ class WorkerPoolService(Service):
         )
         self._restarts[number] = self.reactor.callLater(delay, self.spawn, number)
 
-    def stats(self) -> defer.Deferred[list[dict[str, Any]]]:
-        """Every running worker's counters."""
-        asks = [w.askStats() for w in self.workers.values()]
-        return defer.gatherResults(asks, consumeErrors=True)
+    def metricsSource(self) -> defer.Deferred[Any]:
+        """
+        The metrics' source: every running worker's snapshot, asked for now,
+        summed with the master's own process figures and the retired workers'.
+        """
+        from timerserver.metrics import combine, processFigures
+
+        workers = sorted(self.workers.items())
+        asks = [w.askStats() for _, w in workers]
+
+        def summed(snapshots: list[dict[str, Any]]) -> Any:
+            master = processFigures()
+            processes = {"master": master}
+            processes.update(
+                (str(n), s.get("process", {})) for (n, _), s in zip(workers, snapshots, strict=True)
+            )
+            total = combine([*snapshots, *self.retired, {"process": master}])
+            return total, processes
+
+        return defer.gatherResults(asks, consumeErrors=True).addCallback(summed)
 
     def stopService(self) -> defer.Deferred[None]:
         """

@@ -11,13 +11,17 @@ import sys
 from typing import Any, cast
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
 from timerserver._queuebase import DEFAULT_MAXIMUM_TIMEOUT
 from timerserver.clock import useMonotonicTime
 from timerserver.endpoint import DEFAULT_BACKLOG, serverEndpoint
+from timerserver.factory import TimerServerFactory
 from timerserver.interfaces import IQueueTimers
+from timerserver.lateness import LatenessHistogram
+from timerserver.monitor import TimerQueueCounters
 from timerserver.protocol import (
     DEFAULT_GOODBYE,
     DEFAULT_IDLE_MESSAGE,
@@ -26,7 +30,6 @@ from timerserver.protocol import (
     DEFAULT_MESSAGE,
     DEFAULT_STALL_TIMEOUT,
     DEFAULT_WELCOME,
-    TimerServerFactory,
 )
 from timerserver.reactorqueue import ReactorTimerQueue
 from timerserver.service import DEFAULT_SHUTDOWN_TIMEOUT, TimerServerService
@@ -152,6 +155,7 @@ class Options(usage.Options):
             "Connections at once per worker (default: file limit - 64).",
         ],
         ["max-per-peer", None, "0", "Connections at once from one host, per worker; 0: none."],
+        ["metrics", None, None, "Serve Prometheus metrics at /metrics on this endpoint."],
         ["workers", None, "1", f"Worker processes, 1-{MAX_WORKERS} or auto (one per core)."],
         ["goodbye", None, DEFAULT_GOODBYE.decode(), "Text sent to every client on shutdown."],
         ["shutdown-timeout", None, str(DEFAULT_SHUTDOWN_TIMEOUT), "Seconds to wait for closes."],
@@ -210,23 +214,44 @@ class Options(usage.Options):
         self["backlog"] = wholeNumber(self["backlog"], "backlog", 1)
         self["workers"] = workerCount(self["workers"])
         self.endpoint = self.makeEndpoint()
+        self.metricsEndpoint = self.makeMetricsEndpoint() if self["metrics"] else None
+
+    def makeMetricsEndpoint(self) -> Any:
+        """The endpoint C{--metrics} names; prometheus-client must be installed."""
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise usage.UsageError(
+                "--metrics: needs prometheus-client: pip install 'timerserver[metrics]'"
+            ) from None
+        try:
+            return serverFromString(self._reactor, self["metrics"])
+        except Exception as e:
+            raise usage.UsageError(f"--metrics: cannot use {self['metrics']!r}: {e}") from None
 
     def makeEndpoint(self) -> Any:
         """The endpoint C{--port} names, with the default backlog."""
         return serverEndpoint(self._reactor, self["port"], self["backlog"])
 
 
-def makeQueue(options: Options, reactor: IReactorTime) -> IQueueTimers:
+def makeQueue(
+    options: Options, reactor: IReactorTime, monitor: TimerQueueCounters | None = None
+) -> IQueueTimers:
     """The timer queue the options ask for."""
     if options["timer-queue"] == "reactor":
-        return ReactorTimerQueue(reactor)
-    return TimerWheel(reactor, granularity=options["granularity"])
+        return ReactorTimerQueue(reactor, monitor=monitor)
+    return TimerWheel(reactor, granularity=options["granularity"], monitor=monitor)
 
 
 def makeServer(options: Options, reactor: IReactorTime, endpoint: Any) -> TimerServerService:
-    """One server process's service: a queue, the factory, and the listening service."""
+    """
+    One server process's service: a queue, the factory, and the listening
+    service; with C{--metrics}, the queue's counters (C{service.monitor}) and
+    the lateness histogram too.
+    """
+    monitor = TimerQueueCounters() if options["metrics"] else None
     factory = TimerServerFactory(
-        makeQueue(options, reactor),
+        makeQueue(options, reactor, monitor),
         welcome=options["welcome"],
         message=options["message"],
         interval=options["interval"],
@@ -238,7 +263,11 @@ def makeServer(options: Options, reactor: IReactorTime, endpoint: Any) -> TimerS
         maxPerPeer=options["max-per-peer"],
         goodbye=options["goodbye"],
     )
-    return TimerServerService(endpoint, options["port"], factory, options["shutdown-timeout"])
+    if monitor is not None:
+        factory.lateness = LatenessHistogram()
+    service = TimerServerService(endpoint, options["port"], factory, options["shutdown-timeout"])
+    service.monitor = monitor
+    return service
 
 
 def makeService(options: Options) -> IService:
@@ -253,7 +282,18 @@ def makeService(options: Options) -> IService:
     if options["workers"] > 1:
         from timerserver.supervisor import WorkerPoolService
 
-        parent.addService(WorkerPoolService(options, reactor))
+        pool = WorkerPoolService(options, reactor)
+        parent.addService(pool)
+        source = pool.metricsSource
     else:
-        parent.addService(makeServer(options, reactor, options.endpoint))
+        server = makeServer(options, reactor, options.endpoint)
+        parent.addService(server)
+        if options["metrics"]:
+            from timerserver.metrics import localSource
+
+            source = localSource(server.factory, server.monitor)
+    if options["metrics"]:
+        from timerserver.metrics import MetricsService
+
+        parent.addService(MetricsService(options.metricsEndpoint, options["metrics"], source))
     return parent

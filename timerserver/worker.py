@@ -65,6 +65,9 @@ class WorkerOptions(Options):
     def makeEndpoint(self) -> Any:
         return None
 
+    def makeMetricsEndpoint(self) -> Any:
+        return None  # the master serves the metrics; a worker only counts
+
 
 class Control(LineOnlyReceiver):
     """The master's commands on standard input."""
@@ -93,9 +96,13 @@ class Worker:
         self.out = out
         self.stopping = False
 
-    def stats(self) -> dict[str, int]:
-        factory = self.server.factory
-        return {"connections": len(factory.connections), "skipped": factory.skippedMessages}
+    def stats(self) -> dict[str, Any]:
+        """What the master's metrics sum: this worker's L{snapshot}."""
+        if self.server.monitor is None:
+            return {}
+        from timerserver.metrics import snapshot
+
+        return snapshot(self.server.factory, self.server.monitor)
 
     def reply(self, message: dict[str, Any]) -> None:
         self.out.write(json.dumps(message) + "\n")
@@ -131,7 +138,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--family", choices=sorted(FAMILIES), required=True)
     parser.add_argument("options", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, "")])
+    out = sys.stdout  # replies and log events share it, one JSON object a line
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(out, "")], redirectStandardIO=False)
     from twisted.internet import reactor
 
     useMonotonicTime(reactor)
@@ -145,7 +153,7 @@ def main(argv: list[str]) -> None:
         # (a certificate removed, say).  One line, and the master backs off.
         sys.stderr.write(f"{e}\n")
         sys.exit(1)
-    Worker(reactor, server, sys.stdout).run()
+    Worker(reactor, server, out).run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,294 @@
+"""
+Prometheus metrics: the counters, the snapshot arithmetic, and real scrapes
+of real server processes with a real HTTP client (treq), parsed with
+prometheus-client's own parser.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Generator
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from tests.serverprocess import WELCOME, ServerProcess, recvExactly
+from timerserver import TimerQueueCounters, TimerWheel
+from timerserver.factory import TimerServerFactory
+from timerserver.lateness import LatenessHistogram
+
+try:
+    import treq
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from timerserver.metrics import combine, retired, snapshot
+except ImportError as e:  # pragma: no cover
+    raise SkipTest(f"metrics tests need pip install '.[test]' ({e})") from None
+
+
+class LatenessHistogramTests(SynchronousTestCase):
+    def test_buckets(self) -> None:
+        h = LatenessHistogram((0.01, 0.1))
+        for seconds in (-1.0, 0.0, 0.01, 0.011, 0.5):
+            h.record(seconds)
+        self.assertEqual(h.counts, [3, 1, 1])  # early counts as 0; bounds are inclusive
+        self.assertAlmostEqual(h.total, 0.521)
+
+    def test_badBounds(self) -> None:
+        for bounds in ((), (0.1, 0.01), (0.1, 0.1)):
+            self.assertRaises(ValueError, LatenessHistogram, bounds)
+
+
+class SnapshotTests(SynchronousTestCase):
+    def harness(self, **options: Any) -> tuple[TimerServerFactory, TimerQueueCounters, Clock]:
+        clock = Clock()
+        counters = TimerQueueCounters()
+        factory = TimerServerFactory(TimerWheel(clock, monitor=counters), **options)
+        factory.lateness = LatenessHistogram()
+        return factory, counters, clock
+
+    def connect(self, factory: TimerServerFactory, host: str) -> tuple[Any, StringTransport]:
+        from twisted.internet.address import IPv4Address
+
+        proto = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, 1))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_countsWhatHappened(self) -> None:
+        factory, counters, clock = self.harness(
+            maxConnections=3, maxPerPeer=2, idleTimeout=1.0, interval=0.3, welcome=None
+        )
+        a, _ta = self.connect(factory, "10.0.0.1")
+        b, _tb = self.connect(factory, "10.0.0.1")
+        self.connect(factory, "10.0.0.1")  # refused: peer
+        c, _tc = self.connect(factory, "10.0.0.2")
+        self.connect(factory, "10.0.0.3")  # refused: full
+        a.dataReceived(b"12345")
+        for _ in range(110):
+            clock.advance(0.01)
+        for proto in (a, b, c):
+            proto.connectionLost(None)  # a: idle closed it; all of them are gone now
+        s = snapshot(factory, counters)
+        self.assertEqual(s["accepted"], 3)
+        self.assertEqual(s["refused"], {"full": 1, "peer": 1})
+        self.assertEqual(s["closed"]["idle"], 3)
+        self.assertEqual(s["echo_bytes"], 5)
+        self.assertEqual(s["periodic"], 9)  # 3 connections x 3 ticks in 1.1 s
+        self.assertEqual(sum(s["lateness_counts"]), 9)
+        self.assertEqual((s["connections_open"], s["timers_pending"]), (0, 0))
+        self.assertEqual(s["operations"]["create"], 6)
+        self.assertEqual(s["operations"]["destroy"], 6)
+        self.assertGreater(s["process"]["process_resident_memory_bytes"], 0)
+
+    def test_closeReasons(self) -> None:
+        factory, counters, clock = self.harness(welcome=None, stallTimeout=1.0, maxBuffer=10)
+        stalled, _ = self.connect(factory, "10.0.0.1")
+        stalled.pauseProducing()
+        clock.advance(1.1)
+        stalled.connectionLost(None)
+        buffered, _ = self.connect(factory, "10.0.0.1")
+        buffered.pauseProducing()
+        buffered.dataReceived(b"x" * 11)
+        buffered.connectionLost(None)
+        halfClosed, _ = self.connect(factory, "10.0.0.1")
+        halfClosed.readConnectionLost()
+        halfClosed.connectionLost(None)
+        goodbye, _ = self.connect(factory, "10.0.0.1")
+        factory.closeAll(5)
+        goodbye.connectionLost(None)
+        plain, _ = self.connect(factory, "10.0.0.1")
+        plain.connectionLost(None)
+        closed = snapshot(factory, counters)["closed"]
+        self.assertEqual(
+            {k: v for k, v in closed.items() if v},
+            {"stalled": 1, "buffer": 1, "client": 2, "shutdown": 1},
+        )
+
+    def test_combineAndRetire(self) -> None:
+        one = {"connections_open": 2, "accepted": 5, "refused": {"full": 1, "peer": 0},
+               "lateness_bounds": [0.01], "lateness_counts": [1, 2], "lateness_sum": 0.5,
+               "timers_pending": 4, "process": {"process_cpu_seconds_total": 1.5,
+                                                "process_resident_memory_bytes": 100}}  # fmt: skip
+        two = {**one, "accepted": 7, "lateness_counts": [3, 0]}
+        total = combine([one, two, retired(one)])
+        self.assertEqual(total["accepted"], 17)
+        self.assertEqual(total["connections_open"], 4)  # the retired one holds none
+        self.assertEqual(total["timers_pending"], 8)
+        self.assertEqual(total["refused"], {"full": 3, "peer": 0})
+        self.assertEqual(total["lateness_counts"], [5, 4])
+        self.assertEqual(total["lateness_bounds"], [0.01])
+        self.assertEqual(total["process"]["process_cpu_seconds_total"], 4.5)
+        self.assertEqual(total["process"]["process_resident_memory_bytes"], 200)
+
+
+def scrapeLine(server: ServerProcess) -> str:
+    port = server.waitForLine(r"metrics on .*port=(\d+)", 20).group(1)
+    return f"http://127.0.0.1:{port}/metrics"
+
+
+def values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape, by name and labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+class ScrapeTests(TestCase):
+    timeout = 120
+
+    def start(self, *args: str) -> ServerProcess:
+        server = ServerProcess("--metrics", "tcp:0:interface=127.0.0.1", *args)
+        self.addCleanup(server.kill)
+        return server
+
+    def connect(self, server: ServerProcess, source: str) -> socket.socket:
+        sock = socket.socket()
+        sock.settimeout(5)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", server.port))
+        self.addCleanup(sock.close)
+        return sock
+
+    @defer.inlineCallbacks
+    def scrape(self, url: str) -> Generator[Any, Any, dict[Any, float]]:
+        response = yield treq.get(url, persistent=False)
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"text/plain", response.headers.getRawHeaders(b"content-type")[0])
+        text = yield response.text()
+        return values(text)
+
+    @defer.inlineCallbacks
+    def test_valuesMatchWhatHappened(self) -> Generator[Any, Any, None]:
+        server = self.start(
+            "--max-connections", "3", "--max-per-peer", "2", "--idle-timeout", "1",
+            "--interval", "0.2",
+        )  # fmt: skip
+        url = scrapeLine(server)
+        kept = [self.connect(server, "127.0.0.2"), self.connect(server, "127.0.0.2")]
+        for sock in kept:
+            self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+        self.assertEqual(recvExactly(self.connect(server, "127.0.0.2"), 13), b"Server busy\r\n")
+        third = self.connect(server, "127.0.0.3")
+        self.assertEqual(recvExactly(third, len(WELCOME)), WELCOME)
+        self.assertEqual(recvExactly(self.connect(server, "127.0.0.4"), 13), b"Server busy\r\n")
+        third.sendall(b"hello")
+        time.sleep(1.6)  # every connection idles out (the reactor of this test waits too)
+        v = yield self.scrape(url)
+        self.assertEqual(v[("timerserver_connections_accepted_total", ())], 3)
+        self.assertEqual(v[("timerserver_connections_refused_total", (("reason", "peer"),))], 1)
+        self.assertEqual(v[("timerserver_connections_refused_total", (("reason", "full"),))], 1)
+        self.assertEqual(v[("timerserver_connections_closed_total", (("reason", "idle"),))], 3)
+        self.assertEqual(v[("timerserver_echo_bytes_total", ())], 5)
+        self.assertEqual(v[("timerserver_connections_open", ())], 0)
+        self.assertEqual(v[("timerserver_timers_pending", ())], 0)
+        periodic = v[("timerserver_periodic_messages_total", ())]
+        self.assertGreaterEqual(periodic, 12)  # 3 connections, 1 s or more, 0.2 s apart
+        lateness = v[("timerserver_periodic_lateness_seconds_count", ())]
+        self.assertEqual(lateness, periodic)
+        self.assertEqual(v[("timerserver_timer_operations_total", (("operation", "create"),))], 6)
+        self.assertGreater(v[("process_resident_memory_bytes", ())], 10_000_000)
+        self.assertIn(("timerserver_process_cpu_seconds_total", (("process", "0"),)), v)
+
+    @defer.inlineCallbacks
+    def test_stalledClientAndSkips(self) -> Generator[Any, Any, None]:
+        big = "x" * 20000 + "\\r\\n"
+        server = self.start("--interval", "0.01", "--message", big, "--stall-timeout", "1")
+        url = scrapeLine(server)
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect(("127.0.0.1", server.port))
+        self.addCleanup(stuck.close)
+        server.waitForLine("stalled", 15)
+        v = yield self.scrape(url)
+        self.assertEqual(v[("timerserver_connections_closed_total", (("reason", "stalled"),))], 1)
+        self.assertGreater(v[("timerserver_periodic_skipped_total", ())], 0)
+
+    @defer.inlineCallbacks
+    def test_twoWorkersAreSummed(self) -> Generator[Any, Any, None]:
+        server = self.start("--workers", "2", "--interval", "5")
+        server.waitForLine(r"worker 2: timerserver listening", 20)
+        url = scrapeLine(server)
+        socks = [self.connect(server, f"127.0.0.{i}") for i in range(2, 42)]
+        for sock in socks:
+            self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+        v = yield self.scrape(url)
+        self.assertEqual(v[("timerserver_connections_open", ())], 40)
+        self.assertEqual(v[("timerserver_connections_accepted_total", ())], 40)
+        self.assertEqual(v[("timerserver_timers_pending", ())], 40)
+        per = {
+            labels[0][1] for name, labels in v if name == "timerserver_process_cpu_seconds_total"
+        }
+        self.assertEqual(per, {"master", "1", "2"})
+        for sock in socks[:10]:
+            sock.close()
+        time.sleep(0.5)
+        v = yield self.scrape(url)
+        self.assertEqual(v[("timerserver_connections_open", ())], 30)
+        self.assertEqual(v[("timerserver_connections_closed_total", (("reason", "client"),))], 10)
+
+
+class MetricsOptionTests(SynchronousTestCase):
+    def test_badEndpointIsOneLine(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.python import usage
+
+        from timerserver.tap import Options
+
+        options = Options(reactor=MemoryReactorClock())
+        e = self.assertRaises(usage.UsageError, options.parseOptions, ["--metrics", "bogus:1"])
+        self.assertIn("--metrics", str(e))
+
+    def test_withoutPrometheusClientNamesTheExtra(self) -> None:
+        from unittest import mock
+
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.python import usage
+
+        from timerserver.tap import Options
+
+        with mock.patch.dict("sys.modules", {"prometheus_client": None}):
+            options = Options(reactor=MemoryReactorClock())
+            e = self.assertRaises(usage.UsageError, options.parseOptions, ["--metrics", "tcp:9050"])
+        self.assertIn("timerserver[metrics]", str(e))
+
+    def test_portInUseIsOneLine(self) -> None:
+        import subprocess
+
+        from tests.serverprocess import ROOT, twistdCommand
+
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            twistdCommand("-n", "--pidfile=", "timerserver", "-p", "tcp:0:interface=127.0.0.1",
+                          "--metrics", f"tcp:{port}:interface=127.0.0.1"),
+            cwd=ROOT, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        output = result.stdout + result.stderr
+        self.assertNotEqual(result.returncode, 0)
+        [line] = [x for x in output.splitlines() if "cannot listen" in x]
+        self.assertIn("--metrics", line)
+        self.assertNotIn("Traceback", output)
+
+
+class EmptyScrapeTests(SynchronousTestCase):
+    def test_noWorkerAnsweredYet(self) -> None:
+        """While every worker restarts, a scrape still shows every family, at 0."""
+        from timerserver.metrics import SnapshotCollector
+
+        names = {
+            sample.name: sample.value
+            for family in SnapshotCollector(combine([{"process": {}}]), {}).collect()
+            for sample in family.samples
+        }
+        self.assertEqual(names["timerserver_connections_open"], 0)
+        self.assertEqual(names["timerserver_periodic_lateness_seconds_count"], 0)
