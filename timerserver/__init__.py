@@ -14,7 +14,9 @@ from timerserver.interfaces import (
     UpdateTimerIf,
 )
 from timerserver.monitor import TimerQueueCounters
+from timerserver.periodic import Periodic
 from timerserver.reactorqueue import ReactorTimerQueue
+from timerserver.threadsafe import ThreadSafeTimerQueue
 from timerserver.wheel import TimerWheel
 
 __version__ = "0.1.0"
@@ -24,8 +26,10 @@ __all__ = [
     "IQueueTimers",
     "ITimer",
     "InvalidTimerHandle",
+    "Periodic",
     "ReactorTimerQueue",
     "SetTimerIf",
+    "ThreadSafeTimerQueue",
     "TimerHandle",
     "TimerQueueCounters",
     "TimerWheel",

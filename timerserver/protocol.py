@@ -7,7 +7,6 @@ complete.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import (
@@ -19,6 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from timerserver.interfaces import ITimer, TimerHandle
+from timerserver.periodic import Periodic
 from timerserver.transport import writeNow
 
 if TYPE_CHECKING:
@@ -34,8 +34,7 @@ DEFAULT_STALL_TIMEOUT = 30.0
 DEFAULT_MAX_BUFFER = 1024 * 1024
 DEFAULT_CLOSE_GRACE = 2.0
 
-# What a connection's timers are for: the userData of its onTimer calls.
-PERIODIC = "periodic"
+# What the watchdog is armed for: the userData of its onTimer calls.
 IDLE = "idle"
 STALL = "stall"
 CLOSING = "closing"
@@ -63,9 +62,8 @@ class TimerServerProtocol(Protocol):
 
     factory: TimerServerFactory
     transport: Any  # set by makeConnection before any method below runs
-    _periodic: TimerHandle | None = None
+    _periodic: Periodic | None = None
     _watchdog: TimerHandle | None = None
-    _due = 0.0
     paused = False
     _readingPaused = False
     closing = False
@@ -85,13 +83,12 @@ class TimerServerProtocol(Protocol):
             return
         self.admitted = True
         queue = factory.queue
-        self._periodic = queue.createTimer()
+        self._periodic = Periodic(queue, factory.interval, self._tick, factory.clock)
         self._watchdog = queue.createTimer()
         self.transport.registerProducer(self, True)
         if factory.welcome:
             self._write(factory.welcome)
-        self._due = factory.clock.seconds() + factory.interval
-        queue.setTimer(self._periodic, self, factory.interval, PERIODIC)
+        self._periodic.start()
         self._armIdle()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -104,11 +101,12 @@ class TimerServerProtocol(Protocol):
             )
             self.closeReason = self.closeReason or "tls"
         self.closing = True
-        queue = self.factory.queue
-        for handle in (self._periodic, self._watchdog):
-            if handle is not None:
-                queue.destroyTimer(handle)
-        self._periodic = self._watchdog = None
+        if self._periodic is not None:
+            self._periodic.close()
+            self._periodic = None
+        if self._watchdog is not None:
+            self.factory.queue.destroyTimer(self._watchdog)
+            self._watchdog = None
         if self.admitted:
             self.admitted = False
             self.factory.release(self)
@@ -133,9 +131,8 @@ class TimerServerProtocol(Protocol):
     # Timers
 
     def onTimer(self, userData: object) -> None:
-        if userData == PERIODIC:
-            self._tick()
-        elif userData == IDLE:
+        """The watchdog: idle, stalled, or a close that did not complete."""
+        if userData == IDLE:
             self.factory.events.event("idle", self.transport.getPeer())
             self._write(self.factory.idleMessage)
             self.close(grace=self.factory.closeGrace, reason="idle")
@@ -144,29 +141,17 @@ class TimerServerProtocol(Protocol):
         else:
             self.abort("close timed out", reason="close_timeout")
 
-    def _tick(self) -> None:
+    def _tick(self, late: float, skipped: int) -> None:
+        """The periodic message is due (C{late} seconds ago; C{skipped} older ones skipped)."""
         factory = self.factory
-        interval = factory.interval
-        now = factory.clock.seconds()
-        late = now - self._due
+        factory.skippedMessages += skipped
         if factory.lateness is not None:
             factory.lateness.record(late)
-        behind = math.floor(late / interval)
-        if behind >= 2:
-            # Two intervals or more late (a stall, not the queue's
-            # granularity): this message stands for the latest one due, and
-            # the older ones are skipped.
-            factory.skippedMessages += behind
-            self._due += behind * interval
         if self.paused:
             factory.skippedMessages += 1
         else:
             factory.periodicMessages += 1
             self._write(factory.message)
-        if self.closing:
-            return  # the write found the buffer over its cap
-        self._due += interval
-        factory.queue.setTimer(self._periodic, self, max(0.0, self._due - now), PERIODIC)  # type: ignore[arg-type]
 
     def _armIdle(self) -> None:
         """(Re-)arm the idle timeout, if there is one, through the update path."""
@@ -227,7 +212,7 @@ class TimerServerProtocol(Protocol):
         self.closing = True
         self.closeReason = self.closeReason or reason
         queue = self.factory.queue
-        queue.cancelTimer(self._periodic)  # type: ignore[arg-type]
+        self._periodic.stop()  # type: ignore[union-attr]
         queue.cancelTimer(self._watchdog)  # type: ignore[arg-type]
         # A registered producer holds loseConnection back until it unregisters.
         self.transport.unregisterProducer()
@@ -249,9 +234,10 @@ class TimerServerProtocol(Protocol):
         self.factory.events.event("aborted", self.transport.getPeer(), f": {why}")
         self.closing = True
         self.closeReason = self.closeReason or reason
-        for handle in (self._periodic, self._watchdog):
-            if handle is not None:
-                self.factory.queue.cancelTimer(handle)
+        if self._periodic is not None:
+            self._periodic.stop()
+        if self._watchdog is not None:
+            self.factory.queue.cancelTimer(self._watchdog)
         self.transport.abortConnection()
 
 

@@ -1,0 +1,101 @@
+"""L{Periodic}: a drift-free periodic call on one queue handle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from timerserver import ReactorTimerQueue, TimerQueueCounters, TimerWheel
+from timerserver.periodic import Periodic
+
+
+class PeriodicTestsMixin:
+    makeQueue: Any
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(100)
+        self.counters = TimerQueueCounters()
+        self.queue = self.makeQueue(self.clock, monitor=self.counters)
+        self.calls: list[tuple[float, float, int]] = []
+        self.periodic = Periodic(self.queue, 1.0, self.record)
+
+    def record(self, late: float, skipped: int) -> None:
+        self.calls.append((self.clock.seconds(), late, skipped))
+
+    def elapse(self, seconds: float, step: float = 0.01) -> None:
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+
+    def test_firstCallOneIntervalAfterStart(self) -> None:
+        self.periodic.start()
+        self.elapse(0.99)
+        self.assertEqual(self.calls, [])
+        self.elapse(0.03)
+        self.assertEqual(len(self.calls), 1)
+
+    def test_noDrift(self) -> None:
+        """Each call is due one interval after the previous was due, not after it ran."""
+        self.periodic.start()
+        self.elapse(10.005)
+        times = [at for at, _, _ in self.calls]
+        self.assertEqual(len(times), 10)
+        for k, at in enumerate(times, 1):
+            self.assertGreaterEqual(at, 100 + k - 1e-9)
+            self.assertLess(at, 100 + k + 0.02)
+        self.assertEqual(self.periodic.skipped, 0)
+
+    def test_aStallSkipsTheOlderCalls(self) -> None:
+        self.periodic.start()
+        self.clock.advance(5.5)  # the reactor was stuck for 5.5 intervals
+        [(at, late, skipped)] = self.calls
+        self.assertEqual(skipped, 4)  # due at 1..5: the one at 5 is made, 1..4 skipped
+        self.assertAlmostEqual(late, 0.5)
+        self.assertEqual(self.periodic.skipped, 4)
+        self.elapse(0.6)
+        self.assertEqual(len(self.calls), 2)  # back on schedule: due at 6
+        self.assertEqual(self.calls[1][2], 0)
+
+    def test_oneIntervalLateIsNotASkip(self) -> None:
+        self.periodic.start()
+        self.clock.advance(1.9)
+        self.assertEqual([s for _, _, s in self.calls], [0])
+        self.clock.advance(0.2)  # the one due at 2 goes out at once: two back to back
+        self.assertEqual([s for _, _, s in self.calls], [0, 0])
+
+    def test_stopStartClose(self) -> None:
+        self.periodic.start()
+        self.elapse(1.05)
+        self.periodic.stop()
+        self.assertFalse(self.periodic.running)
+        self.elapse(3)
+        self.assertEqual(len(self.calls), 1)
+        self.periodic.start()
+        self.elapse(1.05)
+        self.assertEqual(len(self.calls), 2)
+        self.periodic.close()
+        self.elapse(3)
+        self.assertEqual(len(self.calls), 2)
+        self.assertEqual((self.counters.live, self.counters.pending), (0, 0))
+        self.assertRaises(RuntimeError, self.periodic.start)
+
+    def test_theFunctionMayStopIt(self) -> None:
+        periodic = Periodic(self.queue, 0.5, lambda late, skipped: periodic.stop())
+        periodic.start()
+        self.elapse(3)
+        self.assertFalse(periodic.running)
+        self.assertEqual(self.counters.pending, 0)
+
+    def test_badInterval(self) -> None:
+        for bad in (0, -1, float("nan"), float("inf"), "1"):
+            self.assertRaises(ValueError, Periodic, self.queue, bad, self.record)
+
+
+class WheelPeriodicTests(PeriodicTestsMixin, SynchronousTestCase):
+    makeQueue = TimerWheel
+
+
+class ReactorQueuePeriodicTests(PeriodicTestsMixin, SynchronousTestCase):
+    makeQueue = ReactorTimerQueue
