@@ -51,6 +51,7 @@ class PeriodicTestsMixin:
         self.periodic.start()
         self.clock.advance(5.5)  # the reactor was stuck for 5.5 intervals
         [(at, late, skipped)] = self.calls
+        self.assertAlmostEqual(at, 105.5)
         self.assertEqual(skipped, 4)  # due at 1..5: the one at 5 is made, 1..4 skipped
         self.assertAlmostEqual(late, 0.5)
         self.assertEqual(self.periodic.skipped, 4)
