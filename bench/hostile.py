@@ -7,7 +7,7 @@ Hostile load against a real C{twistd timerserver}: slow readers and churn.
 2. Churn: 100,000 connect/close cycles from several processes; server RSS
    before and after, and the pending timers at the end (from its stop line).
 
-    python bench/hostile.py [--slow 1000] [--hold 30] [--cycles 100000] [--json FILE]
+    python -m bench.hostile [--slow 1000] [--hold 30] [--cycles 100000] [--json FILE]
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ from typing import Any
 import psutil
 from hdrh.histogram import HdrHistogram
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tests.serverprocess import MESSAGE, WELCOME, ServerProcess
 
-from tests.serverprocess import MESSAGE, WELCOME, ServerProcess  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 RST = struct.pack("ii", 1, 0)
 PORT = "tcp:0:interface=127.0.0.1:backlog=4096"

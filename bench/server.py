@@ -10,10 +10,10 @@ connection, messages lost, and lateness p50/p99/max against each
 connection's schedule; then the ratios to the baseline and, with --workers,
 to one worker.  Bounded in time; everything it starts, it stops.
 
-    python bench/server.py [--runs 10000x0.5,19000x2] [--window 10] [--json FILE]
-    python bench/server.py --runs 38000x2 --workers 2 --clients 4 \\
+    python -m bench.server [--runs 10000x0.5,19000x2] [--window 10] [--json FILE]
+    python -m bench.server --runs 38000x2 --workers 2 --clients 4 \\
         --servers "baseline,timerserver (wheel)"
-    python bench/server.py --runs 10000x0.5 --servers "baseline,timerserver (wheel),\\
+    python -m bench.server --runs 10000x0.5 --servers "baseline,timerserver (wheel),\\
         timerserver (wheel) metrics,timerserver TLS (wheel)"
 """
 
@@ -30,11 +30,10 @@ from typing import Any
 import psutil
 from hdrh.histogram import HdrHistogram
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tests.serverprocess import ServerProcess
+from tests.tlshelpers import Certificates
 
-from tests.serverprocess import ServerProcess  # noqa: E402
-from tests.tlshelpers import Certificates  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PORT = "tcp:0:interface=127.0.0.1"  # the defaults a user gets (backlog 1024)
 BASE = PORT + ":backlog=1024"  # the baseline names its backlog

@@ -8,7 +8,7 @@ welcome's arrival) p50/p99/max, for the server's defaults and for
 C{--backlog 50} (Twisted's own default) side by side.  Bounded in time;
 everything it starts, it stops.
 
-    python bench/storm.py [--clients 10000] [--in-flight 1000] [--deadline 20]
+    python -m bench.storm [--clients 10000] [--in-flight 1000] [--deadline 20]
 """
 
 from __future__ import annotations
@@ -26,10 +26,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.serverprocess import WELCOME, ServerProcess  # noqa: E402
+from tests.serverprocess import WELCOME, ServerProcess
 
 SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
 LINGER_RST = struct.pack("ii", 1, 0)

@@ -7,7 +7,7 @@ one run, and reports each as a ratio of the raw Twisted baseline.  Time is
 faked (each reactor's C{seconds} replaced) so that firing is measured without
 sleeping.  Bytes per pending timer come from tracemalloc.
 
-    python bench/timerops.py [--sizes 1000,10000,100000,1000000] [--json FILE]
+    python -m bench.timerops [--sizes 1000,10000,100000,1000000] [--json FILE]
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from twisted.internet.epollreactor import EPollReactor
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -67,3 +68,37 @@ class WheelTests(SynchronousTestCase):
             cwd=tmp,
         )
         self.assertTrue(where.stdout.startswith(str(venv)), where.stdout)
+
+
+class SdistTests(SynchronousTestCase):
+    def test_sdistCarriesWhatTheTestsNeed(self) -> None:
+        """Distributions build and test from the sdist: a test runs from the unpacked tree."""
+        tmp = Path(tempfile.mkdtemp(prefix="timerserver-sdist-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        run(sys.executable, "-m", "build", "--sdist", "--outdir", tmp / "dist", ROOT, cwd=tmp)
+        [sdist] = (tmp / "dist").glob("timerserver-*.tar.gz")
+        with tarfile.open(sdist) as archive:
+            archive.extractall(tmp / "unpacked", filter="data")
+        [tree] = (tmp / "unpacked").iterdir()
+        for path in (
+            "tests/__init__.py",
+            "tests/contract.py",
+            "tests/serverprocess.py",
+            "tests/tlshelpers.py",
+            "CHANGELOG.md",
+            "bench/server.py",
+            "bench/loadclient.py",
+            "contrib/systemd/timerserver.service",
+            "contrib/grafana/timerserver-dashboard.json",
+            "twisted/plugins/timerserver_plugin.py",
+        ):
+            self.assertTrue((tree / path).is_file(), path)
+        self.assertFalse((tree / "twisted" / "__init__.py").exists())
+        result = run(sys.executable, "-m", "twisted.trial", "tests.test_periodic", cwd=tree)
+        self.assertIn("PASSED", result.stdout)
+        self.assertIn(
+            str(tree),
+            run(
+                sys.executable, "-c", "import timerserver; print(timerserver.__file__)", cwd=tree
+            ).stdout,
+        )

@@ -81,6 +81,26 @@ class OptionsTests(SynchronousTestCase):
             (10, 2, b"later\r\n", 1.5),
         )
 
+    def test_bytesThatAreNotUTF8AreSentExactly(self) -> None:
+        """bash's --welcome $'\\xff': the command line's own bytes, not an encoding error."""
+        import os
+
+        raw = os.fsdecode(b"caf\xe9 \xff\\r\\n")  # as Python hands argv over
+        self.assertEqual(parse("--welcome", raw)["welcome"], b"caf\xe9 \xff\r\n")
+        self.assertEqual(parse("-m", "\u00e9")["message"], "\u00e9".encode())
+
+    def test_helpShowsTheEscapes(self) -> None:
+        text = " ".join(str(Options(reactor=MemoryReactorClock())).split())  # unwrapped
+        self.assertIn("Welcome to the timer server\\r\\n", text)
+        self.assertIn("Periodic per connection message\\r\\n", text)
+        self.assertNotIn("server\r", text)
+
+    def test_escapeRoundTrips(self) -> None:
+        from timerserver.tap import escape, unescape
+
+        for data in (b"a\\b\r\n\t", b"\xff\x00", b""):
+            self.assertEqual(unescape(escape(data), "x"), data)
+
     def test_noWelcome(self) -> None:
         self.assertEqual(parse("--no-welcome")["welcome"], b"")
         self.assertEqual(parse("--no-welcome", "--welcome", "x")["welcome"], b"")

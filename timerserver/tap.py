@@ -45,10 +45,17 @@ QUEUES = ("wheel", "reactor")
 _ESCAPES = {"r": "\r", "n": "\n", "t": "\t", "\\": "\\"}
 
 
+def escape(data: bytes) -> str:
+    """The command-line form of C{data}: L{unescape} gives C{data} back."""
+    text = os.fsdecode(data).replace("\\", "\\\\")
+    return text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+
+
 def unescape(text: str, option: str) -> bytes:
     """
     Turn the escapes C{\\r}, C{\\n}, C{\\t} and C{\\\\} of C{text} into their
-    characters and encode it as UTF-8.
+    characters and give the command line's own bytes (C{os.fsencode}): UTF-8
+    for text, and exactly the bytes given where they are not UTF-8.
     """
 
     def replace(match: re.Match[str]) -> str:
@@ -59,7 +66,7 @@ def unescape(text: str, option: str) -> bytes:
             )
         return _ESCAPES[char]
 
-    return re.sub(r"\\(.?)", replace, text, flags=re.DOTALL).encode("utf-8")
+    return os.fsencode(re.sub(r"\\(.?)", replace, text, flags=re.DOTALL))
 
 
 def positiveSeconds(value: str, option: str, maximum: float) -> float:
@@ -140,14 +147,14 @@ class Options(usage.Options):
         ["port", "p", DEFAULT_PORT, "Server endpoint string to listen on."],
         ["backlog", None, str(DEFAULT_BACKLOG), "Listen queue, unless --port names backlog=."],
         ["interval", "i", str(DEFAULT_INTERVAL), "Seconds between periodic messages."],
-        ["welcome", None, DEFAULT_WELCOME.decode("utf-8"), "Welcome text (\\r \\n \\t \\\\)."],
-        ["message", "m", DEFAULT_MESSAGE.decode("utf-8"), "Periodic text (\\r \\n \\t \\\\)."],
+        ["welcome", None, escape(DEFAULT_WELCOME), "Welcome text (\\r \\n \\t \\\\)."],
+        ["message", "m", escape(DEFAULT_MESSAGE), "Periodic text (\\r \\n \\t \\\\)."],
         ["timer-queue", None, "wheel", f"Timer queue: {' or '.join(QUEUES)}."],
         ["granularity", None, None, f"Wheel tick in seconds (default {DEFAULT_GRANULARITY})."],
         ["stall-timeout", None, str(DEFAULT_STALL_TIMEOUT), "Seconds a client may not read."],
         ["max-buffer", None, str(DEFAULT_MAX_BUFFER), "Bytes queued for a non-reading client."],
         ["idle-timeout", None, "0", "Seconds without client data before closing; 0: never."],
-        ["idle-message", None, DEFAULT_IDLE_MESSAGE.decode(), "Text sent on idle timeout."],
+        ["idle-message", None, escape(DEFAULT_IDLE_MESSAGE), "Text sent on idle timeout."],
         [
             "max-connections",
             None,
@@ -157,7 +164,7 @@ class Options(usage.Options):
         ["max-per-peer", None, "0", "Connections at once from one host, per worker; 0: none."],
         ["metrics", None, None, "Serve Prometheus metrics at /metrics on this endpoint."],
         ["workers", None, "1", f"Worker processes, 1-{MAX_WORKERS} or auto (one per core)."],
-        ["goodbye", None, DEFAULT_GOODBYE.decode(), "Text sent to every client on shutdown."],
+        ["goodbye", None, escape(DEFAULT_GOODBYE), "Text sent to every client on shutdown."],
         ["shutdown-timeout", None, str(DEFAULT_SHUTDOWN_TIMEOUT), "Seconds to wait for closes."],
     ]
     compData = usage.Completions(optActions={"timer-queue": usage.CompleteList(list(QUEUES))})
