@@ -23,8 +23,13 @@ MESSAGE = b"Periodic per connection message\r\n"
 TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
 
 
+REACTOR = os.environ.get("TIMERSERVER_TEST_REACTOR", "")
+"""A twistd reactor name (C{asyncio}) every server under test runs on; empty for the default."""
+
+
 def twistdCommand(*args: str) -> list[str]:
-    return [sys.executable, "-c", TWISTD, *args]
+    reactor = ["-r", REACTOR] if REACTOR else []
+    return [sys.executable, "-c", TWISTD, *reactor, *args]
 
 
 def _limitFiles(count: int) -> None:
@@ -134,3 +139,43 @@ def recvUntilClosed(sock: socket.socket, timeout: float = 5) -> bytes:
     while chunk := sock.recv(65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def freePort() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def holdPort() -> socket.socket:
+    """A listening socket on a free loopback port: a port in use.  Close it when done."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    return holder
+
+
+def runTwistd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run C{twistd -n --pidfile= timerserver ARGS} to its end (for command-line errors)."""
+    return subprocess.run(
+        twistdCommand("-n", "--pidfile=", "timerserver", *args),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def connectFrom(
+    port: int, source: str = "127.0.0.1", rcvbuf: int | None = None, timeout: float = 5
+) -> socket.socket:
+    """A TCP client of a loopback server, from the loopback address C{source}."""
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock

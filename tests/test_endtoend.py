@@ -9,18 +9,20 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.serverprocess import (
     MESSAGE,
-    ROOT,
+    TWISTD,
     WELCOME,
     ServerProcess,
+    holdPort,
     recvExactly,
     recvUntilClosed,
-    twistdCommand,
+    runTwistd,
 )
 
 
@@ -95,16 +97,6 @@ class EndToEndTests(SynchronousTestCase):
 
 
 class CommandLineErrorTests(SynchronousTestCase):
-    def runTwistd(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            twistdCommand("-n", "--pidfile=", "timerserver", *args),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            stdin=subprocess.DEVNULL,
-        )
-
     def test_badValuesAreOneLine(self) -> None:
         for args, word in (
             (["--interval", "-1"], "--interval"),
@@ -113,7 +105,7 @@ class CommandLineErrorTests(SynchronousTestCase):
             (["--port", "nonsense:1"], "--port"),
             (["--unknown-option"], "unknown-option"),
         ):
-            result = self.runTwistd(*args)
+            result = runTwistd(*args)
             self.assertNotEqual(result.returncode, 0)
             self.assertEqual(result.stdout, "")
             self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
@@ -121,12 +113,10 @@ class CommandLineErrorTests(SynchronousTestCase):
             self.assertNotIn("Traceback", result.stderr)
 
     def test_portInUse(self) -> None:
-        holder = socket.socket()
+        holder = holdPort()
         self.addCleanup(holder.close)
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
         port = holder.getsockname()[1]
-        result = self.runTwistd("-p", f"tcp:{port}:interface=127.0.0.1")
+        result = runTwistd("-p", f"tcp:{port}:interface=127.0.0.1")
         self.assertNotEqual(result.returncode, 0)
         self.assertNotIn("Traceback", result.stdout + result.stderr)
         # twistd has sent stderr to its log by now: the error is one log line.
@@ -170,3 +160,37 @@ class BacklogTests(SynchronousTestCase):
         self.assertEqual(
             self.backlogOf("--backlog", "77", port="tcp:0:interface=127.0.0.1:backlog=33"), 33
         )
+
+
+class AsyncioReactorTests(SynchronousTestCase):
+    """C{twistd -r asyncio timerserver}: the same server on the asyncio reactor."""
+
+    def start(self, *args: str) -> ServerProcess:
+        command = [sys.executable, "-c", TWISTD, "-r", "asyncio", "-n", "--pidfile=", "timerserver"]
+        command += ["-p", "tcp:0:interface=127.0.0.1", "-i", "0.2", *args]
+        server = ServerProcess(command=command)
+        self.addCleanup(server.kill)
+        return server
+
+    def assertServes(self, server: ServerProcess) -> None:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        self.addCleanup(sock.close)
+        self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+        sock.sendall(b"asyncio")
+        self.assertEqual(recvExactly(sock, 7), b"asyncio")
+        self.assertEqual(recvExactly(sock, len(MESSAGE)), MESSAGE)
+
+    def test_serves(self) -> None:
+        server = self.start()
+        self.assertIn("AsyncioSelectorReactor", server.output)
+        self.assertServes(server)
+        server.stop()
+        self.assertIn("stopped listening", server.output)
+
+    def test_workersRunOnTheAsyncioReactorToo(self) -> None:
+        server = self.start("--workers", "2")
+        server.waitForLine(r"worker 2: timerserver listening", 20)
+        for _ in range(4):
+            self.assertServes(server)
+        server.stop(timeout=20)
+        self.assertNotIn("Traceback", server.output)

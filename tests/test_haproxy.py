@@ -14,7 +14,14 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.serverprocess import MESSAGE, ServerProcess, recvExactly, recvUntilClosed
+from tests.serverprocess import (
+    MESSAGE,
+    ServerProcess,
+    connectFrom,
+    freePort,
+    recvExactly,
+    recvUntilClosed,
+)
 from tests.tlshelpers import Certificates
 
 CONFIG = """\
@@ -43,12 +50,6 @@ backend edgeservers
 backend tlsservers
     server c 127.0.0.1:{c} send-proxy-v2
 """
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class HAProxyTests(SynchronousTestCase):
@@ -113,10 +114,7 @@ class HAProxyTests(SynchronousTestCase):
             self.haproxy.stdout.close()
 
     def connect(self, source: str, port: int | None = None) -> socket.socket:
-        sock = socket.socket()
-        sock.settimeout(5)
-        sock.bind((source, 0))
-        sock.connect(("127.0.0.1", port or self.plain))
+        sock = connectFrom(port or self.plain, source)
         self.addCleanup(sock.close)
         return sock
 

@@ -16,7 +16,14 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from tests.serverprocess import WELCOME, ServerProcess, recvExactly
+from tests.serverprocess import (
+    WELCOME,
+    ServerProcess,
+    connectFrom,
+    holdPort,
+    recvExactly,
+    runTwistd,
+)
 from timerserver import TimerQueueCounters, TimerWheel
 from timerserver.factory import TimerServerFactory
 from timerserver.lateness import LatenessHistogram
@@ -149,10 +156,7 @@ class ScrapeTests(TestCase):
         return server
 
     def connect(self, server: ServerProcess, source: str) -> socket.socket:
-        sock = socket.socket()
-        sock.settimeout(5)
-        sock.bind((source, 0))
-        sock.connect(("127.0.0.1", server.port))
+        sock = connectFrom(server.port, source)
         self.addCleanup(sock.close)
         return sock
 
@@ -259,20 +263,12 @@ class MetricsOptionTests(SynchronousTestCase):
         self.assertIn("timerserver[metrics]", str(e))
 
     def test_portInUseIsOneLine(self) -> None:
-        import subprocess
-
-        from tests.serverprocess import ROOT, twistdCommand
-
-        holder = socket.socket()
+        holder = holdPort()
         self.addCleanup(holder.close)
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
         port = holder.getsockname()[1]
-        result = subprocess.run(
-            twistdCommand("-n", "--pidfile=", "timerserver", "-p", "tcp:0:interface=127.0.0.1",
-                          "--metrics", f"tcp:{port}:interface=127.0.0.1"),
-            cwd=ROOT, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        result = runTwistd(
+            "-p", "tcp:0:interface=127.0.0.1", "--metrics", f"tcp:{port}:interface=127.0.0.1"
+        )
         output = result.stdout + result.stderr
         self.assertNotEqual(result.returncode, 0)
         [line] = [x for x in output.splitlines() if "cannot listen" in x]

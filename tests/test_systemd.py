@@ -13,15 +13,9 @@ import socket
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.serverprocess import ROOT, WELCOME, ServerProcess, recvExactly, twistdCommand
+from tests.serverprocess import ROOT, WELCOME, ServerProcess, freePort, recvExactly, twistdCommand
 
 UNITS = ROOT / "contrib" / "systemd"
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class SocketActivationTests(SynchronousTestCase):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.application.service import IService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
@@ -215,3 +217,60 @@ class ServiceTests(SynchronousTestCase):
         e = self.assertRaises(SystemExit, parent.privilegedStartService)
         self.assertIn("cannot listen on tcp:5050:interface=127.0.0.1", e.code)
         self.assertNotIn("\n", e.code)
+
+
+class LateListenTests(SynchronousTestCase):
+    """An endpoint that answers after privilegedStartService: nothing is dropped."""
+
+    def service(self) -> tuple[Any, Any, MemoryReactorClock]:
+        from twisted.internet import defer
+
+        from timerserver.service import TimerServerService
+
+        reactor = MemoryReactorClock()
+        options = Options(reactor=reactor)
+        options.parseOptions([])
+        server = makeService(options)
+        [service] = list(server)  # type: ignore[call-overload]
+        assert isinstance(service, TimerServerService)
+        pending: defer.Deferred[Any] = defer.Deferred()
+
+        class LateEndpoint:
+            def listen(self, factory: object) -> defer.Deferred[Any]:
+                return pending
+
+        service.endpoint = LateEndpoint()
+        service.reactor = reactor
+        return service, pending, reactor
+
+    def test_lateFailureIsLoggedAndStopsTheReactor(self) -> None:
+        from twisted.internet import error
+        from twisted.logger import globalLogPublisher
+
+        service, pending, reactor = self.service()
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service.privilegedStartService()
+        self.assertFalse(reactor.hasStopped)
+        pending.errback(error.CannotListenError("127.0.0.1", 5050, OSError(98, "in use")))
+        self.assertTrue(reactor.hasStopped)
+        [event] = [e for e in events if "cannot listen" in e.get("log_format", "")]
+        self.assertEqual(event["description"], "tcp:5050:interface=127.0.0.1")
+
+    def test_lateSuccessIsServedAndStopped(self) -> None:
+        service, pending, reactor = self.service()
+        service.privilegedStartService()
+        stopped: list[bool] = []
+
+        class Port:
+            def getHost(self) -> str:
+                return "late"
+
+            def stopListening(self) -> None:
+                stopped.append(True)
+
+        pending.callback(Port())
+        self.successResultOf(service.stopService())
+        self.assertEqual(stopped, [True])
+        self.assertFalse(reactor.hasStopped)

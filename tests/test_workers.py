@@ -15,7 +15,16 @@ import time
 import psutil
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.serverprocess import MESSAGE, WELCOME, ServerProcess, recvExactly, recvUntilClosed
+from tests.serverprocess import (
+    MESSAGE,
+    WELCOME,
+    ServerProcess,
+    connectFrom,
+    holdPort,
+    recvExactly,
+    recvUntilClosed,
+    runTwistd,
+)
 
 
 def raiseFileLimit() -> None:
@@ -49,10 +58,7 @@ class WorkerCase(SynchronousTestCase):
         return pids
 
     def connect(self, server: ServerProcess, source: str = "127.0.0.1") -> socket.socket:
-        sock = socket.socket()
-        sock.settimeout(5)
-        sock.bind((source, 0))
-        sock.connect(("127.0.0.1", server.port))
+        sock = connectFrom(server.port, source)
         self.addCleanup(sock.close)
         return sock
 
@@ -213,22 +219,10 @@ class WorkerEndpointTests(WorkerCase):
 
 class WorkerStartErrorTests(SynchronousTestCase):
     def test_portInUseIsOneLineAndNoWorker(self) -> None:
-        import subprocess
-
-        from tests.serverprocess import ROOT, twistdCommand
-
-        holder = socket.socket()
+        holder = holdPort()
         self.addCleanup(holder.close)
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
         port = holder.getsockname()[1]
-        result = subprocess.run(
-            twistdCommand(
-                "-n", "--pidfile=", "timerserver", "--workers", "2",
-                "-p", f"tcp:{port}:interface=127.0.0.1",
-            ),
-            cwd=ROOT, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        result = runTwistd("--workers", "2", "-p", f"tcp:{port}:interface=127.0.0.1")
         output = result.stdout + result.stderr
         self.assertNotEqual(result.returncode, 0)
         [line] = [x for x in output.splitlines() if "cannot listen" in x]

@@ -179,12 +179,14 @@ class TimerQueueBase(Generic[H]):
     # IQueueTimers
 
     def createTimer(self) -> H:
+        """See L{IQueueTimers.createTimer}."""
         h = cast(H, self._handleClass(self))
         if self._monitor is not None:
             self._monitor.timerCreated()
         return h
 
     def isSet(self, handle: TimerHandle) -> bool:
+        """See L{IQueueTimers.isSet}."""
         return self._live(handle).deadline is not None
 
     def setTimer(
@@ -195,6 +197,7 @@ class TimerQueueBase(Generic[H]):
         userData: object = None,
         when: SetTimerIf = SetTimerIf.ALWAYS,
     ) -> bool:
+        """See L{IQueueTimers.setTimer}."""
         if type(when) is not SetTimerIf:
             raise TypeError(f"when must be a SetTimerIf, not {when!r}")
         h, timeout, isTimer = self._accept(handle, timer, timeout)
@@ -216,6 +219,7 @@ class TimerQueueBase(Generic[H]):
         userData: object = None,
         when: UpdateTimerIf = UpdateTimerIf.ALWAYS,
     ) -> bool:
+        """See L{IQueueTimers.updateTimer}."""
         if type(when) is not UpdateTimerIf:
             raise TypeError(f"when must be an UpdateTimerIf, not {when!r}")
         h, timeout, isTimer = self._accept(handle, timer, timeout)
@@ -240,6 +244,7 @@ class TimerQueueBase(Generic[H]):
         return deadline is not None
 
     def cancelTimer(self, handle: TimerHandle) -> bool:
+        """See L{IQueueTimers.cancelTimer}."""
         h: H = handle  # type: ignore[assignment]
         if type(h) is not self._handleClass or h.queue is not self:
             h = self._live(handle)
@@ -251,6 +256,7 @@ class TimerQueueBase(Generic[H]):
         return wasPending
 
     def destroyTimer(self, handle: TimerHandle) -> bool:
+        """See L{IQueueTimers.destroyTimer}."""
         h = self._live(handle)
         wasPending = h.deadline is not None
         if wasPending:
@@ -262,6 +268,7 @@ class TimerQueueBase(Generic[H]):
         return wasPending
 
     def setOneShotTimer(self, timer: object, timeout: float, userData: object = None) -> None:
+        """See L{IQueueTimers.setOneShotTimer}."""
         timeout = self._checkTimeout(timeout)
         isTimer = self._isTimer(timer)
         self._checkRunning()

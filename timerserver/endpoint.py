@@ -87,7 +87,7 @@ def _hasOpenSSL() -> bool:
 def serverEndpoint(reactor: Any, description: str, backlog: int) -> Any:
     """
     Build the server endpoint for C{description} with the default C{backlog},
-    or raise L{usage.UsageError} with one line naming C{--port}.
+    or raise C{twisted.python.usage.UsageError} with one line naming C{--port}.
     """
     full = withBacklog(description, backlog)
     layers = endpointKind(description).split(":")
@@ -132,6 +132,7 @@ class ProxyHeaderEndpoint:
         self._wrappedEndpoint = wrappedEndpoint
 
     def listen(self, factory: Any) -> defer.Deferred[Any]:
+        """Listen on the inner endpoint with C{factory} wrapped as C{haproxy:} needs."""
         inner = self._wrappedEndpoint
         tls = getattr(inner, "_sslContextFactory", None)
         if tls is not None:

@@ -33,6 +33,7 @@ class EventLog:
         self._window: IDelayedCall | None = None
 
     def event(self, kind: str, peer: object, detail: str = "") -> None:
+        """Log (or count, past the burst) one event of C{kind} from C{peer}."""
         self.totals[kind] += 1
         if self._window is None:
             self._window = self._clock.callLater(self.interval, self._endWindow)

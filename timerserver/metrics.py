@@ -131,6 +131,7 @@ class SnapshotCollector:
         self.processes = processes
 
     def collect(self) -> Iterator[Any]:
+        """Yield the snapshot's metric families (prometheus-client's collector protocol)."""
         from prometheus_client.core import (
             CounterMetricFamily,
             GaugeMetricFamily,
@@ -203,6 +204,7 @@ class MetricsResource(Resource):
         self.source = source
 
     def render_GET(self, request: Request) -> Any:
+        """Answer with the metrics once the source has them."""
         from prometheus_client import CollectorRegistry
         from prometheus_client.exposition import choose_encoder
 

@@ -62,8 +62,9 @@ class TimerServerProtocol(Protocol):
 
     factory: TimerServerFactory
     transport: Any  # set by makeConnection before any method below runs
-    _periodic: Periodic | None = None
-    _watchdog: TimerHandle | None = None
+    # Made when the connection is admitted; they live while C{admitted} is true.
+    _periodic: Periodic
+    _watchdog: TimerHandle
     paused = False
     _readingPaused = False
     closing = False
@@ -101,14 +102,10 @@ class TimerServerProtocol(Protocol):
             )
             self.closeReason = self.closeReason or "tls"
         self.closing = True
-        if self._periodic is not None:
-            self._periodic.close()
-            self._periodic = None
-        if self._watchdog is not None:
-            self.factory.queue.destroyTimer(self._watchdog)
-            self._watchdog = None
         if self.admitted:
             self.admitted = False
+            self._periodic.close()
+            self.factory.queue.destroyTimer(self._watchdog)
             self.factory.release(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -157,7 +154,7 @@ class TimerServerProtocol(Protocol):
         """(Re-)arm the idle timeout, if there is one, through the update path."""
         timeout = self.factory.idleTimeout
         if timeout and not self.paused and not self.closing:
-            self.factory.queue.updateTimer(self._watchdog, self, timeout, IDLE)  # type: ignore[arg-type]
+            self.factory.queue.updateTimer(self._watchdog, self, timeout, IDLE)
 
     # Writing, backpressure and closing
 
@@ -185,7 +182,7 @@ class TimerServerProtocol(Protocol):
         self._readingPaused = getattr(_socketTransport(self.transport), "producerPaused", True)
         if self._readingPaused:
             self.transport.pauseProducing()
-        self.factory.queue.setTimer(self._watchdog, self, self.factory.stallTimeout, STALL)  # type: ignore[arg-type]
+        self.factory.queue.setTimer(self._watchdog, self, self.factory.stallTimeout, STALL)
 
     def resumeProducing(self) -> None:
         """The transport's buffer drained: the client reads again."""
@@ -195,7 +192,7 @@ class TimerServerProtocol(Protocol):
         if self._readingPaused:
             self._readingPaused = False
             self.transport.resumeProducing()
-        self.factory.queue.cancelTimer(self._watchdog)  # type: ignore[arg-type]
+        self.factory.queue.cancelTimer(self._watchdog)
         self._armIdle()
 
     def stopProducing(self) -> None:
@@ -212,13 +209,13 @@ class TimerServerProtocol(Protocol):
         self.closing = True
         self.closeReason = self.closeReason or reason
         queue = self.factory.queue
-        self._periodic.stop()  # type: ignore[union-attr]
-        queue.cancelTimer(self._watchdog)  # type: ignore[arg-type]
+        self._periodic.stop()
+        queue.cancelTimer(self._watchdog)
         # A registered producer holds loseConnection back until it unregisters.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
         if grace is not None:
-            queue.setTimer(self._watchdog, self, grace, CLOSING)  # type: ignore[arg-type]
+            queue.setTimer(self._watchdog, self, grace, CLOSING)
 
     def goodbye(self, text: bytes) -> None:
         """Write C{text} and close; the factory aborts what is left in time."""
@@ -234,9 +231,8 @@ class TimerServerProtocol(Protocol):
         self.factory.events.event("aborted", self.transport.getPeer(), f": {why}")
         self.closing = True
         self.closeReason = self.closeReason or reason
-        if self._periodic is not None:
+        if self.admitted:
             self._periodic.stop()
-        if self._watchdog is not None:
             self.factory.queue.cancelTimer(self._watchdog)
         self.transport.abortConnection()
 

@@ -6,6 +6,7 @@ client, abort what is left after the shutdown timeout, cancel every timer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -19,15 +20,60 @@ from timerserver.factory import TimerServerFactory
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 
 
+_log = Logger()
+
+
 def listenOrExit(endpoint: Any, factory: Any, description: str) -> IListeningPort:
     """
-    Listen on C{endpoint} now; a failure is C{SystemExit} with one line (no
-    traceback), as is an endpoint that does not listen at once.
+    Listen on C{endpoint} now: the port, or C{SystemExit} with one line (no
+    traceback) if it fails or does not answer at once (the master of
+    C{--workers} and the metrics need the port before they go on).
+    """
+    port = listen(endpoint, factory, description, lambda port: port.stopListening())
+    if port is None:
+        raise SystemExit(
+            f"twistd timerserver: cannot listen on {description}: it did not listen at once"
+        )
+    return port
+
+
+def listen(
+    endpoint: Any,
+    factory: Any,
+    description: str,
+    later: Callable[[IListeningPort], object] | None = None,
+    reactor: Any = None,
+) -> IListeningPort | None:
+    """
+    Listen on C{endpoint}.  Most endpoints answer at once: the port is
+    returned, and a failure is C{SystemExit} with one line (no traceback).
+    An endpoint that answers later gives C{None} now; then its port goes to
+    C{later}, and its failure is logged as that same line and stops
+    C{reactor} (the global one if C{None}), as C{StreamServerEndpointService}
+    would rather than dropping it.
     """
     results: list[IListeningPort | Failure] = []
-    endpoint.listen(factory).addBoth(results.append)
+    d = endpoint.listen(factory)
+    d.addBoth(results.append)
     if not results:
-        raise SystemExit(f"twistd timerserver: cannot listen on {description}: no answer")
+
+        def answered(_: object) -> None:
+            [result] = results
+            if isinstance(result, Failure):
+                _log.critical(
+                    "twistd timerserver: cannot listen on {description}: {why}",
+                    description=description,
+                    why=result.getErrorMessage(),
+                )
+                stopping = reactor
+                if stopping is None:
+                    from twisted.internet import reactor as stopping
+                stopping.stop()
+            elif later is not None:
+                later(result)
+
+        d.addCallback(answered)
+        return None
     [result] = results
     if isinstance(result, Failure):
         raise SystemExit(
@@ -57,18 +103,25 @@ class TimerServerService(Service):
         description: str,
         factory: TimerServerFactory,
         shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        reactor: Any = None,
     ) -> None:
         self.endpoint = endpoint
         self.description = description
         self.factory = factory
         self.shutdownTimeout = shutdownTimeout
+        self.reactor = reactor
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
-        self._port = listenOrExit(self.endpoint, self.factory, self.description)
+        port = listen(self.endpoint, self.factory, self.description, self._listening, self.reactor)
+        if port is not None:
+            self._listening(port)
+
+    def _listening(self, port: IListeningPort) -> None:
+        self._port = port
         self._log.info(
             "timerserver listening on {address}, {queue!r}, interval {interval}s",
-            address=self._port.getHost(),
+            address=port.getHost(),
             queue=self.factory.queue,
             interval=self.factory.interval,
         )

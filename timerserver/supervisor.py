@@ -80,6 +80,7 @@ class WorkerProcess(ProcessProtocol):
                 )
 
     def outLine(self, line: bytes) -> None:
+        """Handle one line of the worker's standard output: a reply or a log event."""
         try:
             message = json.loads(line)
         except ValueError:
@@ -97,6 +98,7 @@ class WorkerProcess(ProcessProtocol):
             self.logEvent(eventFromJSON(line.decode()))
 
     def logEvent(self, event: dict[str, Any]) -> None:
+        """Re-emit a worker's log event in the master's log, marked with its number."""
         stats = event.get("stopStats")
         if isinstance(stats, dict):
             self.stopStats = stats
@@ -120,6 +122,7 @@ class WorkerProcess(ProcessProtocol):
         return d
 
     def signal(self, name: str) -> None:
+        """Send the worker signal C{name} (C{"TERM"}, C{"KILL"}), if it still runs."""
         try:
             self.transport.signalProcess(name)  # type: ignore[union-attr]
         except Exception:
@@ -180,6 +183,8 @@ class WorkerPoolService(Service):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package, env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         args = [sys.executable, "-m", "timerserver.worker", "--number", str(number)]
+        if "asyncio" in type(self.reactor).__module__:
+            args += ["--reactor", "asyncio"]  # the workers run on the master's reactor
         args += ["--fd", "3", "--family", self.sockets.family, "--", *self.options.argv]
         worker = WorkerProcess(self, number)
         self.workers[number] = worker
@@ -194,6 +199,7 @@ class WorkerPoolService(Service):
         self._log.info("worker {worker} started, pid {pid}", worker=number, pid=pid)
 
     def workerEnded(self, worker: WorkerProcess, reason: Failure) -> None:
+        """Log how C{worker} ended and, unless stopping, start its replacement."""
         number = worker.number
         if self.workers.get(number) is worker:
             del self.workers[number]

@@ -10,11 +10,11 @@ Two levels of slots, each a dict of handles, make set, update and cancel O(1)
 dict operations for any timeout up to C{slots * upperSlots * granularity}
 (11.6 hours by default):
 
-- level 0 has C{slots} slots of one tick each, for timers due within one
-  revolution (C{slots} ticks, 10.24 s by default);
-- level 1 has C{upperSlots} slots of one revolution each.  When level 0 starts
-  a revolution, the level-1 slot of that revolution is moved down into level 0
-  ("cascaded"): each timer moves down at most once.
+ - level 0 has C{slots} slots of one tick each, for timers due within one
+   revolution (C{slots} ticks, 10.24 s by default);
+ - level 1 has C{upperSlots} slots of one revolution each.  When level 0
+   starts a revolution, the level-1 slot of that revolution is moved down
+   into level 0 ("cascaded"): each timer moves down at most once.
 
 Longer timeouts wait in an overflow heap ordered by tick (O(log n), and only
 for them) and move up into the wheel once they come within reach.  Cancelled

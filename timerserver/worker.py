@@ -55,6 +55,7 @@ class AdoptedEndpoint:
         )
 
     def listen(self, factory: Any) -> defer.Deferred[Any]:
+        """Adopt the listening socket with C{factory} wrapped as C{--port} says."""
         wrapped = layered(factory, self.tls, self.haproxy)
         return defer.execute(self.reactor.adoptStreamPort, self.fd, self.family, wrapped)
 
@@ -105,15 +106,18 @@ class Worker:
         return snapshot(self.server.factory, self.server.monitor)
 
     def reply(self, message: dict[str, Any]) -> None:
+        """Write C{message} to the master as one JSON line."""
         self.out.write(json.dumps(message) + "\n")
         self.out.flush()
 
     def stop(self) -> None:
+        """Stop the reactor (once): the graceful shutdown runs before it stops."""
         if not self.stopping:
             self.stopping = True
             self.reactor.stop()
 
     def run(self) -> None:
+        """Start the server, take commands from the master, run until stopped."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.reactor.callFromThread(self.stop))
         self.server.privilegedStartService()
@@ -130,14 +134,20 @@ def _devnull() -> int:
 
 
 def main(argv: list[str]) -> None:
+    """Run worker C{--number} on descriptor C{--fd} with the server options after C{--}."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m timerserver.worker")
     parser.add_argument("--number", type=int, required=True)
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--family", choices=sorted(FAMILIES), required=True)
+    parser.add_argument("--reactor", choices=["default", "asyncio"], default="default")
     parser.add_argument("options", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.reactor == "asyncio":
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install()
     out = sys.stdout  # replies and log events share it, one JSON object a line
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(out, "")], redirectStandardIO=False)
     from twisted.internet import reactor
