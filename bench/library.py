@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -98,7 +99,10 @@ def resetCost(make: Callable[[], tuple[list[Any], Any]], rounds: int = 5) -> flo
 
 
 def threadSafeCosts(count: int) -> dict[str, dict[str, float]]:
-    """Set + cancel and re-arm from the reactor thread, bare queue against the wrapper."""
+    """
+    Set + cancel and re-arm from the reactor thread, bare queue against the
+    wrapper, and one uncontended lock (acquire and release) for scale.
+    """
     results: dict[str, dict[str, float]] = {}
     for name, makeQueue in (("TimerWheel", TimerWheel), ("ReactorTimerQueue", ReactorTimerQueue)):
         for wrapped in (False, True):
@@ -107,6 +111,9 @@ def threadSafeCosts(count: int) -> dict[str, dict[str, float]]:
             if wrapped:
                 queue = ThreadSafeTimerQueue(queue, r, lambda: True)
             handles = [queue.createTimer() for _ in range(count)]
+            # One timer stays pending, so the queue never empties (an empty
+            # wheel would cancel and re-make its reactor call every time).
+            queue.setTimer(queue.createTimer(), print, 3600.0)
 
             def setCancel() -> None:
                 for h in handles:
@@ -121,6 +128,14 @@ def threadSafeCosts(count: int) -> dict[str, dict[str, float]]:
             results[label] = {"setCancel": usPerCall(setCancel, count)}
             rearm()
             results[label]["rearm"] = usPerCall(rearm, count)
+    lock = threading.Lock()
+
+    def locks() -> None:
+        for _ in range(count):
+            with lock:
+                pass
+
+    results["one uncontended lock"] = {"setCancel": usPerCall(locks, count)}
     return results
 
 
@@ -152,6 +167,9 @@ def main() -> None:
     print(f"\nThreadSafeTimerQueue from the reactor thread, {n:,} handles (us per operation)")
     print(f"{'':32}{'set+cancel':>11}{'ratio':>7}{'re-arm':>9}{'ratio':>7}")
     for name, r in safe.items():
+        if "rearm" not in r:
+            print(f"{name:32}{r['setCancel']:>11.3f}")
+            continue
         bare = safe[name.replace("thread-safe", "bare")]
         print(
             f"{name:32}{r['setCancel']:>11.3f}{r['setCancel'] / bare['setCancel']:>7.2f}"

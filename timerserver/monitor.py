@@ -18,6 +18,17 @@ class TimerQueueCounters:
     One instance may monitor several queues; the figures are their sums.
     """
 
+    __slots__ = (
+        "cancelled",
+        "created",
+        "destroyed",
+        "fired",
+        "oneShotSet",
+        "pending",
+        "set",
+        "updated",
+    )
+
     def __init__(self) -> None:
         self.created = 0
         self.set = 0

@@ -16,8 +16,6 @@ cancelled or expired timeout leaves nothing behind.
 
 from __future__ import annotations
 
-from typing import Any
-
 from timerserver.interfaces import IQueueTimers, TimerHandle
 
 _shared: IQueueTimers | None = None
@@ -33,6 +31,11 @@ def sharedTimerQueue() -> IQueueTimers:
     return _shared
 
 
+def _timedOut(protocol: TimeoutMixin) -> None:
+    """The one timer of every L{TimeoutMixin}: the protocol is its user data."""
+    protocol._timedOut()
+
+
 class TimeoutMixin:
     """
     Mixin for protocols which wish to timeout connections, with the names
@@ -43,19 +46,22 @@ class TimeoutMixin:
     @ivar timeOut: the number of seconds after which to timeout the
         connection, or C{None} for none.
     @ivar timerQueue: the L{IQueueTimers} the timeout is set on; C{None}
-        for the shared wheel on the global reactor.
+        for the shared wheel on the global reactor.  Change it only while no
+        timeout is pending.
     """
 
     timeOut: float | None = None
     timerQueue: IQueueTimers | None = None
     __handle: TimerHandle | None = None
-    __queue: IQueueTimers | None = None
+
+    def __queue(self) -> IQueueTimers:
+        return self.timerQueue or sharedTimerQueue()
 
     def resetTimeout(self) -> None:
         """Reset the timeout count down, if a timeout is pending."""
         handle, timeOut = self.__handle, self.timeOut
         if handle is not None and timeOut is not None:
-            self.__queue.setTimer(handle, self.__timedOut, timeOut)  # type: ignore[union-attr]
+            (self.timerQueue or sharedTimerQueue()).setTimer(handle, _timedOut, timeOut, self)
 
     def setTimeout(self, period: float | None) -> float | None:
         """
@@ -64,28 +70,28 @@ class TimeoutMixin:
         @return: the previous timeout period.
         """
         previous, self.timeOut = self.timeOut, period
-        handle = self.__handle
+        handle, queue = self.__handle, self.__queue()
         if handle is not None:
             if period is None:
                 self.__handle = None
-                self.__queue.destroyTimer(handle)  # type: ignore[union-attr]
+                queue.destroyTimer(handle)
             else:
-                self.__queue.setTimer(handle, self.__timedOut, period)  # type: ignore[union-attr]
+                queue.setTimer(handle, _timedOut, period, self)
         elif period is not None:
-            queue = self.timerQueue or sharedTimerQueue()
             handle = queue.createTimer()
             try:
-                queue.setTimer(handle, self.__timedOut, period)
+                queue.setTimer(handle, _timedOut, period, self)
             except BaseException:
                 queue.destroyTimer(handle)
                 raise
-            self.__queue, self.__handle = queue, handle
+            self.__handle = handle
         return previous
 
-    def __timedOut(self, userData: Any = None) -> None:
+    def _timedOut(self) -> None:
+        """The timeout expired: give the handle back, then L{timeoutConnection}."""
         handle, self.__handle = self.__handle, None
         if handle is not None:
-            self.__queue.destroyTimer(handle)  # type: ignore[union-attr]
+            self.__queue().destroyTimer(handle)
         self.timeoutConnection()
 
     def timeoutConnection(self) -> None:

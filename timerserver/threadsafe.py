@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from twisted.python import threadable
 from zope.interface import implementer
 
 from timerserver.interfaces import (
@@ -39,18 +40,21 @@ from timerserver.interfaces import (
     UpdateTimerIf,
 )
 
+_UNCHECKED = object()
+
 
 class ThreadSafeHandle(TimerHandle):
     """A handle of a L{ThreadSafeTimerQueue}; its state is guarded by the queue's lock."""
 
-    __slots__ = ("deadline", "generation", "inner", "queue", "timer", "userData")
+    __slots__ = ("armed", "deadline", "generation", "inner", "queue", "timer", "userData")
 
     def __init__(self, queue: ThreadSafeTimerQueue) -> None:
         self.queue: ThreadSafeTimerQueue | None = queue
         self.inner: TimerHandle | None = None  # made in the reactor thread
         self.deadline: float | None = None  # pending while not None
-        self.generation = 0
-        self.timer: object = None
+        self.generation = 0  # bumped by every set, cancel and destroy
+        self.armed = -1  # the generation the wrapped queue's timer was armed for
+        self.timer: object = _UNCHECKED  # a timer given before was checked then
         self.userData: object = None
 
     def __repr__(self) -> str:
@@ -88,9 +92,7 @@ class ThreadSafeTimerQueue:
         if reactor is None:
             from twisted.internet import reactor
         if isReactorThread is None:
-            from twisted.python.threadable import isInIOThread
-
-            isReactorThread = isInIOThread
+            isReactorThread = _inIOThread
         self._queue = queue
         self._reactor = reactor
         self._isReactorThread = isReactorThread
@@ -100,6 +102,7 @@ class ThreadSafeTimerQueue:
         self._pending: set[ThreadSafeHandle] = set()
         self._oneShots = 0
         self._stopped = False
+        self._dispatchTimer = self._dispatch  # one bound method: the queue's fast path
 
     @property
     def clock(self) -> Any:
@@ -137,11 +140,9 @@ class ThreadSafeTimerQueue:
     # Applying changes to the wrapped queue, in the reactor thread.
 
     def _commit(self, change: tuple[Any, ...]) -> None:
-        """Queue C{change}; apply everything queued now if this is the reactor thread."""
+        """From another thread: queue C{change} for the reactor thread."""
         self._changes.append(change)
-        if self._isReactorThread():
-            self._applyLocked()
-        elif len(self._changes) == 1:
+        if len(self._changes) == 1:
             self._reactor.callFromThread(self._apply)
 
     def _apply(self) -> None:
@@ -150,35 +151,36 @@ class ThreadSafeTimerQueue:
 
     def _applyLocked(self) -> None:
         changes, self._changes = self._changes, []
-        queue = self._queue
         now = self._reactor.seconds()
         for change in changes:
-            kind = change[0]
+            kind, target = change[0], change[1]
             if kind == "set":
-                _, h, deadline, generation = change
-                if h.inner is None:
-                    h.inner = queue.createTimer()
-                queue.setTimer(h.inner, self._dispatch, max(0.0, deadline - now), (h, generation))
+                self._armInner(target, max(0.0, change[2] - now), change[3])
             elif kind == "cancel":
-                if change[1].inner is not None:
-                    queue.cancelTimer(change[1].inner)
+                if target.inner is not None:
+                    self._queue.cancelTimer(target.inner)
             elif kind == "destroy":
-                if change[1].inner is not None:
-                    queue.destroyTimer(change[1].inner)
+                if target.inner is not None:
+                    self._queue.destroyTimer(target.inner)
             elif kind == "oneshot":
-                _, timer, deadline, userData = change
-                queue.setOneShotTimer(
-                    self._dispatchOneShot, max(0.0, deadline - now), (timer, userData)
+                self._queue.setOneShotTimer(
+                    self._dispatchOneShot, max(0.0, change[2] - now), (target, change[3])
                 )
             else:  # shutdown
-                queue.shutdown()
+                self._queue.shutdown()
+
+    def _armInner(self, h: ThreadSafeHandle, timeout: float, generation: int) -> None:
+        """In the reactor thread: arm the wrapped queue's handle for C{generation}."""
+        if h.inner is None:
+            h.inner = self._queue.createTimer()
+        self._queue.setTimer(h.inner, self._dispatchTimer, timeout, h)
+        h.armed = generation
 
     # Firing, in the reactor thread, with the lock released before the call.
 
-    def _dispatch(self, armed: tuple[ThreadSafeHandle, int]) -> None:
-        h, generation = armed
+    def _dispatch(self, h: ThreadSafeHandle) -> None:
         with self._lock:
-            if h.generation != generation or h.deadline is None:
+            if h.generation != h.armed or h.deadline is None:
                 return  # cancelled, re-set or destroyed since it was armed
             h.deadline = None
             self._pending.discard(h)
@@ -201,11 +203,18 @@ class ThreadSafeTimerQueue:
         with self._lock:
             return self._live(handle).deadline is not None
 
-    def _arm(self, h: ThreadSafeHandle, timer: object, deadline: float, userData: object) -> None:
+    def _arm(self, h: ThreadSafeHandle, timer: object, timeout: float, userData: object) -> None:
+        """Set C{h}; the caller holds the lock and checked the arguments."""
         h.generation += 1
+        deadline = self._reactor.seconds() + timeout
+        if self._isReactorThread():
+            if self._changes:
+                self._applyLocked()  # what other threads asked for comes first
+            self._armInner(h, timeout, h.generation)
+        else:
+            self._commit(("set", h, deadline, h.generation))
         h.timer, h.userData, h.deadline = timer, userData, deadline
         self._pending.add(h)
-        self._commit(("set", h, deadline, h.generation))
 
     def setTimer(
         self,
@@ -217,14 +226,30 @@ class ThreadSafeTimerQueue:
     ) -> bool:
         if type(when) is not SetTimerIf:
             raise TypeError(f"when must be a SetTimerIf, not {when!r}")
-        self._checkTimer(timer)
-        timeout = self._checkTimeout(timeout)
+        kind = type(timeout)
+        if (kind is not float and kind is not int) or not 0 <= timeout <= self.maximumTimeout:
+            timeout = self._checkTimeout(timeout)
         with self._lock:
-            h = self._live(handle)
-            self._checkRunning()
+            h: ThreadSafeHandle = handle  # type: ignore[assignment]
+            if type(h) is not ThreadSafeHandle or h.queue is not self:
+                h = self._live(handle)
+            if timer is not h.timer:
+                self._checkTimer(timer)
+            if self._stopped:
+                self._checkRunning()
             wasPending = h.deadline is not None
-            if not wasPending or when is SetTimerIf.ALWAYS:
-                self._arm(h, timer, self._reactor.seconds() + timeout, userData)
+            if wasPending and when is not SetTimerIf.ALWAYS:
+                return True
+            if self._changes or h.inner is None or not self._isReactorThread():
+                self._arm(h, timer, timeout, userData)
+                return wasPending
+            # The common case, inlined: the reactor thread re-arms a handle.
+            h.generation = h.armed = h.generation + 1
+            self._queue.setTimer(h.inner, self._dispatchTimer, timeout, h)
+            h.timer, h.userData = timer, userData
+            h.deadline = self._reactor.seconds() + timeout
+            if not wasPending:
+                self._pending.add(h)
             return wasPending
 
     def updateTimer(
@@ -237,21 +262,22 @@ class ThreadSafeTimerQueue:
     ) -> bool:
         if type(when) is not UpdateTimerIf:
             raise TypeError(f"when must be an UpdateTimerIf, not {when!r}")
-        self._checkTimer(timer)
         timeout = self._checkTimeout(timeout)
         with self._lock:
             h = self._live(handle)
+            if timer is not h.timer:
+                self._checkTimer(timer)
             self._checkRunning()
-            deadline = self._reactor.seconds() + timeout
             current = h.deadline
+            deadline = self._reactor.seconds() + timeout
             if current is None or when is UpdateTimerIf.ALWAYS:
-                self._arm(h, timer, deadline, userData)
+                self._arm(h, timer, timeout, userData)
             elif when is UpdateTimerIf.NO_TIMEOUT_CHANGE:
                 h.timer, h.userData = timer, userData  # the dispatcher reads them when it fires
             elif (when is UpdateTimerIf.IF_SOONER and deadline < current) or (
                 when is UpdateTimerIf.IF_LATER and deadline > current
             ):
-                self._arm(h, timer, deadline, userData)
+                self._arm(h, timer, timeout, userData)
             return current is not None
 
     def _disarm(self, h: ThreadSafeHandle, change: str) -> bool:
@@ -260,7 +286,14 @@ class ThreadSafeTimerQueue:
         h.deadline = None
         self._pending.discard(h)
         if wasPending or change == "destroy":
-            self._commit((change, h))
+            if not self._isReactorThread():
+                self._commit((change, h))
+            else:
+                if self._changes:
+                    self._applyLocked()
+                if h.inner is not None:
+                    inner = self._queue
+                    (inner.cancelTimer if change == "cancel" else inner.destroyTimer)(h.inner)
         return wasPending
 
     def cancelTimer(self, handle: TimerHandle) -> bool:
@@ -280,7 +313,13 @@ class ThreadSafeTimerQueue:
         with self._lock:
             self._checkRunning()
             self._oneShots += 1
-            self._commit(("oneshot", timer, self._reactor.seconds() + timeout, userData))
+            if self._isReactorThread():
+                if self._changes:
+                    self._applyLocked()
+                self._queue.setOneShotTimer(self._dispatchOneShot, timeout, (timer, userData))
+            else:
+                deadline = self._reactor.seconds() + timeout
+                self._commit(("oneshot", timer, deadline, userData))
 
     def shutdown(self) -> int:
         """
@@ -296,8 +335,17 @@ class ThreadSafeTimerQueue:
             count = len(pending) + self._oneShots
             self._oneShots = 0
             self._stopped = True
-            self._commit(("shutdown",))
+            if self._isReactorThread():
+                self._applyLocked()
+                self._queue.shutdown()
+            else:
+                self._commit(("shutdown", None))
             return count
+
+
+def _inIOThread() -> bool:
+    """Twisted's C{threadable.isInIOThread}, without its C{current_thread()} call."""
+    return threadable.ioThread == threading.get_ident()
 
 
 def _call(timer: object, userData: object) -> None:

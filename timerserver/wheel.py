@@ -190,6 +190,13 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
 
     def _arm(self, h: WheelTimerHandle, timeout: float, now: float) -> None:
         if h.slot is not None:
+            deadline = now + timeout
+            if deadline >= h.deadline:  # type: ignore[operator]
+                # Later: leave it in its slot, which re-places it when it comes
+                # due (as DelayedCall.reset does), so that an idle timeout
+                # pushed back on every read costs no slot move.
+                h.deadline = deadline
+                return
             self._unplace(h)
         elif not self._advancing and self._empty():
             # Nothing pending: the wheel may skip the idle ticks.
@@ -302,7 +309,7 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
             h = entry[2]
             if h is not None:
                 self._overflowLive -= 1
-                self._place(h, entry[0])
+                self._place(h, max(entry[0], math.ceil(h.deadline / self.granularity)))
         index = revolution & self._upperMask
         upper = self._upper[index]
         if upper:
@@ -321,8 +328,10 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
             self._inSlots -= 1
             h.slot = None
             if h.deadline > now:  # type: ignore[operator]
-                # A float rounding put it a hair early: fire it next tick.
-                self._place(h, self._tick + 1)
+                # Re-armed later since it was placed (or a float rounding put
+                # it a hair early): place it where its deadline now belongs.
+                tick = math.ceil(h.deadline / self.granularity)  # type: ignore[operator]
+                self._place(h, max(tick, self._tick + 1))
                 continue
             h.deadline = None
             self._expire(h)
