@@ -14,6 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests import helpers
 from timerserver import ReactorTimerQueue, TimerQueueCounters, TimerWheel, useMonotonicTime
 from timerserver.clock import isMonotonic
 from timerserver.eventlog import EventLog
@@ -186,10 +187,7 @@ class QueueStepTests(SynchronousTestCase):
 
 class ServerStepTests(SynchronousTestCase):
     def connect(self, factory: TimerServerFactory) -> tuple[Any, StringTransport]:
-        proto = factory.buildProtocol(None)
-        transport = StringTransport()
-        proto.makeConnection(transport)
-        return proto, transport
+        return helpers.connect(factory)
 
     def test_periodicAndIdleKeepTheirScheduleAcrossSteps(self) -> None:
         for makeQueue in (TimerWheel, ReactorTimerQueue):

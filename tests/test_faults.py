@@ -10,13 +10,12 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests import helpers
+from tests.helpers import peer
 from timerserver import TimerQueueCounters, TimerWheel
 from timerserver.factory import TimerServerFactory
 from timerserver.protocol import DEFAULT_MESSAGE, DEFAULT_WELCOME
@@ -33,10 +32,6 @@ class GuardedTransport(StringTransport):
         super().write(data)
 
 
-def peer(host: str = "127.0.0.1", port: int = 40000) -> IPv4Address:
-    return IPv4Address("TCP", host, port)
-
-
 class Harness:
     def __init__(self, **options: Any) -> None:
         self.clock = Clock()
@@ -47,18 +42,15 @@ class Harness:
         self.factory = TimerServerFactory(self.queue, reactor=self.clock, **options)
 
     def connect(self, host: str = "127.0.0.1", port: int = 40000) -> tuple[Any, GuardedTransport]:
-        proto = self.factory.buildProtocol(peer(host, port))
         transport = GuardedTransport(peerAddress=peer(host, port))
-        proto.makeConnection(transport)
-        return proto, transport
+        return helpers.connect(self.factory, host, port, transport)
 
     def lose(self, proto: Any, transport: GuardedTransport) -> None:
         transport.lost = True
-        proto.connectionLost(Failure(ConnectionDone()))
+        helpers.lose(proto)
 
     def elapse(self, seconds: float, step: float = 0.01) -> None:
-        for _ in range(round(seconds / step)):
-            self.clock.advance(step)
+        helpers.elapse(self.clock, seconds, step)
 
 
 class SlowConsumerTests(SynchronousTestCase):

@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from tests import helpers
 from tests.serverprocess import (
     WELCOME,
     ServerProcess,
@@ -59,12 +60,7 @@ class SnapshotTests(SynchronousTestCase):
         return factory, counters, clock
 
     def connect(self, factory: TimerServerFactory, host: str) -> tuple[Any, StringTransport]:
-        from twisted.internet.address import IPv4Address
-
-        proto = factory.buildProtocol(None)
-        transport = StringTransport(peerAddress=IPv4Address("TCP", host, 1))
-        proto.makeConnection(transport)
-        return proto, transport
+        return helpers.connect(factory, host)
 
     def test_countsWhatHappened(self) -> None:
         factory, counters, clock = self.harness(

@@ -7,6 +7,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests import helpers
 from timerserver import ReactorTimerQueue, TimerQueueCounters, TimerWheel
 from timerserver.periodic import Periodic
 
@@ -26,8 +27,7 @@ class PeriodicTestsMixin:
         self.calls.append((self.clock.seconds(), late, skipped))
 
     def elapse(self, seconds: float, step: float = 0.01) -> None:
-        for _ in range(round(seconds / step)):
-            self.clock.advance(step)
+        helpers.elapse(self.clock, seconds, step)
 
     def test_firstCallOneIntervalAfterStart(self) -> None:
         self.periodic.start()

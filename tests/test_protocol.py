@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests import helpers
 from timerserver import ReactorTimerQueue, TimerQueueCounters, TimerWheel
 from timerserver.factory import TimerServerFactory
 from timerserver.protocol import (
@@ -39,18 +38,13 @@ class ProtocolTestsMixin:
         self.factory = TimerServerFactory(self.queue, interval=2.0, reactor=self.clock)
 
     def connect(self, factory: TimerServerFactory | None = None) -> tuple[Any, StringTransport]:
-        factory = factory or self.factory
-        proto = factory.buildProtocol(PEER)
-        transport = StringTransport(peerAddress=PEER)
-        proto.makeConnection(transport)
-        return proto, transport
+        return helpers.connect(factory or self.factory)
 
     def lose(self, proto: Any) -> None:
-        proto.connectionLost(Failure(ConnectionDone()))
+        helpers.lose(proto)
 
     def elapse(self: Any, seconds: float, step: float = 0.01) -> None:
-        for _ in range(round(seconds / step)):
-            self.clock.advance(step)
+        helpers.elapse(self.clock, seconds, step)
 
     def test_welcome(self: Any) -> None:
         _, transport = self.connect()

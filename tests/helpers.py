@@ -1,0 +1,44 @@
+"""
+In-memory test helpers shared by the unit tests: letting a clock's time pass
+tick by tick, and connecting protocols to StringTransports.  (Real servers,
+processes and sockets are in L{tests.serverprocess}.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+def elapse(clock: Clock, seconds: float, step: float = 0.01) -> None:
+    """Let C{seconds} pass in steps of C{step}, as a running reactor would."""
+    for _ in range(round(seconds / step)):
+        clock.advance(step)
+
+
+def peer(host: str = "127.0.0.1", port: int = 40000) -> IPv4Address:
+    return IPv4Address("TCP", host, port)
+
+
+def connect(
+    factory: Any, host: str = "127.0.0.1", port: int = 40000, transport: Any = None
+) -> tuple[Any, Any]:
+    """A protocol of C{factory} connected to a StringTransport from C{host}."""
+    address = peer(host, port)
+    proto = factory.buildProtocol(address)
+    if transport is None:
+        transport = StringTransport(peerAddress=address)
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def lose(proto: Any) -> None:
+    """The connection is gone, as the reactor tells a protocol."""
+    proto.connectionLost(Failure(ConnectionDone()))
