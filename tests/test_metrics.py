@@ -232,6 +232,17 @@ class ScrapeTests(TestCase):
         v = yield self.scrape(url)
         self.assertEqual(v[("timerserver_connections_open", ())], 30)
         self.assertEqual(v[("timerserver_connections_closed_total", (("reason", "client"),))], 10)
+        # A worker dies: its counters stay in the sums (from its last answer).
+        import os
+        import re
+        import signal
+
+        pid = int(re.findall(r"worker 1 started, pid (\d+)", server.output)[-1])
+        os.kill(pid, signal.SIGKILL)
+        server.waitForLine(r"worker 1 killed by signal 9", 10)
+        v = yield self.scrape(url)
+        self.assertEqual(v[("timerserver_connections_accepted_total", ())], 40)
+        self.assertLess(v[("timerserver_connections_open", ())], 30)
 
 
 class MetricsOptionTests(SynchronousTestCase):

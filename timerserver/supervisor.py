@@ -9,10 +9,9 @@ worker starts), never accepts, and hands each of N worker processes
 It supervises them: a worker that exits is logged with its status and
 replaced at once; one that dies again within L{HEALTHY_AFTER} seconds of its
 start is restarted after a back-off (0.5 s, doubling to 30 s), not in a
-tight loop.  On stop it sends SIGTERM to
-every worker (each runs the graceful shutdown), waits for them, and logs one
-stop line that sums theirs.  A worker's log lines reach the master's log
-marked with its number.
+tight loop.  On stop it sends SIGTERM to every worker (each runs the
+graceful shutdown), waits for them, and logs one stop line that sums
+theirs.  A worker's log lines reach the master's log marked with its number.
 """
 
 from __future__ import annotations
@@ -230,18 +229,22 @@ class WorkerPoolService(Service):
         from timerserver.metrics import combine, processFigures
 
         workers = sorted(self.workers.items())
-        asks = [w.askStats() for _, w in workers]
+        # A worker that dies before it answers is left out of this scrape;
+        # its last answer is in self.retired by then.
+        asks = [w.askStats().addErrback(lambda _: None) for _, w in workers]
 
-        def summed(snapshots: list[dict[str, Any]]) -> Any:
+        def summed(answers: list[dict[str, Any] | None]) -> Any:
             master = processFigures()
             processes = {"master": master}
-            processes.update(
-                (str(n), s.get("process", {})) for (n, _), s in zip(workers, snapshots, strict=True)
-            )
-            total = combine([*snapshots, *self.retired, {"process": master}])
+            live = []
+            for (number, _), answer in zip(workers, answers, strict=True):
+                if answer is not None:
+                    processes[str(number)] = answer.get("process", {})
+                    live.append(answer)
+            total = combine([*live, *self.retired, {"process": master}])
             return total, processes
 
-        return defer.gatherResults(asks, consumeErrors=True).addCallback(summed)
+        return defer.gatherResults(asks).addCallback(summed)
 
     def stopService(self) -> defer.Deferred[None]:
         """
