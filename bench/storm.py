@@ -106,14 +106,27 @@ async def storm(port: int, clients: int, inFlight: int, deadline: float) -> dict
     }
 
 
-def _stormProcess(port: int, clients: int, inFlight: int, deadline: float) -> dict[str, Any]:
-    result = asyncio.run(storm(port, clients, inFlight, deadline))
+def _stormProcess(
+    port: int, clients: int, inFlight: int, deadline: float, fast: bool
+) -> dict[str, Any]:
+    if fast:
+        import uvloop
+
+        result = uvloop.run(storm(port, clients, inFlight, deadline))
+    else:
+        result = asyncio.run(storm(port, clients, inFlight, deadline))
     result["histogram"] = result.pop("_histogram").encode()
     return result
 
 
 def run(
-    label: str, args: list[str], clients: int, inFlight: int, deadline: float, processes: int
+    label: str,
+    args: list[str],
+    clients: int,
+    inFlight: int,
+    deadline: float,
+    processes: int,
+    fast: bool = False,
 ) -> dict[str, Any]:
     """Storm a server started with C{args} from C{processes} client processes."""
     server = ServerProcess(*args, "--max-connections", str(clients + 100))
@@ -121,7 +134,8 @@ def run(
         with multiprocessing.Pool(processes) as pool:
             parts = pool.starmap(
                 _stormProcess,
-                [(server.port, clients // processes, inFlight // processes, deadline)] * processes,
+                [(server.port, clients // processes, inFlight // processes, deadline, fast)]
+                * processes,
             )
     finally:
         server.stop(timeout=60)
@@ -150,6 +164,12 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=1_000)
     parser.add_argument("--deadline", type=float, default=20.0)
     parser.add_argument("--processes", type=int, default=2, help="client processes")
+    parser.add_argument(
+        "--backlogs", default="50", help="also run with these --backlog values (comma-separated)"
+    )
+    parser.add_argument(
+        "--uvloop", action="store_true", help="clients on uvloop: a faster, harsher storm"
+    )
     parser.add_argument("--json", default="bench/results/storm.json")
     args = parser.parse_args()
     import resource
@@ -158,9 +178,12 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.clients + 100 > hard:
         sys.exit(f"--clients {args.clients} needs more than the open-file limit {hard}")
+    servers = [("defaults", [])] + [
+        (f"--backlog {n}", ["--backlog", n]) for n in args.backlogs.split(",") if n
+    ]
     results = [
-        run(label, extra, args.clients, args.in_flight, args.deadline, args.processes)
-        for label, extra in (("defaults", []), ("--backlog 50", ["--backlog", "50"]))
+        run(label, extra, args.clients, args.in_flight, args.deadline, args.processes, args.uvloop)
+        for label, extra in servers
     ]
     print(
         f"\n{'server':16}{'clients':>8}{'welcomed':>10}{'none':>7}"

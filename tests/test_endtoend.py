@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -150,8 +151,10 @@ class BacklogTests(SynchronousTestCase):
         self.addCleanup(server.kill)
         return listenBacklog(server.port)
 
-    def test_defaultIs1024(self) -> None:
-        self.assertEqual(self.backlogOf(), 1024)
+    def test_defaultIs4096(self) -> None:
+        """4096, or the kernel's cap (net.core.somaxconn) where that is lower."""
+        cap = int(Path("/proc/sys/net/core/somaxconn").read_text())
+        self.assertEqual(self.backlogOf(), min(4096, cap))
 
     def test_option(self) -> None:
         self.assertEqual(self.backlogOf("--backlog", "77"), 77)

@@ -37,7 +37,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(o["max-per-peer"], 0)
         self.assertEqual(o["goodbye"], b"Server shutting down\r\n")
         self.assertEqual(o["shutdown-timeout"], 5.0)
-        self.assertEqual(o["backlog"], 1024)
+        self.assertEqual(o["backlog"], 4096)
         import resource
 
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -173,7 +173,7 @@ class ServiceTests(SynchronousTestCase):
         parent.privilegedStartService()
         parent.startService()
         [(port, factory, backlog, interface)] = reactor.tcpServers
-        self.assertEqual((port, backlog, interface), (5055, 1024, "127.0.0.1"))
+        self.assertEqual((port, backlog, interface), (5055, 4096, "127.0.0.1"))
         self.assertEqual(factory.interval, 0.5)
         self.assertIsInstance(factory.queue, TimerWheel)
         from twisted.internet.testing import StringTransport
