@@ -13,7 +13,6 @@ Hostile load against a real C{twistd timerserver}: slow readers and churn.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import re
 import socket
@@ -28,6 +27,7 @@ from typing import Any
 import psutil
 from hdrh.histogram import HdrHistogram
 
+from bench.results import writeResults
 from tests.serverprocess import MESSAGE, WELCOME, ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,10 +228,7 @@ def main() -> None:
         f"({churned['rssChange'] * 100:+.1f}%); pending timers at the end: "
         f"{churned['pendingTimersAtEnd']}"
     )
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"slowReaders": slowRuns, "churn": churned}, indent=2))
-    print(f"written to {path}")
+    writeResults({"slowReaders": slowRuns, "churn": churned}, args.json)
 
 
 if __name__ == "__main__":

@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import threading
 import time
 import tracemalloc
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import protocol
 from twisted.internet.epollreactor import EPollReactor
 from twisted.protocols import policies as twistedPolicies
 
+from bench.results import writeResults
 from timerserver import ReactorTimerQueue, ThreadSafeTimerQueue, TimerWheel
 from timerserver import policies as ourPolicies
 
@@ -175,10 +174,7 @@ def main() -> None:
             f"{name:32}{r['setCancel']:>11.3f}{r['setCancel'] / bare['setCancel']:>7.2f}"
             f"{r['rearm']:>9.3f}{r['rearm'] / bare['rearm']:>7.2f}"
         )
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"timeoutMixin": mixin, "threadSafe": safe}, indent=2))
-    print(f"\nwritten to {path}")
+    writeResults({"timeoutMixin": mixin, "threadSafe": safe}, args.json)
 
 
 if __name__ == "__main__":

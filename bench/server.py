@@ -30,6 +30,7 @@ from typing import Any
 import psutil
 from hdrh.histogram import HdrHistogram
 
+from bench.results import writeResults
 from tests.serverprocess import ServerProcess
 from tests.tlshelpers import Certificates
 
@@ -224,10 +225,7 @@ def main() -> None:
             results.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
     report(results)
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
-    print(f"\nwritten to {path}")
+    writeResults(results, args.json)
 
 
 def report(results: list[dict[str, Any]]) -> None:

@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import socket
 import struct
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from bench.results import writeResults
 from tests.serverprocess import WELCOME, ServerProcess
 
 SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
@@ -196,10 +195,7 @@ def main() -> None:
             f"{r['noWelcome'] + r['failedToConnect']:>7}"
             f"{w['p50']:>9.1f}{w['p99']:>9.1f}{w['max']:>9.1f}"
         )
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
-    print(f"\nwritten to {path}")
+    writeResults(results, args.json)
 
 
 if __name__ == "__main__":

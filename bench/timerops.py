@@ -15,17 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import random
 import sys
 import time
 import tracemalloc
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
 
+from bench.results import writeResults
 from timerserver import ReactorTimerQueue, TimerWheel
 
 OPERATIONS = [
@@ -326,10 +325,7 @@ def main() -> None:
     for name, (value, goal, ok) in results["targets"].items():
         print(f"  {'met ' if ok else 'MISS'} {name}: {value:.2f} (target {goal})")
 
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
-    print(f"\nwritten to {path}")
+    writeResults(results, args.json)
 
 
 def targets(results: dict[str, Any], sizes: list[int]) -> dict[str, tuple[float, str, bool]]:
