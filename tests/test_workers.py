@@ -13,7 +13,7 @@ import socket
 import time
 
 import psutil
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.serverprocess import (
     MESSAGE,
@@ -199,6 +199,21 @@ class WorkerEndpointTests(WorkerCase):
             self.addCleanup(sock.close)
             sock.settimeout(5)
             sock.connect(path)
+            self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+
+    def test_tcp6(self) -> None:
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", 0))
+        except OSError as e:
+            raise SkipTest(f"no IPv6 loopback here: {e}") from None
+        server = ServerProcess("--workers", "2", port="tcp6:0:interface=\\:\\:1")
+        self.addCleanup(self.stopAll, server)
+        server.waitForLine(r"worker 2: timerserver listening", 20)
+        self.assertIn("IPv6Address", server.output)
+        for _ in range(4):
+            sock = socket.create_connection(("::1", server.port), timeout=5)
+            self.addCleanup(sock.close)
             self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
 
     def test_tls(self) -> None:
