@@ -33,7 +33,7 @@ from tests.serverprocess import MESSAGE, WELCOME, ServerProcess
 ROOT = Path(__file__).resolve().parent.parent
 
 RST = struct.pack("ii", 1, 0)
-PORT = "tcp:0:interface=127.0.0.1:backlog=4096"
+PORT = "tcp:0:interface=127.0.0.1"  # the defaults a user gets
 
 
 class Reader(threading.Thread):
