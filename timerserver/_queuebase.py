@@ -63,6 +63,39 @@ class QueueHandle(TimerHandle):
 H = TypeVar("H", bound=QueueHandle)
 
 
+def checkTimeout(timeout: object, maximum: float) -> float:
+    """
+    Return C{timeout} as a float if it is a number of seconds from 0 to
+    C{maximum}; raise C{TypeError} or C{ValueError} otherwise.
+    """
+    if type(timeout) is bool or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
+    value = float(timeout)
+    # NaN fails both comparisons; infinity fails the second.
+    if 0 <= value <= maximum:
+        return value
+    raise ValueError(f"timeout must be between 0 and {maximum} seconds, not {timeout!r}")
+
+
+def isTimer(timer: object) -> bool:
+    """Return whether C{timer} is an L{ITimer}; raise if it is not callable either."""
+    if type(timer) in _PLAIN_CALLABLES:
+        return False  # cannot provide an interface: skip the costly check
+    if ITimer.providedBy(timer):
+        return True
+    if callable(timer):
+        return False
+    raise TypeError(f"timer must provide ITimer or be callable, not {timer!r}")
+
+
+def callTimer(timer: object, isTimer: bool, userData: object) -> None:
+    """Call C{timer} (an L{ITimer} if C{isTimer}, else a callable) with C{userData}."""
+    if isTimer:
+        cast(ITimer, timer).onTimer(userData)
+    else:
+        cast(Callable[[object], object], timer)(userData)
+
+
 def positiveFinite(name: str, value: object) -> float:
     """
     Return C{value} as a float if it is a finite number > 0; raise
@@ -132,26 +165,9 @@ class TimerQueueBase(Generic[H]):
         return cast(H, handle)
 
     def _checkTimeout(self, timeout: object) -> float:
-        if type(timeout) is bool or not isinstance(timeout, numbers.Real):
-            raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
-        value = float(timeout)
-        # NaN fails both comparisons; infinity fails the second.
-        if 0 <= value <= self.maximumTimeout:
-            return value
-        raise ValueError(
-            f"timeout must be between 0 and {self.maximumTimeout} seconds, not {timeout!r}"
-        )
+        return checkTimeout(timeout, self.maximumTimeout)
 
-    @staticmethod
-    def _isTimer(timer: object) -> bool:
-        """Return whether C{timer} is an L{ITimer}; raise if it is not callable."""
-        if type(timer) in _PLAIN_CALLABLES:
-            return False  # cannot provide an interface: skip the costly check
-        if ITimer.providedBy(timer):
-            return True
-        if callable(timer):
-            return False
-        raise TypeError(f"timer must provide ITimer or be callable, not {timer!r}")
+    _isTimer = staticmethod(isTimer)
 
     def _checkRunning(self) -> None:
         if self._stopped:

@@ -36,6 +36,9 @@ class ProxyHeaderWrapper(HAProxyProtocolWrapper):
     """Connects the wrapped protocol only once the PROXY header is read."""
 
     factory: ProxyHeaderFactory
+    # Set by makeConnection and the factory before any method below runs.
+    transport: Any
+    wrappedProtocol: Any
     _timeout: IDelayedCall | None = None
     _pending = b""
 
@@ -70,25 +73,25 @@ class ProxyHeaderWrapper(HAProxyProtocolWrapper):
             return
         self._proxyInfo = info
         self._cancelTimeout()
-        self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
+        self.wrappedProtocol.makeConnection(self)
         if remaining and self.connected:
             self.wrappedProtocol.dataReceived(remaining)
 
     def _invalid(self) -> None:
         self._drop("invalid PROXY header")
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self.transport.loseConnection()
 
     def _noHeader(self) -> None:
         self._timeout = None
         self._drop(f"no PROXY header within {self.factory.timeout}s")
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        self.transport.abortConnection()
 
     def _drop(self, why: str) -> None:
         self._cancelTimeout()
         self._parser = None
         events = self.factory.events
         if events is not None:
-            events.event("dropped", self.transport.getPeer(), f": {why}")  # type: ignore[union-attr]
+            events.event("dropped", self.transport.getPeer(), f": {why}")
 
     def _cancelTimeout(self) -> None:
         if self._timeout is not None:
@@ -100,7 +103,7 @@ class ProxyHeaderWrapper(HAProxyProtocolWrapper):
         self._cancelTimeout()
         self.factory.unregisterProtocol(self)  # type: ignore[no-untyped-call]
         if self._proxyInfo is not None:
-            self.wrappedProtocol.connectionLost(reason)  # type: ignore[arg-type]
+            self.wrappedProtocol.connectionLost(reason)
 
 
 class ProxyHeaderFactory(WrappingFactory):

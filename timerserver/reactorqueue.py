@@ -5,6 +5,9 @@ pending timer.
 
 from __future__ import annotations
 
+from typing import cast
+
+from twisted.internet.base import DelayedCall
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.components import registerAdapter
 from zope.interface import implementer
@@ -66,10 +69,11 @@ class ReactorTimerQueue(TimerQueueBase[ReactorTimerHandle]):
 
     def _cancelAll(self) -> list[ReactorTimerHandle]:
         fire = self._fire
+        calls = cast("list[DelayedCall]", self._reactor.getDelayedCalls())
         pending = [
-            call.args[0]  # type: ignore[attr-defined]
-            for call in self._reactor.getDelayedCalls()
-            if call.active() and call.func == fire  # type: ignore[attr-defined]
+            cast(ReactorTimerHandle, call.args[0])
+            for call in calls
+            if call.active() and call.func == fire
         ]
         for h in pending:
             self._disarm(h)

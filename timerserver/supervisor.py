@@ -25,6 +25,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent
 from twisted.python.failure import Failure
@@ -54,6 +55,7 @@ class WorkerProcess(ProcessProtocol):
     """One worker: relays its log, answers, and tells the pool when it ends."""
 
     _log = Logger()
+    transport: IProcessTransport  # set by spawnProcess before anything is read
 
     def __init__(self, pool: WorkerPoolService, number: int) -> None:
         self.pool = pool
@@ -117,13 +119,13 @@ class WorkerProcess(ProcessProtocol):
         """The worker's counters, as it reports them on request."""
         d: defer.Deferred[dict[str, Any]] = defer.Deferred()
         self.waiting.append(d)
-        self.transport.write(b"stats\n")  # type: ignore[union-attr]
+        self.transport.write(b"stats\n")
         return d
 
     def signal(self, name: str) -> None:
         """Send the worker signal C{name} (C{"TERM"}, C{"KILL"}), if it still runs."""
         try:
-            self.transport.signalProcess(name)  # type: ignore[union-attr]
+            self.transport.signalProcess(name)
         except Exception:
             pass  # already gone
 

@@ -23,7 +23,6 @@ any timer of the queue, its own included, without deadlock.
 
 from __future__ import annotations
 
-import numbers
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -31,10 +30,10 @@ from typing import Any
 from twisted.python import threadable
 from zope.interface import implementer
 
+from timerserver._queuebase import callTimer, checkTimeout, isTimer
 from timerserver.interfaces import (
     InvalidTimerHandle,
     IQueueTimers,
-    ITimer,
     SetTimerIf,
     TimerHandle,
     UpdateTimerIf,
@@ -46,7 +45,9 @@ _UNCHECKED = object()
 class ThreadSafeHandle(TimerHandle):
     """A handle of a L{ThreadSafeTimerQueue}; its state is guarded by the queue's lock."""
 
-    __slots__ = ("armed", "deadline", "generation", "inner", "queue", "timer", "userData")
+    __slots__ = (
+        "armed", "deadline", "generation", "inner", "isTimer", "queue", "timer", "userData",
+    )  # fmt: skip
 
     def __init__(self, queue: ThreadSafeTimerQueue) -> None:
         self.queue: ThreadSafeTimerQueue | None = queue
@@ -55,6 +56,7 @@ class ThreadSafeHandle(TimerHandle):
         self.generation = 0  # bumped by every set, cancel and destroy
         self.armed = -1  # the generation the wrapped queue's timer was armed for
         self.timer: object = _UNCHECKED  # a timer given before was checked then
+        self.isTimer = False
         self.userData: object = None
 
     def __repr__(self) -> str:
@@ -119,19 +121,8 @@ class ThreadSafeTimerQueue:
             raise InvalidTimerHandle(f"not a live handle of {self!r}: {handle!r}")
         return handle
 
-    def _checkTimer(self, timer: object) -> None:
-        if not (callable(timer) or ITimer.providedBy(timer)):
-            raise TypeError(f"timer must provide ITimer or be callable, not {timer!r}")
-
     def _checkTimeout(self, timeout: object) -> float:
-        if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-            raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
-        value = float(timeout)
-        if not (0 <= value <= self.maximumTimeout):  # NaN fails too
-            raise ValueError(
-                f"timeout must be between 0 and {self.maximumTimeout} seconds, not {timeout!r}"
-            )
-        return value
+        return checkTimeout(timeout, self.maximumTimeout)
 
     def _checkRunning(self) -> None:
         if self._stopped:
@@ -164,7 +155,7 @@ class ThreadSafeTimerQueue:
                     self._queue.destroyTimer(target.inner)
             elif kind == "oneshot":
                 self._queue.setOneShotTimer(
-                    self._dispatchOneShot, max(0.0, change[2] - now), (target, change[3])
+                    self._dispatchOneShot, max(0.0, change[2] - now), change[3]
                 )
             else:  # shutdown
                 self._queue.shutdown()
@@ -184,15 +175,15 @@ class ThreadSafeTimerQueue:
                 return  # cancelled, re-set or destroyed since it was armed
             h.deadline = None
             self._pending.discard(h)
-            timer, userData = h.timer, h.userData
-        _call(timer, userData)
+            timer, timerIsITimer, userData = h.timer, h.isTimer, h.userData
+        callTimer(timer, timerIsITimer, userData)
 
-    def _dispatchOneShot(self, armed: tuple[object, object]) -> None:
+    def _dispatchOneShot(self, armed: tuple[object, bool, object]) -> None:
         with self._lock:
             if self._stopped:
                 return
             self._oneShots -= 1
-        _call(*armed)
+        callTimer(*armed)
 
     # IQueueTimers
 
@@ -203,7 +194,27 @@ class ThreadSafeTimerQueue:
         with self._lock:
             return self._live(handle).deadline is not None
 
-    def _arm(self, h: ThreadSafeHandle, timer: object, timeout: float, userData: object) -> None:
+    def _accept(self, handle: object, timer: object) -> tuple[ThreadSafeHandle, bool]:
+        """
+        Under the lock: the live handle and whether C{timer}, checked, is an
+        L{ITimer}; raise if the queue was shut down.
+        """
+        h: ThreadSafeHandle = handle  # type: ignore[assignment]
+        if type(h) is not ThreadSafeHandle or h.queue is not self:
+            h = self._live(handle)
+        timerIsITimer = h.isTimer if timer is h.timer else isTimer(timer)
+        if self._stopped:
+            self._checkRunning()
+        return h, timerIsITimer
+
+    def _arm(
+        self,
+        h: ThreadSafeHandle,
+        timer: object,
+        timerIsITimer: bool,
+        timeout: float,
+        userData: object,
+    ) -> None:
         """Set C{h}; the caller holds the lock and checked the arguments."""
         h.generation += 1
         deadline = self._reactor.seconds() + timeout
@@ -213,7 +224,8 @@ class ThreadSafeTimerQueue:
             self._armInner(h, timeout, h.generation)
         else:
             self._commit(("set", h, deadline, h.generation))
-        h.timer, h.userData, h.deadline = timer, userData, deadline
+        h.timer, h.isTimer, h.userData = timer, timerIsITimer, userData
+        h.deadline = deadline
         self._pending.add(h)
 
     def setTimer(
@@ -230,23 +242,17 @@ class ThreadSafeTimerQueue:
         if (kind is not float and kind is not int) or not 0 <= timeout <= self.maximumTimeout:
             timeout = self._checkTimeout(timeout)
         with self._lock:
-            h: ThreadSafeHandle = handle  # type: ignore[assignment]
-            if type(h) is not ThreadSafeHandle or h.queue is not self:
-                h = self._live(handle)
-            if timer is not h.timer:
-                self._checkTimer(timer)
-            if self._stopped:
-                self._checkRunning()
+            h, timerIsITimer = self._accept(handle, timer)
             wasPending = h.deadline is not None
             if wasPending and when is not SetTimerIf.ALWAYS:
                 return True
             if self._changes or h.inner is None or not self._isReactorThread():
-                self._arm(h, timer, timeout, userData)
+                self._arm(h, timer, timerIsITimer, timeout, userData)
                 return wasPending
             # The common case, inlined: the reactor thread re-arms a handle.
             h.generation = h.armed = h.generation + 1
             self._queue.setTimer(h.inner, self._dispatchTimer, timeout, h)
-            h.timer, h.userData = timer, userData
+            h.timer, h.isTimer, h.userData = timer, timerIsITimer, userData
             h.deadline = self._reactor.seconds() + timeout
             if not wasPending:
                 self._pending.add(h)
@@ -264,20 +270,18 @@ class ThreadSafeTimerQueue:
             raise TypeError(f"when must be an UpdateTimerIf, not {when!r}")
         timeout = self._checkTimeout(timeout)
         with self._lock:
-            h = self._live(handle)
-            if timer is not h.timer:
-                self._checkTimer(timer)
-            self._checkRunning()
+            h, timerIsITimer = self._accept(handle, timer)
             current = h.deadline
             deadline = self._reactor.seconds() + timeout
             if current is None or when is UpdateTimerIf.ALWAYS:
-                self._arm(h, timer, timeout, userData)
+                self._arm(h, timer, timerIsITimer, timeout, userData)
             elif when is UpdateTimerIf.NO_TIMEOUT_CHANGE:
-                h.timer, h.userData = timer, userData  # the dispatcher reads them when it fires
+                # The dispatcher reads them when it fires.
+                h.timer, h.isTimer, h.userData = timer, timerIsITimer, userData
             elif (when is UpdateTimerIf.IF_SOONER and deadline < current) or (
                 when is UpdateTimerIf.IF_LATER and deadline > current
             ):
-                self._arm(h, timer, timeout, userData)
+                self._arm(h, timer, timerIsITimer, timeout, userData)
             return current is not None
 
     def _disarm(self, h: ThreadSafeHandle, change: str) -> bool:
@@ -308,7 +312,7 @@ class ThreadSafeTimerQueue:
             return wasPending
 
     def setOneShotTimer(self, timer: object, timeout: float, userData: object = None) -> None:
-        self._checkTimer(timer)
+        armed = (timer, isTimer(timer), userData)
         timeout = self._checkTimeout(timeout)
         with self._lock:
             self._checkRunning()
@@ -316,10 +320,10 @@ class ThreadSafeTimerQueue:
             if self._isReactorThread():
                 if self._changes:
                     self._applyLocked()
-                self._queue.setOneShotTimer(self._dispatchOneShot, timeout, (timer, userData))
+                self._queue.setOneShotTimer(self._dispatchOneShot, timeout, armed)
             else:
                 deadline = self._reactor.seconds() + timeout
-                self._commit(("oneshot", timer, deadline, userData))
+                self._commit(("oneshot", None, deadline, armed))
 
     def shutdown(self) -> int:
         """
@@ -346,10 +350,3 @@ class ThreadSafeTimerQueue:
 def _inIOThread() -> bool:
     """Twisted's C{threadable.isInIOThread}, without its C{current_thread()} call."""
     return threadable.ioThread == threading.get_ident()
-
-
-def _call(timer: object, userData: object) -> None:
-    if ITimer.providedBy(timer):
-        timer.onTimer(userData)
-    else:
-        timer(userData)  # type: ignore[operator]

@@ -172,16 +172,16 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
         return (revolution - self._upperSize + 1) << self._shift
 
     def _unplace(self, h: WheelTimerHandle) -> None:
-        slot = h.slot
+        slot: Any = h.slot  # a level-0 slot, a level-1 slot or an overflow entry
         kind = type(slot)
         if kind is dict:
-            del slot[h]  # type: ignore[arg-type,union-attr]
+            del slot[h]
             self._inSlots -= 1
         elif kind is _UpperSlot:
-            del slot[h]  # type: ignore[arg-type,union-attr]
+            del slot[h]
             self._inUpper -= 1
         else:
-            slot[2] = None  # type: ignore[index]
+            slot[2] = None
             self._overflowLive -= 1
             if self._overflowLive * 2 < len(self._overflow) - 64:
                 self._overflow = [e for e in self._overflow if e[2] is not None]

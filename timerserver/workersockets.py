@@ -19,9 +19,9 @@ a single server would, and their one socket is shared by every worker.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet.abstract import isIPv6Address
+from twisted.internet.abstract import FileDescriptor, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
@@ -91,11 +91,12 @@ class WorkerSockets:
             self._listenReusePort(tcp)
         else:
             port = listenOrExit(self.endpoint, _NeverServes(), self.description)
-            port.stopReading()  # type: ignore[attr-defined]
+            descriptor = cast(FileDescriptor, port)  # tcp.Port or unix.Port
+            descriptor.stopReading()
             self._port = port
             self.address = port.getHost()
             self.family = _FAMILY_NAMES[_family(self.address)]
-            self.fds = [port.fileno()] * self.count  # type: ignore[attr-defined]
+            self.fds = [descriptor.fileno()] * self.count
 
     def _listenReusePort(self, tcp: Any) -> None:
         interface = tcp._interface
