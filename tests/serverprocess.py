@@ -179,3 +179,20 @@ def connectFrom(
     sock.bind((source, 0))
     sock.connect(("127.0.0.1", port))
     return sock
+
+
+def sendWhileReading(sock: socket.socket, payload: bytes, timeout: float = 30) -> bytes:
+    """
+    Send C{payload} from a thread while reading what comes back, until as many
+    bytes as were sent have come back besides the periodic messages; return
+    them without the periodic messages (which fall between writes, never
+    inside one).
+    """
+    sender = threading.Thread(target=sock.sendall, args=(payload,), daemon=True)
+    sender.start()
+    received = b""
+    deadline = time.monotonic() + timeout
+    while len(received.replace(MESSAGE, b"")) < len(payload) and time.monotonic() < deadline:
+        received += sock.recv(1 << 20)
+    sender.join(10)
+    return received.replace(MESSAGE, b"")

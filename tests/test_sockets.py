@@ -10,13 +10,12 @@ import re
 import signal
 import socket
 import struct
-import threading
 import time
 
 import psutil
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.serverprocess import MESSAGE, WELCOME, ServerProcess, recvExactly
+from tests.serverprocess import MESSAGE, WELCOME, ServerProcess, recvExactly, sendWhileReading
 
 RST = struct.pack("ii", 1, 0)
 
@@ -109,15 +108,7 @@ class ResetTests(ServerCase):
         sock = self.connect(server)
         recvExactly(sock, len(WELCOME))
         burst = bytes(range(256)) * (16 * 4096)  # 16 MiB in one sendall
-        sender = threading.Thread(target=sock.sendall, args=(burst,), daemon=True)
-        sender.start()
-        received = b""
-        deadline = time.monotonic() + 60
-        while len(received.replace(MESSAGE, b"")) < len(burst) and time.monotonic() < deadline:
-            received += sock.recv(1 << 20)
-        sender.join(10)
-        # Periodic messages may fall between echoed writes, never inside one.
-        self.assertEqual(received.replace(MESSAGE, b""), burst)
+        self.assertEqual(sendWhileReading(sock, burst, timeout=60), burst)
         self.assertServing(server)
         self.assertNothingLeft(server, [sock])
 

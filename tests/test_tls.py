@@ -9,13 +9,12 @@ from __future__ import annotations
 import re
 import socket
 import ssl
-import threading
 import time
 import warnings
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.serverprocess import MESSAGE, WELCOME, ServerProcess, recvExactly
+from tests.serverprocess import MESSAGE, WELCOME, ServerProcess, recvExactly, sendWhileReading
 from tests.tlshelpers import Certificates
 
 
@@ -46,14 +45,7 @@ class TLSTests(SynchronousTestCase):
         sock = self.connect(server)
         recvExactly(sock, len(WELCOME))
         payload = bytes(range(256)) * 4096 * 4  # 4 MiB
-        sender = threading.Thread(target=sock.sendall, args=(payload,))
-        sender.start()
-        received = b""
-        deadline = time.monotonic() + 30
-        while len(received.replace(MESSAGE, b"")) < len(payload) and time.monotonic() < deadline:
-            received += sock.recv(1 << 16)
-        sender.join(10)
-        self.assertEqual(received.replace(MESSAGE, b""), payload)
+        self.assertEqual(sendWhileReading(sock, payload), payload)
 
     def test_closeNotifyClosesCleanly(self) -> None:
         """The client's close_notify: what was echoed arrives, then the server's close."""
