@@ -77,7 +77,7 @@ def checkTimeout(timeout: object, maximum: float) -> float:
     raise ValueError(f"timeout must be between 0 and {maximum} seconds, not {timeout!r}")
 
 
-def isTimer(timer: object) -> bool:
+def checkTimer(timer: object) -> bool:
     """Return whether C{timer} is an L{ITimer}; raise if it is not callable either."""
     if type(timer) in _PLAIN_CALLABLES:
         return False  # cannot provide an interface: skip the costly check
@@ -164,11 +164,6 @@ class TimerQueueBase(Generic[H]):
             raise InvalidTimerHandle(f"not a live handle of {self!r}: {handle!r}")
         return cast(H, handle)
 
-    def _checkTimeout(self, timeout: object) -> float:
-        return checkTimeout(timeout, self.maximumTimeout)
-
-    _isTimer = staticmethod(isTimer)
-
     def _checkRunning(self) -> None:
         if self._stopped:
             raise RuntimeError(f"{self!r} was shut down")
@@ -186,8 +181,8 @@ class TimerQueueBase(Generic[H]):
         if (kind is not float and kind is not int) or not (
             0 <= timeout <= self.maximumTimeout  # type: ignore[operator]
         ):
-            timeout = self._checkTimeout(timeout)
-        isTimer = h.isTimer if timer is h.timer else self._isTimer(timer)
+            timeout = checkTimeout(timeout, self.maximumTimeout)
+        isTimer = h.isTimer if timer is h.timer else checkTimer(timer)
         if self._stopped:
             self._checkRunning()
         return h, timeout, isTimer  # type: ignore[return-value]
@@ -285,8 +280,8 @@ class TimerQueueBase(Generic[H]):
 
     def setOneShotTimer(self, timer: object, timeout: float, userData: object = None) -> None:
         """See L{IQueueTimers.setOneShotTimer}."""
-        timeout = self._checkTimeout(timeout)
-        isTimer = self._isTimer(timer)
+        timeout = checkTimeout(timeout, self.maximumTimeout)
+        isTimer = checkTimer(timer)
         self._checkRunning()
         # A private handle nobody else holds: once it fires it is garbage.
         h = cast(H, self._handleClass(self))

@@ -30,7 +30,7 @@ from typing import Any
 from twisted.python import threadable
 from zope.interface import implementer
 
-from timerserver._queuebase import callTimer, checkTimeout, isTimer
+from timerserver._queuebase import callTimer, checkTimeout, checkTimer
 from timerserver.interfaces import (
     InvalidTimerHandle,
     IQueueTimers,
@@ -121,9 +121,6 @@ class ThreadSafeTimerQueue:
             raise InvalidTimerHandle(f"not a live handle of {self!r}: {handle!r}")
         return handle
 
-    def _checkTimeout(self, timeout: object) -> float:
-        return checkTimeout(timeout, self.maximumTimeout)
-
     def _checkRunning(self) -> None:
         if self._stopped:
             raise RuntimeError(f"{self!r} was shut down")
@@ -202,7 +199,7 @@ class ThreadSafeTimerQueue:
         h: ThreadSafeHandle = handle  # type: ignore[assignment]
         if type(h) is not ThreadSafeHandle or h.queue is not self:
             h = self._live(handle)
-        timerIsITimer = h.isTimer if timer is h.timer else isTimer(timer)
+        timerIsITimer = h.isTimer if timer is h.timer else checkTimer(timer)
         if self._stopped:
             self._checkRunning()
         return h, timerIsITimer
@@ -240,7 +237,7 @@ class ThreadSafeTimerQueue:
             raise TypeError(f"when must be a SetTimerIf, not {when!r}")
         kind = type(timeout)
         if (kind is not float and kind is not int) or not 0 <= timeout <= self.maximumTimeout:
-            timeout = self._checkTimeout(timeout)
+            timeout = checkTimeout(timeout, self.maximumTimeout)
         with self._lock:
             h, timerIsITimer = self._accept(handle, timer)
             wasPending = h.deadline is not None
@@ -268,7 +265,7 @@ class ThreadSafeTimerQueue:
     ) -> bool:
         if type(when) is not UpdateTimerIf:
             raise TypeError(f"when must be an UpdateTimerIf, not {when!r}")
-        timeout = self._checkTimeout(timeout)
+        timeout = checkTimeout(timeout, self.maximumTimeout)
         with self._lock:
             h, timerIsITimer = self._accept(handle, timer)
             current = h.deadline
@@ -312,8 +309,8 @@ class ThreadSafeTimerQueue:
             return wasPending
 
     def setOneShotTimer(self, timer: object, timeout: float, userData: object = None) -> None:
-        armed = (timer, isTimer(timer), userData)
-        timeout = self._checkTimeout(timeout)
+        armed = (timer, checkTimer(timer), userData)
+        timeout = checkTimeout(timeout, self.maximumTimeout)
         with self._lock:
             self._checkRunning()
             self._oneShots += 1
