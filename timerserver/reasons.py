@@ -1,0 +1,33 @@
+"""
+Why a connection was refused or closed: the names the protocol, admission
+and the metrics share (the C{reason} label of
+C{timerserver_connections_refused_total} and
+C{timerserver_connections_closed_total}).
+"""
+
+from __future__ import annotations
+
+# Refused: closed at accept, before anything of the client was read.
+FULL = "full"
+"""Over C{--max-connections}."""
+PEER = "peer"
+"""Over C{--max-per-peer} for its address."""
+UNTRUSTED = "untrusted"
+"""A C{haproxy:} connection from outside C{--proxy-from}."""
+REFUSED = (FULL, PEER, UNTRUSTED)
+
+# Closed: accepted, then ended by the client or the server.
+CLIENT = "client"
+"""The client closed (or reset) the connection."""
+IDLE = "idle"
+STALLED = "stalled"
+BUFFER = "buffer"
+CLOSE_TIMEOUT = "close_timeout"
+SHUTDOWN = "shutdown"
+TLS = "tls"
+"""A TLS error: not a TLS client, an old protocol, a bad handshake."""
+HANDSHAKE = "handshake"
+"""No TLS handshake or PROXY header within C{--handshake-timeout}."""
+PROXY = "proxy"
+"""A malformed or invalid PROXY header."""
+CLOSED = (CLIENT, IDLE, STALLED, BUFFER, CLOSE_TIMEOUT, SHUTDOWN, TLS, HANDSHAKE, PROXY)
