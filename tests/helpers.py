@@ -42,3 +42,24 @@ def connect(
 def lose(proto: Any) -> None:
     """The connection is gone, as the reactor tells a protocol."""
     proto.connectionLost(Failure(ConnectionDone()))
+
+
+def admission(factory: Any, *, proxy: bool = False, **options: Any) -> Any:
+    """
+    The stack the server listens with over C{factory}: admission, then the
+    PROXY header reader if C{proxy}; C{options} go to L{Admission}.
+    """
+    from timerserver.admission import Admission
+    from timerserver.proxyheader import ProxyHeaderFactory
+
+    inner = ProxyHeaderFactory(factory) if proxy else factory
+    options.setdefault("busy", not proxy)
+    return Admission(inner, factory.queue, factory.events, **options)
+
+
+def server(gate: Any) -> Any:
+    """The server protocol at the top of an admitted socket's layers, or C{None}."""
+    proto = gate
+    while hasattr(proto, "wrappedProtocol"):
+        proto = proto.wrappedProtocol
+    return proto if getattr(proto, "started", False) else None

@@ -19,7 +19,7 @@ from timerserver import ReactorTimerQueue, TimerQueueCounters, TimerWheel, useMo
 from timerserver.clock import isMonotonic
 from timerserver.eventlog import EventLog
 from timerserver.factory import TimerServerFactory
-from timerserver.protocol import DEFAULT_MESSAGE
+from timerserver.config import DEFAULT_MESSAGE
 from timerserver.tap import Options, makeService
 
 HOUR = 3600.0

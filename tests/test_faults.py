@@ -18,7 +18,7 @@ from tests import helpers
 from tests.helpers import peer
 from timerserver import TimerQueueCounters, TimerWheel
 from timerserver.factory import TimerServerFactory
-from timerserver.protocol import DEFAULT_MESSAGE, DEFAULT_WELCOME
+from timerserver.config import DEFAULT_MESSAGE, DEFAULT_WELCOME
 
 
 class GuardedTransport(StringTransport):

@@ -1,57 +1,188 @@
-"""The PROXY header is read before the server sees the connection."""
+"""The PROXY header is read and checked before the server sees the connection."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import struct
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests import helpers
 from timerserver import TimerQueueCounters, TimerWheel
-from timerserver.endpoint import layered
+from timerserver.config import DEFAULT_WELCOME
 from timerserver.factory import TimerServerFactory
-from timerserver.protocol import BUSY, DEFAULT_WELCOME
-from timerserver.proxyheader import DEFAULT_HEADER_TIMEOUT
+from timerserver.listener import parseTrusted
+from timerserver.proxyheader import V2_MAX, V2_SIGNATURE, HeaderReader, InvalidHeader
 
 PROXY_ADDRESS = IPv4Address("TCP", "10.0.0.1", 40000)
+TRUSTED = tuple(ipaddress.ip_network(n) for n in parseTrusted("10.0.0.0/8"))
 
 
 def v1(client: str, port: int = 50000) -> bytes:
     return f"PROXY TCP4 {client} 192.0.2.9 {port} 5050\r\n".encode()
 
 
-def v2(client: str, port: int = 50000) -> bytes:
+def v2(
+    client: str, port: int = 50000, command: int = 0x21, family: int = 0x11, tlvs: bytes = b""
+) -> bytes:
     body = socket.inet_aton(client) + socket.inet_aton("192.0.2.9") + struct.pack("!HH", port, 5050)
-    return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) + body
+    body += tlvs
+    return V2_SIGNATURE + bytes([command, family]) + struct.pack("!H", len(body)) + body
+
+
+def v2v6(client: str, port: int = 50000) -> bytes:
+    body = (
+        socket.inet_pton(socket.AF_INET6, client)
+        + socket.inet_pton(socket.AF_INET6, "2001:db8::9")
+        + struct.pack("!HH", port, 5050)
+    )
+    return V2_SIGNATURE + bytes([0x21, 0x21]) + struct.pack("!H", len(body)) + body
 
 
 class Harness:
     def __init__(self, **options: Any) -> None:
         self.clock = Clock()
         self.counters = TimerQueueCounters()
-        self.factory = TimerServerFactory(TimerWheel(self.clock, monitor=self.counters), **options)
-        self.wrapper = layered(self.factory, proxy=True)
+        self.factory = TimerServerFactory(
+            TimerWheel(self.clock, monitor=self.counters), reactor=self.clock, **options
+        )
+        self.admission = helpers.admission(
+            self.factory, proxy=True, handshakeTimeout=5.0, trusted=TRUSTED
+        )
         self.logged: list[tuple[str, object, str]] = []
         self.factory.events.event = lambda *a: self.logged.append(a)  # type: ignore[method-assign]
 
     def connect(self) -> tuple[Any, StringTransport]:
-        proto = self.wrapper.buildProtocol(PROXY_ADDRESS)
+        proto = self.admission.buildProtocol(PROXY_ADDRESS)
         transport = StringTransport(peerAddress=PROXY_ADDRESS)
         proto.makeConnection(transport)
         return proto, transport
 
 
-class ProxyHeaderTests(SynchronousTestCase):
+def read(data: bytes) -> Any:
+    result = HeaderReader().feed(data)
+    assert result is not None
+    return result
+
+
+class HeaderReaderTests(SynchronousTestCase):
+    def test_v1AndV2(self) -> None:
+        for header, family in ((v1("192.0.2.7"), 4), (v2("192.0.2.7"), 4)):
+            info, rest = read(header + b"after")
+            self.assertEqual((info.source.host, info.source.port), ("192.0.2.7", 50000))
+            self.assertEqual((info.destination.host, info.destination.port), ("192.0.2.9", 5050))
+            self.assertEqual(rest, b"after")
+        info, _ = read(b"PROXY TCP6 2001:db8::7 2001:db8::9 4000 5050\r\n")
+        self.assertEqual(info.source.host, "2001:db8::7")
+        info, _ = read(v2v6("2001:db8::7"))
+        self.assertEqual(info.source.host, "2001:db8::7")
+
+    def test_localAndUnknownUseTheSocketsAddresses(self) -> None:
+        for header in (
+            b"PROXY UNKNOWN\r\n",
+            b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n",
+            v2("192.0.2.7", command=0x20),  # LOCAL: a health check
+            V2_SIGNATURE + b"\x20\x00\x00\x00",
+            V2_SIGNATURE + b"\x21\x00\x00\x00",  # PROXY over UNSPEC
+        ):
+            info, rest = read(header + b"x")
+            self.assertEqual((info.source, info.destination, rest), (None, None, b"x"))
+
+    def test_tlvsAreSkipped(self) -> None:
+        info, rest = read(v2("192.0.2.7", tlvs=b"\x01\x00\x02h2" + b"\x05" * 300) + b"x")
+        self.assertEqual((info.source.host, rest), ("192.0.2.7", b"x"))
+
+    def test_invalid(self) -> None:
+        for garbage in (
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"PROXY nonsense\r\n",
+            b"PROXY TCP4 192.0.2.7 192.0.2.9 50000\r\n",
+            b"PROXY TCP4 192.0.2.7 192.0.2.9 x 5050\r\n",  # Twisted: ValueError
+            b"PROXY TCP4 \xff\xfe 192.0.2.9 1 5050\r\n",  # Twisted: UnicodeDecodeError
+            b"PROXY TCP4 evil\nFAKE\x1b[31m 192.0.2.9 1 5050\r\n",
+            b"PROXY TCP4 192.0.2.7 192.0.2.9 -5 5050\r\n",
+            b"PROXY TCP4 192.0.2.7 192.0.2.9 0 5050\r\n",
+            b"PROXY TCP4 192.0.2.7 192.0.2.9 1 99999999\r\n",
+            b"PROXY TCP4 192.0.2.7 192.0.2.9 1 65536\r\n",
+            b"PROXY TCP4 192.0.2.7 192.0.2.9 01 5050\r\n",
+            b"PROXY TCP4 2001:db8::7 192.0.2.9 1 5050\r\n",  # the wrong family
+            b"PROXY TCP6 192.0.2.7 2001:db8::9 1 5050\r\n",
+            b"PROXY TCP6 fe80::1%eth0 2001:db8::9 1 5050\r\n",
+            b"PROXY TCP4 192.0.2.7  192.0.2.9 1 5050\r\n",
+            b"PROXY TCP4 " + b"1" * 200 + b"\r\n",
+            b"PROXY TCP4 " + b"1" * 200,  # no CRLF within 107 bytes
+            V2_SIGNATURE + b"\x99\x11\x00\x00",
+            V2_SIGNATURE + b"\x22\x11\x00\x0c",  # an unknown command
+            v2("192.0.2.7", family=0x12),  # UDP
+            V2_SIGNATURE + b"\x21\x31\x00\xd8" + b"/etc/passwd".ljust(216, b"\x00"),  # UNIX
+            V2_SIGNATURE + b"\x21\x11\x00\x08" + b"\x00" * 8,  # too short for IPv4
+            v2("192.0.2.7", port=0),
+            V2_SIGNATURE + b"\x21\x11\xff\xff",  # 64 KiB declared
+        ):
+            self.assertRaises(InvalidHeader, HeaderReader().feed, garbage)
+
+    def test_oversizedV2IsRefusedBeforeItIsBuffered(self) -> None:
+        reader = HeaderReader()
+        header = V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", V2_MAX - 16 + 1)
+        self.assertRaises(InvalidHeader, reader.feed, header)
+        self.assertIsNotNone(HeaderReader().feed(v2("192.0.2.7", tlvs=b"\x00" * (V2_MAX - 28))))
+
+    def test_waitsForTheRest(self) -> None:
+        for header in (v1("192.0.2.7"), v2("192.0.2.7"), v2v6("2001:db8::7")):
+            reader = HeaderReader()
+            for i in range(len(header) - 1):
+                self.assertIsNone(reader.feed(header[i : i + 1]))
+            self.assertIsNotNone(reader.feed(header[-1:]))
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.one_of(
+            st.binary(max_size=200),
+            st.sampled_from([v1("192.0.2.7"), v2("192.0.2.7"), v2v6("2001:db8::7")]).flatmap(
+                lambda h: st.tuples(st.integers(0, len(h)), st.binary(max_size=20)).map(
+                    lambda cut: h[: cut[0]] + cut[1] + h[cut[0] :]
+                )
+            ),
+        ),
+        st.lists(st.integers(1, 50), max_size=10),
+    )
+    def test_anyBytesAnySplitIsAnAddressOrInvalid(self, data: bytes, cuts: list[int]) -> None:
+        """Any bytes, split anywhere: a valid address, a clean InvalidHeader, or waiting."""
+        reader = HeaderReader()
+        pieces, at = [], 0
+        for cut in cuts:
+            pieces.append(data[at : at + cut])
+            at += cut
+        pieces.append(data[at:])
+        for piece in pieces:
+            try:
+                result = reader.feed(piece)
+            except InvalidHeader:
+                return
+            if result is not None:
+                info, _ = result
+                for address in (info.source, info.destination):
+                    if address is not None:
+                        ipaddress.ip_address(address.host)
+                        self.assertTrue(1 <= address.port <= 65535)
+                return
+        self.assertLess(len(data), V2_MAX)  # still waiting: it holds no more than this
+
+
+class ProxyLayerTests(SynchronousTestCase):
     def test_nothingBeforeTheHeader(self) -> None:
         h = Harness()
         _proto, transport = h.connect()
         self.assertEqual(transport.value(), b"")
         self.assertEqual(h.factory.connections, set())
-        self.assertEqual(h.counters.live, 0)
+        self.assertEqual(h.counters.live, 1)  # the handshake deadline only
 
     def test_headerInPiecesThenWelcomeWithTheClientsAddress(self) -> None:
         for header in (v1("192.0.2.7"), v2("192.0.2.7")):
@@ -62,7 +193,16 @@ class ProxyHeaderTests(SynchronousTestCase):
             self.assertEqual(transport.value(), DEFAULT_WELCOME)
             [server] = h.factory.connections
             self.assertEqual(server.transport.getPeer().host, "192.0.2.7")
-            self.assertEqual(h.factory.perPeer, {"192.0.2.7": 1})
+            self.assertEqual(server.transport.getHost().host, "192.0.2.9")
+            self.assertEqual(h.admission.perPeer, {"192.0.2.7": 1})
+
+    def test_localIsServedWithTheSocketsAddress(self) -> None:
+        h = Harness()
+        proto, transport = h.connect()
+        proto.dataReceived(v2("192.0.2.7", command=0x20))
+        self.assertEqual(transport.value(), DEFAULT_WELCOME)
+        [server] = h.factory.connections
+        self.assertEqual(server.transport.getPeer(), PROXY_ADDRESS)
 
     def test_dataAfterTheHeaderInTheSameReadIsEchoed(self) -> None:
         h = Harness(welcome=None)
@@ -72,47 +212,34 @@ class ProxyHeaderTests(SynchronousTestCase):
         proto.dataReceived(b" again")
         self.assertEqual(transport.value(), b"hello again")
 
-    def test_perPeerLimitUsesTheClientsAddress(self) -> None:
-        h = Harness(maxPerPeer=1)
-        first, t1 = h.connect()
-        first.dataReceived(v1("192.0.2.7"))
-        other, t2 = h.connect()
-        other.dataReceived(v1("192.0.2.8"))
-        again, t3 = h.connect()
-        again.dataReceived(v1("192.0.2.7", 50001))
-        self.assertEqual((t1.value(), t2.value()), (DEFAULT_WELCOME, DEFAULT_WELCOME))
-        self.assertEqual(t3.value(), BUSY)
-        [refused] = [e for e in h.logged if e[0] == "refused"]
-        self.assertEqual(refused[1].host, "192.0.2.7")  # type: ignore[attr-defined]
+    def test_halfCloseReachesTheServer(self) -> None:
+        h = Harness(welcome=None)
+        proto, transport = h.connect()
+        proto.dataReceived(v1("192.0.2.7") + b"last words")
+        proto.readConnectionLost()
+        self.assertEqual(transport.value(), b"last words")
+        self.assertTrue(transport.disconnecting)
+        [server] = h.factory.connections
+        self.assertTrue(server.closing)
 
-    def test_invalidHeaderIsDroppedAndLogged(self) -> None:
+    def test_invalidHeaderIsDroppedLoggedAndCounted(self) -> None:
         for garbage in (
             b"GET / HTTP/1.1\r\n\r\n",
-            b"PROXY nonsense\r\n",
-            b"\r\n\r\n\x00\r\nQUIT\n\x99\x11\x00\x00",
+            b"PROXY TCP4 192.0.2.7 192.0.2.9 x 5050\r\n",
+            b"PROXY TCP4 \xff\xfe 192.0.2.9 1 5050\r\n",
+            V2_SIGNATURE + b"\x21\x11\xff\xff",
         ):
             h = Harness()
             proto, transport = h.connect()
             proto.dataReceived(garbage)
-            self.assertTrue(transport.disconnecting)
+            self.assertTrue(transport.disconnected)
             self.assertEqual(transport.value(), b"")
             [(kind, peer, detail)] = h.logged
             self.assertEqual((kind, peer), ("dropped", PROXY_ADDRESS))
             self.assertIn("invalid PROXY header", detail)
             proto.connectionLost(None)
+            self.assertEqual(h.admission.closed, {"proxy": 1})
             self.assertEqual((h.counters.live, h.clock.getDelayedCalls()), (0, []))
-
-    def test_noHeaderInTimeIsAborted(self) -> None:
-        h = Harness()
-        proto, transport = h.connect()
-        proto.dataReceived(b"PRO")  # a start, never finished
-        h.clock.advance(DEFAULT_HEADER_TIMEOUT - 0.1)
-        self.assertFalse(transport.disconnected)
-        h.clock.advance(0.2)
-        self.assertTrue(transport.disconnected)
-        self.assertIn("no PROXY header", h.logged[0][2])
-        proto.connectionLost(None)
-        self.assertEqual(h.factory.connections, set())
 
     def test_closedBeforeTheHeader(self) -> None:
         h = Harness()
@@ -120,3 +247,4 @@ class ProxyHeaderTests(SynchronousTestCase):
         proto.connectionLost(None)
         self.assertEqual(h.clock.getDelayedCalls(), [])
         self.assertEqual(h.logged, [])
+        self.assertEqual((h.admission.open, h.admission.closed), (0, {"client": 1}))

@@ -10,7 +10,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from timerserver import ReactorTimerQueue, TimerWheel
-from timerserver.protocol import DEFAULT_MESSAGE, DEFAULT_WELCOME
+from timerserver.config import DEFAULT_MESSAGE, DEFAULT_WELCOME
 from timerserver.service import TimerServerService
 from timerserver.tap import Options, makeService
 
@@ -24,24 +24,24 @@ def parse(*args: str) -> Options:
 class OptionsTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         o = parse()
-        self.assertEqual(o["port"], "tcp:5050:interface=127.0.0.1")
-        self.assertEqual(o["interval"], 2.0)
-        self.assertEqual(o["welcome"], DEFAULT_WELCOME)
-        self.assertEqual(o["message"], DEFAULT_MESSAGE)
-        self.assertEqual(o["timer-queue"], "wheel")
-        self.assertEqual(o["granularity"], 0.01)
-        self.assertEqual(o["stall-timeout"], 30.0)
-        self.assertEqual(o["max-buffer"], 1024 * 1024)
-        self.assertEqual(o["idle-timeout"], 0.0)
-        self.assertEqual(o["idle-message"], b"Idle timeout\r\n")
-        self.assertEqual(o["max-per-peer"], 0)
-        self.assertEqual(o["goodbye"], b"Server shutting down\r\n")
-        self.assertEqual(o["shutdown-timeout"], 5.0)
-        self.assertEqual(o["backlog"], 4096)
+        self.assertEqual(o.config.listener.description, "tcp:5050:interface=127.0.0.1")
+        self.assertEqual(o.config.interval, 2.0)
+        self.assertEqual(o.config.welcome, DEFAULT_WELCOME)
+        self.assertEqual(o.config.message, DEFAULT_MESSAGE)
+        self.assertEqual(o.config.queue, "wheel")
+        self.assertEqual(o.config.granularity, 0.01)
+        self.assertEqual(o.config.stallTimeout, 30.0)
+        self.assertEqual(o.config.maxBuffer, 1024 * 1024)
+        self.assertEqual(o.config.idleTimeout, 0.0)
+        self.assertEqual(o.config.idleMessage, b"Idle timeout\r\n")
+        self.assertEqual(o.config.maxPerPeer, 0)
+        self.assertEqual(o.config.goodbye, b"Server shutting down\r\n")
+        self.assertEqual(o.config.shutdownTimeout, 5.0)
+        self.assertEqual(o.config.listener.backlog, 4096)
         import resource
 
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self.assertEqual(o["max-connections"], limit - 64)
+        self.assertEqual(o.config.maxConnections, limit - 64)
 
     def test_everyOption(self) -> None:
         o = parse(
@@ -58,28 +58,28 @@ class OptionsTests(SynchronousTestCase):
             "--granularity",
             "0.005",
         )
-        self.assertEqual(o["port"], "tcp:6000")
-        self.assertEqual(o["interval"], 0.25)
-        self.assertEqual(o["welcome"], b"hi\tthere\r\n")
-        self.assertEqual(o["message"], "tick \\ \u00e9\n".encode())
-        self.assertEqual(o["granularity"], 0.005)
-        self.assertEqual(parse("--port=unix:/tmp/x.sock")["port"], "unix:/tmp/x.sock")
-        self.assertEqual(parse("--port", "tcp6:5050:interface=\\:\\:1")["interval"], 2.0)
-        self.assertEqual(parse("--interval", "3")["interval"], 3.0)
-        self.assertEqual(parse("--timer-queue", "reactor")["timer-queue"], "reactor")
+        self.assertEqual(o.config.listener.description, "tcp:6000")
+        self.assertEqual(o.config.interval, 0.25)
+        self.assertEqual(o.config.welcome, b"hi\tthere\r\n")
+        self.assertEqual(o.config.message, "tick \\ \u00e9\n".encode())
+        self.assertEqual(o.config.granularity, 0.005)
+        self.assertEqual(parse("--port=unix:/tmp/x.sock").config.listener.description, "unix:/tmp/x.sock")
+        self.assertEqual(parse("--port", "tcp6:5050:interface=\\:\\:1").config.interval, 2.0)
+        self.assertEqual(parse("--interval", "3").config.interval, 3.0)
+        self.assertEqual(parse("--timer-queue", "reactor").config.queue, "reactor")
         for off in ("0", "0.0", "0.00"):
-            self.assertEqual(parse("--idle-timeout", off)["idle-timeout"], 0.0)
+            self.assertEqual(parse("--idle-timeout", off).config.idleTimeout, 0.0)
         o = parse(
             "--stall-timeout", "3", "--max-buffer", "4096", "--idle-timeout", "60",
             "--idle-message", "bye\\n", "--max-connections", "10", "--max-per-peer", "2",
             "--goodbye", "later\\r\\n", "--shutdown-timeout", "1.5",
         )  # fmt: skip
         self.assertEqual(
-            (o["stall-timeout"], o["max-buffer"], o["idle-timeout"], o["idle-message"]),
+            (o.config.stallTimeout, o.config.maxBuffer, o.config.idleTimeout, o.config.idleMessage),
             (3.0, 4096, 60.0, b"bye\n"),
         )
         self.assertEqual(
-            (o["max-connections"], o["max-per-peer"], o["goodbye"], o["shutdown-timeout"]),
+            (o.config.maxConnections, o.config.maxPerPeer, o.config.goodbye, o.config.shutdownTimeout),
             (10, 2, b"later\r\n", 1.5),
         )
 
@@ -88,8 +88,8 @@ class OptionsTests(SynchronousTestCase):
         import os
 
         raw = os.fsdecode(b"caf\xe9 \xff\\r\\n")  # as Python hands argv over
-        self.assertEqual(parse("--welcome", raw)["welcome"], b"caf\xe9 \xff\r\n")
-        self.assertEqual(parse("-m", "\u00e9")["message"], "\u00e9".encode())
+        self.assertEqual(parse("--welcome", raw).config.welcome, b"caf\xe9 \xff\r\n")
+        self.assertEqual(parse("-m", "\u00e9").config.message, "\u00e9".encode())
 
     def test_helpShowsTheEscapes(self) -> None:
         text = " ".join(str(Options(reactor=MemoryReactorClock())).split())  # unwrapped
@@ -104,8 +104,8 @@ class OptionsTests(SynchronousTestCase):
             self.assertEqual(unescape(escape(data), "x"), data)
 
     def test_noWelcome(self) -> None:
-        self.assertEqual(parse("--no-welcome")["welcome"], b"")
-        self.assertEqual(parse("--no-welcome", "--welcome", "x")["welcome"], b"")
+        self.assertEqual(parse("--no-welcome").config.welcome, b"")
+        self.assertEqual(parse("--no-welcome", "--welcome", "x").config.welcome, b"")
 
     def assertUsageError(self, args: list[str], *words: str) -> None:
         e = self.assertRaises(usage.UsageError, parse, *args)
@@ -141,10 +141,10 @@ class OptionsTests(SynchronousTestCase):
     def test_workers(self) -> None:
         import os
 
-        self.assertEqual(parse()["workers"], 1)
-        self.assertEqual(parse("--workers", "3")["workers"], 3)
-        self.assertEqual(parse("--workers", "64")["workers"], 64)
-        self.assertEqual(parse("--workers", "auto")["workers"], len(os.sched_getaffinity(0)))
+        self.assertEqual(parse().config.workers, 1)
+        self.assertEqual(parse("--workers", "3").config.workers, 3)
+        self.assertEqual(parse("--workers", "64").config.workers, 64)
+        self.assertEqual(parse("--workers", "auto").config.workers, len(os.sched_getaffinity(0)))
 
     def test_asTwistdSubcommandExitsWithOneLine(self) -> None:
         """Under twistd a bad value is one line on exit, not twistd's usage."""
@@ -172,13 +172,14 @@ class ServiceTests(SynchronousTestCase):
         parent, reactor = self.build("-p", "tcp:5055:interface=127.0.0.1", "-i", "0.5")
         parent.privilegedStartService()
         parent.startService()
-        [(port, factory, backlog, interface)] = reactor.tcpServers
+        [(port, admission, backlog, interface)] = reactor.tcpServers
         self.assertEqual((port, backlog, interface), (5055, 4096, "127.0.0.1"))
+        factory = admission.wrappedFactory
         self.assertEqual(factory.interval, 0.5)
         self.assertIsInstance(factory.queue, TimerWheel)
         from twisted.internet.testing import StringTransport
 
-        quick, stuck = factory.buildProtocol(None), factory.buildProtocol(None)
+        quick, stuck = admission.buildProtocol(None), admission.buildProtocol(None)
         quickTransport, stuckTransport = StringTransport(), StringTransport()
         quick.makeConnection(quickTransport)
         stuck.makeConnection(stuckTransport)
@@ -202,6 +203,7 @@ class ServiceTests(SynchronousTestCase):
         parent, reactor = self.build("--timer-queue", "reactor")
         parent.privilegedStartService()
         self.assertIsInstance(reactor.tcpServers[0][1].queue, ReactorTimerQueue)
+        self.assertIsInstance(reactor.tcpServers[0][1].wrappedFactory.queue, ReactorTimerQueue)
 
     def test_cannotListenIsOneLine(self) -> None:
         parent, _ = self.build()
@@ -213,7 +215,7 @@ class ServiceTests(SynchronousTestCase):
 
                 return defer.fail(error.CannotListenError("127.0.0.1", 5050, OSError(98, "in use")))
 
-        service.endpoint = FailingEndpoint()
+        service.endpoint = FailingEndpoint()  # type: ignore[assignment]
         e = self.assertRaises(SystemExit, parent.privilegedStartService)
         self.assertIn("cannot listen on tcp:5050:interface=127.0.0.1", e.code)
         self.assertNotIn("\n", e.code)
@@ -239,7 +241,7 @@ class LateListenTests(SynchronousTestCase):
             def listen(self, factory: object) -> defer.Deferred[Any]:
                 return pending
 
-        service.endpoint = LateEndpoint()
+        service.endpoint = LateEndpoint()  # type: ignore[assignment]
         service.reactor = reactor
         return service, pending, reactor
 

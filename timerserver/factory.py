@@ -1,7 +1,7 @@
 """
 L{TimerServerFactory}: what the server's connections share (the queue, the
-options, the counters), admission against the connection limits, and
-closing every connection on shutdown.
+options, the counters), and closing every connection on shutdown.  Which
+sockets get this far is admission's business (L{timerserver.admission}).
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from timerserver.eventlog import EventLog
-from timerserver.interfaces import IQueueTimers
-from timerserver.lateness import LatenessHistogram
-from timerserver.protocol import (
+from timerserver import reasons
+from timerserver.config import (
     DEFAULT_CLOSE_GRACE,
     DEFAULT_GOODBYE,
     DEFAULT_IDLE_MESSAGE,
@@ -27,14 +25,17 @@ from timerserver.protocol import (
     DEFAULT_MESSAGE,
     DEFAULT_STALL_TIMEOUT,
     DEFAULT_WELCOME,
-    TimerServerProtocol,
 )
+from timerserver.eventlog import EventLog
+from timerserver.interfaces import IQueueTimers
+from timerserver.lateness import LatenessHistogram
+from timerserver.protocol import TimerServerProtocol
 
 
 class TimerServerFactory(Factory):
     """
-    Builds L{TimerServerProtocol}s, holds what they share, admits or refuses
-    connections and closes them all on shutdown.
+    Builds L{TimerServerProtocol}s, holds what they share, and closes them
+    all on shutdown.
 
     @param queue: the L{IQueueTimers} every connection takes its handles from.
     @param welcome: bytes written on connect; empty or C{None} for none.
@@ -44,9 +45,6 @@ class TimerServerFactory(Factory):
     @param stallTimeout: seconds a connection may stay unable to write.
     @param maxBuffer: bytes a connection may queue while the client does not
         read before it is aborted.
-    @param maxConnections: connections served at once; more are refused with
-        C{Server busy}.  C{None} for no limit.
-    @param maxPerPeer: connections at once from one host; 0 for no limit.
     @param reactor: the clock of the periodic schedule, the shutdown timeout
         and the log's rate limit: the queue's own clock (C{queue.clock}) if
         C{None}; it may not be another one.
@@ -68,8 +66,6 @@ class TimerServerFactory(Factory):
         idleMessage: bytes = DEFAULT_IDLE_MESSAGE,
         stallTimeout: float = DEFAULT_STALL_TIMEOUT,
         maxBuffer: int = DEFAULT_MAX_BUFFER,
-        maxConnections: int | None = None,
-        maxPerPeer: int = 0,
         goodbye: bytes = DEFAULT_GOODBYE,
         closeGrace: float = DEFAULT_CLOSE_GRACE,
     ) -> None:
@@ -91,10 +87,6 @@ class TimerServerFactory(Factory):
             _seconds("idleTimeout", idleTimeout, queue.maximumTimeout) if idleTimeout else 0.0
         )
         self.maxBuffer = _count("maxBuffer", maxBuffer, minimum=1)
-        self.maxConnections = (
-            None if maxConnections is None else _count("maxConnections", maxConnections, minimum=1)
-        )
-        self.maxPerPeer = _count("maxPerPeer", maxPerPeer, minimum=0)
         # One time source: the schedule is kept on the clock the queue reads.
         queueClock = getattr(queue, "clock", None)
         if reactor is None:
@@ -113,12 +105,10 @@ class TimerServerFactory(Factory):
         self.clock = reactor
         self.events = EventLog(reactor, self._log)
         self.connections: set[TimerServerProtocol] = set()
-        self.perPeer: dict[str, int] = {}
         self.skippedMessages = 0
         # Plain counters, read by the metrics at scrape time.
-        self.accepted = 0
-        self.refused: Counter[str] = Counter()
         self.closed: Counter[str] = Counter()
+        """Connections that reached the protocol and closed, by reason."""
         self.periodicMessages = 0
         self.echoBytes = 0
         self.lateness: LatenessHistogram | None = None
@@ -126,39 +116,16 @@ class TimerServerFactory(Factory):
         self._allClosed: list[defer.Deferred[None]] = []
         self._abortCall: IDelayedCall | None = None
 
-    # Admission
+    # Connections
 
-    @staticmethod
-    def _host(proto: TimerServerProtocol) -> str:
-        peer = proto.transport.getPeer()
-        return str(getattr(peer, "host", peer))
-
-    def admit(self, proto: TimerServerProtocol) -> bool:
-        """Count C{proto} in, or return C{False} (and log) if it is over a limit."""
-        host = self._host(proto)
-        if self.maxConnections is not None and len(self.connections) >= self.maxConnections:
-            self.refused["full"] += 1
-            self.events.event("refused", proto.transport.getPeer(), ": server full")
-            return False
-        if self.maxPerPeer and self.perPeer.get(host, 0) >= self.maxPerPeer:
-            self.refused["peer"] += 1
-            self.events.event("refused", proto.transport.getPeer(), ": too many from host")
-            return False
-        self.accepted += 1
+    def started(self, proto: TimerServerProtocol) -> None:
+        """C{proto} reached the protocol (admitted, past its handshake)."""
         self.connections.add(proto)
-        self.perPeer[host] = self.perPeer.get(host, 0) + 1
-        return True
 
     def release(self, proto: TimerServerProtocol) -> None:
-        """Count an admitted C{proto} out."""
+        """Count a started C{proto} out."""
         self.connections.discard(proto)
-        self.closed[proto.closeReason or "client"] += 1
-        host = self._host(proto)
-        left = self.perPeer[host] - 1
-        if left:
-            self.perPeer[host] = left
-        else:
-            del self.perPeer[host]
+        self.closed[proto.closeReason or reasons.CLIENT] += 1
         if not self.connections:
             if self._abortCall is not None:
                 self._abortCall.cancel()
@@ -187,7 +154,7 @@ class TimerServerFactory(Factory):
     def _abortAll(self) -> None:
         self._abortCall = None
         for proto in list(self.connections):
-            proto.abort("still open at shutdown", reason="shutdown")
+            proto.abort("still open at shutdown", reason=reasons.SHUTDOWN)
 
 
 def _seconds(name: str, value: object, maximum: float) -> float:

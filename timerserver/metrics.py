@@ -29,13 +29,13 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from timerserver.admission import Admission
 from timerserver.factory import TimerServerFactory
 from timerserver.monitor import TimerQueueCounters
+from timerserver.reasons import CLOSED, REFUSED
 from timerserver.service import listenOrExit
 
 METRICS_EXTRA = "pip install 'timerserver[metrics]'"
-REFUSED = ("full", "peer")
-CLOSED = ("client", "idle", "stalled", "buffer", "close_timeout", "shutdown", "tls")
 OPERATIONS = {
     "create": "created",
     "set": "set",
@@ -74,14 +74,17 @@ def processFigures() -> dict[str, float]:
     }
 
 
-def snapshot(factory: TimerServerFactory, counters: TimerQueueCounters) -> Snapshot:
+def snapshot(
+    factory: TimerServerFactory, counters: TimerQueueCounters, admission: Admission
+) -> Snapshot:
     """Everything one server process counts, as a plain (JSON-able) dict."""
     lateness = factory.lateness
+    closed = factory.closed + admission.closed
     return {
         "connections_open": len(factory.connections),
-        "accepted": factory.accepted,
-        "refused": {reason: factory.refused[reason] for reason in REFUSED},
-        "closed": {reason: factory.closed[reason] for reason in CLOSED},
+        "accepted": admission.accepted,
+        "refused": {reason: admission.refused[reason] for reason in REFUSED},
+        "closed": {reason: closed[reason] for reason in CLOSED},
         "periodic": factory.periodicMessages,
         "skipped": factory.skippedMessages,
         "echo_bytes": factory.echoBytes,
@@ -255,11 +258,13 @@ class MetricsService(Service):
         return defer.maybeDeferred(port.stopListening).addCallback(lambda _: None)
 
 
-def localSource(factory: TimerServerFactory, counters: TimerQueueCounters) -> Source:
+def localSource(
+    factory: TimerServerFactory, counters: TimerQueueCounters, admission: Admission
+) -> Source:
     """The source of a single-process server: its own snapshot."""
 
     def source() -> defer.Deferred[tuple[Snapshot, dict[str, dict[str, float]]]]:
-        one = snapshot(factory, counters)
+        one = snapshot(factory, counters, admission)
         return defer.succeed((one, {"0": one["process"]}))
 
     return source

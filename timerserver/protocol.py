@@ -8,32 +8,27 @@ complete.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from typing import Protocol as Structural
 
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
+    IHandshakeListener,
+    INegotiated,
     IPushProducer,
+    IReactorTime,
 )
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from timerserver.interfaces import ITimer, TimerHandle
+from timerserver import reasons
+from timerserver.admission import Gate, gateOf
+from timerserver.eventlog import EventLog
+from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
+from timerserver.lateness import LatenessHistogram
 from timerserver.periodic import Periodic
 from timerserver.transport import writeNow
-
-if TYPE_CHECKING:
-    from timerserver.factory import TimerServerFactory
-
-DEFAULT_WELCOME = b"Welcome to the timer server\r\n"
-DEFAULT_MESSAGE = b"Periodic per connection message\r\n"
-DEFAULT_IDLE_MESSAGE = b"Idle timeout\r\n"
-DEFAULT_GOODBYE = b"Server shutting down\r\n"
-BUSY = b"Server busy\r\n"
-DEFAULT_INTERVAL = 2.0
-DEFAULT_STALL_TIMEOUT = 30.0
-DEFAULT_MAX_BUFFER = 1024 * 1024
-DEFAULT_CLOSE_GRACE = 2.0
 
 # What the watchdog is armed for: the userData of its onTimer calls.
 IDLE = "idle"
@@ -41,7 +36,31 @@ STALL = "stall"
 CLOSING = "closing"
 
 
-@implementer(ITimer, IHalfCloseableProtocol, IPushProducer)
+class Shared(Structural):
+    """What a connection reads from its factory (L{timerserver.factory.TimerServerFactory})."""
+
+    queue: IQueueTimers
+    clock: IReactorTime
+    events: EventLog
+    interval: float
+    welcome: bytes
+    message: bytes
+    idleTimeout: float
+    idleMessage: bytes
+    stallTimeout: float
+    closeGrace: float
+    maxBuffer: int
+    skippedMessages: int
+    periodicMessages: int
+    echoBytes: int
+    lateness: LatenessHistogram | None
+
+    def started(self, proto: TimerServerProtocol) -> None: ...
+
+    def release(self, proto: TimerServerProtocol) -> None: ...
+
+
+@implementer(ITimer, IHalfCloseableProtocol, IPushProducer, IHandshakeListener)
 class TimerServerProtocol(Protocol):
     """
     One connection: the welcome on connect, a byte-exact echo, and the
@@ -61,15 +80,16 @@ class TimerServerProtocol(Protocol):
     and closing timeouts.
     """
 
-    factory: TimerServerFactory
+    factory: Shared
     transport: Any  # set by makeConnection before any method below runs
-    # Made when the connection is admitted; they live while C{admitted} is true.
+    # Made when the connection starts; they live while C{started} is true.
     _periodic: Periodic
     _watchdog: TimerHandle
+    _out: Any
     paused = False
     _readingPaused = False
     closing = False
-    admitted = False
+    started = False
     _queuedWhilePaused = 0
     closeReason: str | None = None
     """Why the server closed the connection (idle, stalled, buffer, ...); else the client did."""
@@ -77,17 +97,30 @@ class TimerServerProtocol(Protocol):
     # Connection life
 
     def connectionMade(self) -> None:
+        if INegotiated.providedBy(self.transport):
+            return  # TLS: start once the handshake is done (handshakeCompleted)
+        self._start()
+
+    def handshakeCompleted(self) -> None:
+        """The TLS handshake is done: the connection starts now."""
+        if not self.closing:
+            self._start()
+
+    def _start(self) -> None:
+        """Greet the client and start its timers; its handshake deadline is off."""
         factory = self.factory
-        if not factory.admit(self):
-            self.closing = True
-            self.transport.write(BUSY)
-            self.transport.loseConnection()
-            return
-        self.admitted = True
+        transport = self.transport
+        gate = gateOf(transport)
+        if gate is not None:
+            gate.established()
+        # Plain TCP writes go straight to the socket (writeNow), under the gate.
+        self._out = transport.transport if type(transport) is Gate else transport
+        self.started = True
+        factory.started(self)
         queue = factory.queue
         self._periodic = Periodic(queue, factory.interval, self._tick, factory.clock)
         self._watchdog = queue.createTimer()
-        self.transport.registerProducer(self, True)
+        transport.registerProducer(self, True)
         if factory.welcome:
             self._write(factory.welcome)
         self._periodic.start()
@@ -101,16 +134,19 @@ class TimerServerProtocol(Protocol):
                 self.transport.getPeer(),
                 f": TLS error {reason.getErrorMessage()}",
             )
-            self.closeReason = self.closeReason or "tls"
+            self.closeReason = self.closeReason or reasons.TLS
+            gate = gateOf(self.transport)
+            if gate is not None and gate.reason is None:
+                gate.reason = reasons.TLS
         self.closing = True
-        if self.admitted:
-            self.admitted = False
+        if self.started:
+            self.started = False
             self._periodic.close()
             self.factory.queue.destroyTimer(self._watchdog)
             self.factory.release(self)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or not self.started:
             return
         self.factory.echoBytes += len(data)
         self._write(data)
@@ -121,10 +157,10 @@ class TimerServerProtocol(Protocol):
         The client half-closed: stop the periodic message, and close once
         everything echoed so far has been written.
         """
-        self.close(grace=self.factory.stallTimeout, reason="client")
+        self.close(grace=self.factory.stallTimeout, reason=reasons.CLIENT)
 
     def writeConnectionLost(self) -> None:
-        self.close(grace=self.factory.stallTimeout, reason="client")
+        self.close(grace=self.factory.stallTimeout, reason=reasons.CLIENT)
 
     # Timers
 
@@ -133,11 +169,11 @@ class TimerServerProtocol(Protocol):
         if userData == IDLE:
             self.factory.events.event("idle", self.transport.getPeer())
             self._write(self.factory.idleMessage)
-            self.close(grace=self.factory.closeGrace, reason="idle")
+            self.close(grace=self.factory.closeGrace, reason=reasons.IDLE)
         elif userData == STALL:
-            self.abort("stalled", reason="stalled")
+            self.abort("stalled", reason=reasons.STALLED)
         else:
-            self.abort("close timed out", reason="close_timeout")
+            self.abort("close timed out", reason=reasons.CLOSE_TIMEOUT)
 
     def _tick(self, late: float, skipped: int) -> None:
         """The periodic message is due (C{late} seconds ago; C{skipped} older ones skipped)."""
@@ -162,11 +198,11 @@ class TimerServerProtocol(Protocol):
     # Writing, backpressure and closing
 
     def _write(self, data: bytes) -> None:
-        writeNow(self.transport, data)
+        writeNow(self._out, data)
         if self.paused:
             self._queuedWhilePaused += len(data)
             if self._queuedWhilePaused > self.factory.maxBuffer:
-                self.abort("over its buffer limit", reason="buffer")
+                self.abort("over its buffer limit", reason=reasons.BUFFER)
 
     def pauseProducing(self) -> None:
         """
@@ -211,6 +247,9 @@ class TimerServerProtocol(Protocol):
             return
         self.closing = True
         self.closeReason = self.closeReason or reason
+        if not self.started:  # still in its TLS handshake: nothing to flush
+            self.transport.abortConnection()
+            return
         queue = self.factory.queue
         self._periodic.stop()
         queue.cancelTimer(self._watchdog)
@@ -224,7 +263,7 @@ class TimerServerProtocol(Protocol):
         """Write C{text} and close; the factory aborts what is left in time."""
         if not self.closing:
             self._write(text)
-            self.close(grace=None, reason="shutdown")
+            self.close(grace=None, reason=reasons.SHUTDOWN)
 
     def abort(self, why: str, reason: str) -> None:
         """
@@ -234,7 +273,7 @@ class TimerServerProtocol(Protocol):
         self.factory.events.event("aborted", self.transport.getPeer(), f": {why}")
         self.closing = True
         self.closeReason = self.closeReason or reason
-        if self.admitted:
+        if self.started:
             self._periodic.stop()
             self.factory.queue.cancelTimer(self._watchdog)
         self.transport.abortConnection()

@@ -1,135 +1,262 @@
 """
 The PROXY protocol (HAProxy's C{send-proxy}, v1 and v2) in front of the
-server, with the client's real address known before the server sees the
-connection.
+server: the header is read and checked before anything above it sees the
+connection, and the client's address it gives is the connection's peer from
+the protocol's first line of code.
 
-Twisted's C{HAProxyProtocolWrapper} calls the wrapped protocol's
-C{connectionMade} before it has read the header, so admission and the log
-see the proxy's address; it also drops a connection whose first read holds
-less than 16 bytes.  L{ProxyHeaderWrapper} reads the whole header first
-(however it is split), then connects the wrapped protocol, whose
-C{getPeer()} is the client's address from its first line of code.  A
-connection that sends no valid header within C{timeout} seconds is dropped
-and logged.
+Twisted's own reader calls the wrapped protocol's C{connectionMade} before
+the header, raises C{ValueError} and C{UnicodeDecodeError} that nobody
+catches on some malformed v1 headers, checks neither addresses nor ports,
+and buffers up to 64 KiB of a v2 header before looking at it.  This one:
+
+ - takes a v1 line of at most 107 bytes (the specification's own bound) and
+   a v2 header of at most L{V2_MAX} bytes, refused as soon as its length
+   field is read;
+ - accepts addresses only as IP addresses of the header's family and ports
+   from 1 to 65535;
+ - serves C{LOCAL} (HAProxy's health checks with C{check-send-proxy}) and
+   C{UNKNOWN}/C{UNSPEC} with the socket's own addresses, as the
+   specification says; refuses UDP and UNIX addresses, which a TCP server
+   has no use for.
+
+A malformed header drops the socket with one rate-limited log line, counted
+as C{proxy}; its deadline is admission's handshake timeout.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import struct
+from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol
-from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
-from twisted.protocols.haproxy._v1parser import V1Parser
-from twisted.protocols.haproxy._v2parser import V2Parser
-from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
-from twisted.protocols.policies import WrappingFactory
-from twisted.python.failure import Failure
-from zope.interface import directlyProvides, providedBy
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.protocol import Factory
 
-DEFAULT_HEADER_TIMEOUT = 5.0
-_V1 = V1Parser.PROXYSTR
-_V2 = V2Parser.PREFIX
+from timerserver import reasons
+from timerserver.admission import gateOf
+from timerserver.layer import Layer
+
+V1_PREFIX = b"PROXY "
+V1_MAX = 107
+"""The longest v1 line, CRLF included (the specification's figure)."""
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+V2_MAX = 4096
+"""The longest v2 header we take, fixed part and TLVs included.  HAProxy
+sends 16 + 12 (IPv4) or 36 (IPv6) bytes plus a few TLVs (ALPN, authority,
+TLS details, a unique ID of at most 128 bytes); AWS, Azure and Google add
+one TLV of under 300 bytes.  4 KiB leaves room for all of them together."""
+
+Address = IPv4Address | IPv6Address
 
 
-class ProxyHeaderWrapper(HAProxyProtocolWrapper):
-    """Connects the wrapped protocol only once the PROXY header is read."""
+class InvalidHeader(ValueError):
+    """A PROXY header that is malformed, or not one we serve."""
 
-    factory: ProxyHeaderFactory
-    # Set by makeConnection and the factory before any method below runs.
-    transport: Any
-    wrappedProtocol: Any
-    _timeout: IDelayedCall | None = None
-    _pending = b""
 
-    def makeConnection(self, transport: Any) -> None:
-        directlyProvides(self, providedBy(transport))
-        Protocol.makeConnection(self, transport)
-        self.factory.registerProtocol(self)  # type: ignore[no-untyped-call]
-        self._timeout = self.factory.clock.callLater(self.factory.timeout, self._noHeader)
+@dataclass(frozen=True)
+class ProxyInfo:
+    """
+    What a header says: the client's and the proxy's addresses, or C{None}
+    for C{LOCAL}/C{UNKNOWN} (serve with the socket's own).
+    """
+
+    source: Address | None
+    destination: Address | None
+
+
+class HeaderReader:
+    """
+    Reads one PROXY header, however it is split: L{feed} returns C{None}
+    until the header is complete, then the header and the bytes after it.
+    Holds at most L{V2_MAX} bytes.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> tuple[ProxyInfo, bytes] | None:
+        """Take C{data}; C{InvalidHeader} as soon as it cannot be a valid header."""
+        buffer = self._buffer + data
+        self._buffer = b""
+        if buffer[:12] == V2_SIGNATURE[: len(buffer[:12])] and buffer[:1] == b"\r":
+            result = _v2(buffer)
+        elif buffer[:6] == V1_PREFIX[: len(buffer[:6])]:
+            result = _v1(buffer)
+        else:
+            raise InvalidHeader("not a PROXY header")
+        if result is None:
+            self._buffer = buffer
+        return result
+
+
+def _v1(buffer: bytes) -> tuple[ProxyInfo, bytes] | None:
+    end = buffer.find(b"\r\n", 0, V1_MAX)
+    if end < 0:
+        if len(buffer) >= V1_MAX:
+            raise InvalidHeader("v1 line longer than 107 bytes")
+        return None
+    fields = buffer[:end].split(b" ")
+    if fields[1:2] == [b"UNKNOWN"]:
+        return ProxyInfo(None, None), buffer[end + 2 :]
+    if len(fields) != 6 or fields[1] not in (b"TCP4", b"TCP6"):
+        raise InvalidHeader("v1 line is not PROXY TCP4|TCP6 SRC DST SPORT DPORT")
+    version = 4 if fields[1] == b"TCP4" else 6
+    source = _address(version, fields[2], fields[4])
+    destination = _address(version, fields[3], fields[5])
+    return ProxyInfo(source, destination), buffer[end + 2 :]
+
+
+def _address(version: int, host: bytes, port: bytes) -> Address:
+    if not (port.isdigit() and len(port) <= 5 and port[:1] != b"0"):
+        raise InvalidHeader("v1 port is not a number from 1 to 65535")
+    try:
+        address = ipaddress.ip_address(host.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidHeader("v1 address is not an IP address") from None
+    return _checked(version, address, int(port))
+
+
+def _checked(
+    version: int, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int
+) -> Address:
+    if address.version != version or getattr(address, "scope_id", None):
+        raise InvalidHeader("address of the wrong family")
+    if not 1 <= port <= 65535:
+        raise InvalidHeader("port out of range")
+    if version == 4:
+        return IPv4Address("TCP", str(address), port)
+    return IPv6Address("TCP", str(address), port)
+
+
+_V2_FAMILIES = {0x11: (4, 4), 0x21: (6, 16)}
+"""TCP over IPv4 and IPv6: the address version and its size in bytes."""
+
+
+def _v2(buffer: bytes) -> tuple[ProxyInfo, bytes] | None:
+    if len(buffer) < 16:
+        return None
+    if buffer[:12] != V2_SIGNATURE:
+        raise InvalidHeader("not a v2 signature")
+    versionCommand, family = buffer[12], buffer[13]
+    (length,) = struct.unpack("!H", buffer[14:16])
+    if versionCommand >> 4 != 2 or versionCommand & 0x0F > 1:
+        raise InvalidHeader("v2 version or command unknown")
+    if 16 + length > V2_MAX:
+        raise InvalidHeader(f"v2 header longer than {V2_MAX} bytes")
+    if len(buffer) < 16 + length:
+        return None
+    rest = buffer[16 + length :]
+    if versionCommand & 0x0F == 0 or family == 0x00:  # LOCAL, or UNSPEC
+        return ProxyInfo(None, None), rest
+    if family not in _V2_FAMILIES:
+        raise InvalidHeader("v2 address family is not TCP over IPv4 or IPv6")
+    version, size = _V2_FAMILIES[family]
+    if length < 2 * size + 4:
+        raise InvalidHeader("v2 address block too short")
+    body = buffer[16 : 16 + 2 * size + 4]
+    sourcePort, destinationPort = struct.unpack("!HH", body[2 * size :])
+    source = ipaddress.ip_address(body[:size])
+    destination = ipaddress.ip_address(body[size : 2 * size])
+    return ProxyInfo(
+        _checked(version, source, sourcePort), _checked(version, destination, destinationPort)
+    ), rest
+
+
+class ProxyHeaderLayer(Layer):
+    """
+    Connects the layer above only once a valid PROXY header is read; its
+    C{getPeer()} and C{getHost()} are then the header's addresses.  It
+    sits directly on admission's L{Gate<timerserver.admission.Gate>}, which
+    counts the header's client against C{--max-per-peer}.
+    """
+
+    info: ProxyInfo | None = None
+
+    def __init__(self, wrappedProtocol: Any) -> None:
+        Layer.__init__(self, wrappedProtocol)
+        self._reader: HeaderReader | None = HeaderReader()
+
+    def connectionMade(self) -> None:
+        """Wait for the header."""
 
     def dataReceived(self, data: bytes) -> None:
-        if self._proxyInfo is not None:
-            self.wrappedProtocol.dataReceived(data)
+        reader = self._reader
+        if reader is None:
+            if self.info is not None:
+                self.wrappedProtocol.dataReceived(data)
             return
-        data, self._pending = self._pending + data, b""
-        if self._parser is None:
-            if data[: len(_V1)] == _V1:
-                self._parser = V1Parser()
-            elif len(data) >= 16 and data[:12] == _V2 and data[12] & 0xF0 == 0x20:
-                self._parser = V2Parser()
-            elif len(data) < 16 and (_V2.startswith(data[:12]) or _V1.startswith(data)):
-                self._pending = data  # the start of a header: wait for the rest
-                return
-            else:
-                self._invalid()
-                return
         try:
-            info, remaining = self._parser.feed(data)
-        except InvalidProxyHeader:
-            self._invalid()
+            result = reader.feed(data)
+        except InvalidHeader as e:
+            self._reader = None
+            gate = gateOf(self.transport)
+            if gate is not None:
+                gate.drop(reasons.PROXY, f"invalid PROXY header ({e})")
+            else:
+                self.transport.abortConnection()
             return
-        if info is None:
+        if result is None:
             return
-        self._proxyInfo = info
-        self._cancelTimeout()
+        self._reader = None
+        info, rest = result
+        gate = gateOf(self.transport)
+        if info.source is not None and gate is not None and not gate.claimPeer(info.source.host):
+            return
+        self.info = info
         self.wrappedProtocol.makeConnection(self)
-        if remaining and self.connected:
-            self.wrappedProtocol.dataReceived(remaining)
+        if rest and self.connected and not self.disconnecting:
+            self.wrappedProtocol.dataReceived(rest)
 
-    def _invalid(self) -> None:
-        self._drop("invalid PROXY header")
-        self.transport.loseConnection()
-
-    def _noHeader(self) -> None:
-        self._timeout = None
-        self._drop(f"no PROXY header within {self.factory.timeout}s")
-        self.transport.abortConnection()
-
-    def _drop(self, why: str) -> None:
-        self._cancelTimeout()
-        self._parser = None
-        events = self.factory.events
-        if events is not None:
-            events.event("dropped", self.transport.getPeer(), f": {why}")
-
-    def _cancelTimeout(self) -> None:
-        if self._timeout is not None:
-            if self._timeout.active():
-                self._timeout.cancel()
-            self._timeout = None
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self._cancelTimeout()
-        self.factory.unregisterProtocol(self)  # type: ignore[no-untyped-call]
-        if self._proxyInfo is not None:
+    def connectionLost(self, reason: Any = None) -> None:
+        self.connected = 0
+        self._reader = None
+        if self.info is not None:
             self.wrappedProtocol.connectionLost(reason)
 
+    def readConnectionLost(self) -> None:
+        if self.info is not None:
+            Layer.readConnectionLost(self)
+        else:
+            self.transport.loseConnection()
 
-class ProxyHeaderFactory(WrappingFactory):
-    """
-    Wraps C{wrappedFactory}'s connections in L{ProxyHeaderWrapper}s.
+    def writeConnectionLost(self) -> None:
+        if self.info is not None:
+            Layer.writeConnectionLost(self)
+        else:
+            self.transport.loseConnection()
 
-    @param events: where dropped connections are logged (an L{EventLog}).
-    @param clock: the clock of the header timeout.
-    """
+    def getPeer(self) -> Any:
+        info = self.info
+        return info.source if info is not None and info.source else self.transport.getPeer()
 
-    protocol = ProxyHeaderWrapper
+    def getHost(self) -> Any:
+        info = self.info
+        if info is not None and info.destination:
+            return info.destination
+        return self.transport.getHost()
+
+
+class ProxyHeaderFactory(Factory):
+    """Puts a L{ProxyHeaderLayer} under each of C{wrappedFactory}'s connections."""
+
     noisy = False
 
-    def __init__(
-        self,
-        wrappedFactory: Any,
-        clock: IReactorTime,
-        events: Any = None,
-        timeout: float = DEFAULT_HEADER_TIMEOUT,
-    ) -> None:
-        WrappingFactory.__init__(self, wrappedFactory)  # type: ignore[arg-type]
-        self.clock = clock
-        self.events = events
-        self.timeout = timeout
+    def __init__(self, wrappedFactory: IProtocolFactory) -> None:
+        self.wrappedFactory = wrappedFactory
+
+    def doStart(self) -> None:
+        self.wrappedFactory.doStart()
+
+    def doStop(self) -> None:
+        self.wrappedFactory.doStop()
 
     def logPrefix(self) -> str:
         inner = self.wrappedFactory
         prefix = inner.logPrefix() if hasattr(inner, "logPrefix") else type(inner).__name__
         return f"{prefix} (PROXY)"
+
+    def buildProtocol(self, addr: Any) -> ProxyHeaderLayer | None:
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        return None if wrapped is None else ProxyHeaderLayer(wrapped)

@@ -1,7 +1,10 @@
 """
-L{TimerServerService}: listens on an endpoint with a L{TimerServerFactory}
-and, on stop, runs the graceful shutdown: stop listening, goodbye to every
-client, abort what is left after the shutdown timeout, cancel every timer.
+L{buildServer}: one server process from its L{ServerConfig}: the queue, the
+factory, and the connection path from the socket up (admission, PROXY, TLS,
+protocol).  L{TimerServerService} listens with it and, on stop, runs the
+graceful shutdown: stop listening, drop sockets still in their handshake,
+goodbye to every client, abort what is left after the shutdown timeout,
+cancel every timer.
 """
 
 from __future__ import annotations
@@ -11,14 +14,20 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from timerserver.admission import Admission
+from timerserver.config import DEFAULT_SHUTDOWN_TIMEOUT, ServerConfig
 from timerserver.factory import TimerServerFactory
-
-DEFAULT_SHUTDOWN_TIMEOUT = 5.0
-
+from timerserver.interfaces import IQueueTimers
+from timerserver.lateness import LatenessHistogram
+from timerserver.listener import Listener
+from timerserver.monitor import TimerQueueCounters
+from timerserver.proxyheader import ProxyHeaderFactory
+from timerserver.reactorqueue import ReactorTimerQueue
+from timerserver.wheel import TimerWheel
 
 _log = Logger()
 
@@ -84,8 +93,10 @@ def listen(
 
 class TimerServerService(Service):
     """
-    Listens on C{endpoint} with C{factory}.  A listen failure is one line on
-    exit (C{SystemExit}), not a traceback.
+    Listens as C{listener} says (on C{fd}, a listening socket it inherited,
+    if given) with C{admission}, the bottom of the stack that ends in
+    C{factory}.  A listen failure is one line on exit (C{SystemExit}), not a
+    traceback.
 
     @ivar stopStats: after stop, the counts of the stop line: C{closed},
         C{cancelled} and C{skipped}.
@@ -99,21 +110,30 @@ class TimerServerService(Service):
 
     def __init__(
         self,
-        endpoint: Any,
-        description: str,
+        listener: Listener,
         factory: TimerServerFactory,
+        admission: Admission,
         shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         reactor: Any = None,
+        fd: int | None = None,
     ) -> None:
-        self.endpoint = endpoint
-        self.description = description
+        self.listener = listener
+        self.description = listener.description
         self.factory = factory
+        self.admission = admission
         self.shutdownTimeout = shutdownTimeout
         self.reactor = reactor
+        self.fd = fd
+        self.endpoint: IStreamServerEndpoint | None = None
+        """Where it listens; made from C{listener} at start unless set."""
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
-        port = listen(self.endpoint, self.factory, self.description, self._listening, self.reactor)
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        endpoint = self.endpoint or self.listener.endpoint(reactor, self.fd)
+        port = listen(endpoint, self.admission, self.description, self._listening, self.reactor)
         if port is not None:
             self._listening(port)
 
@@ -125,6 +145,11 @@ class TimerServerService(Service):
             queue=self.factory.queue,
             interval=self.factory.interval,
         )
+        if self.listener.proxy and self.listener.trustsAll:
+            self._log.warn(
+                "--proxy-from any: every address may send a PROXY header and claim any "
+                "client address; make the port reachable from your proxies only"
+            )
 
     def stopService(self) -> defer.Deferred[None]:
         """
@@ -136,7 +161,8 @@ class TimerServerService(Service):
         factory = self.factory
         port, self._port = self._port, None
         d = defer.maybeDeferred(port.stopListening) if port else defer.succeed(None)
-        open = len(factory.connections)
+        open = len(factory.connections) + len(self.admission.handshaking)
+        d.addCallback(lambda _: self.admission.abortHandshaking())
         d.addCallback(lambda _: factory.closeAll(self.shutdownTimeout))
 
         def stopped(_: object) -> None:
@@ -156,3 +182,55 @@ class TimerServerService(Service):
             )
 
         return d.addCallback(stopped)
+
+
+def makeQueue(
+    config: ServerConfig, reactor: IReactorTime, monitor: TimerQueueCounters | None = None
+) -> IQueueTimers:
+    """The timer queue C{config} asks for."""
+    if config.queue == "reactor":
+        return ReactorTimerQueue(reactor, monitor=monitor)
+    return TimerWheel(reactor, granularity=config.granularity, monitor=monitor)
+
+
+def buildServer(
+    config: ServerConfig, reactor: IReactorTime, fd: int | None = None
+) -> TimerServerService:
+    """
+    One server process's service, from the socket up: admission, the PROXY
+    header (C{haproxy:}), TLS (C{ssl:}), the factory and its queue; on
+    C{fd}, if given, a listening socket this process inherited.  With
+    metrics on, the queue's counters (C{service.monitor}) and the lateness
+    histogram too.
+    """
+    monitor = TimerQueueCounters() if config.metrics else None
+    factory = TimerServerFactory(
+        makeQueue(config, reactor, monitor),
+        welcome=config.welcome,
+        message=config.message,
+        interval=config.interval,
+        idleTimeout=config.idleTimeout,
+        idleMessage=config.idleMessage,
+        stallTimeout=config.stallTimeout,
+        maxBuffer=config.maxBuffer,
+        goodbye=config.goodbye,
+    )
+    if monitor is not None:
+        factory.lateness = LatenessHistogram()
+    listener = config.listener
+    handshake = listener.tls is not None or listener.proxy
+    admission = Admission(
+        listener.layers(factory, ProxyHeaderFactory),
+        factory.queue,
+        factory.events,
+        maxConnections=config.maxConnections,
+        maxPerPeer=config.maxPerPeer,
+        handshakeTimeout=config.handshakeTimeout if handshake else None,
+        trusted=listener.networks if listener.proxy else None,
+        busy=not handshake,
+    )
+    service = TimerServerService(
+        listener, factory, admission, config.shutdownTimeout, reactor=reactor, fd=fd
+    )
+    service.monitor = monitor
+    return service

@@ -30,6 +30,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent
 from twisted.python.failure import Failure
 
+from timerserver.config import ServerConfig
 from timerserver.workersockets import WorkerSockets
 
 HEALTHY_AFTER = 5.0
@@ -139,25 +140,26 @@ class WorkerProcess(ProcessProtocol):
 
 class WorkerPoolService(Service):
     """
-    Listens on C{--port}, runs C{options["workers"]} worker processes on its
-    socket, replaces those that die, and stops them all gracefully.
+    Listens as C{config.listener} says, runs C{config.workers} worker
+    processes on its socket, replaces those that die, and stops them all
+    gracefully.
 
     @ivar workers: the running workers by number (1 to N).
     """
 
     _log = Logger()
 
-    def __init__(self, options: Any, reactor: Any) -> None:
-        self.options = options
+    def __init__(self, config: ServerConfig, reactor: Any) -> None:
+        self.config = config
         self.reactor = reactor
-        self.count: int = options["workers"]
+        self.count = config.workers
         self.workers: dict[int, WorkerProcess] = {}
         self.failures: dict[int, int] = {}
         self.stopping = False
         self._restarts: dict[int, Any] = {}
         self.retired: list[dict[str, Any]] = []
         """The last counters of workers that died, kept in the metrics' sums."""
-        self.sockets = WorkerSockets(options.endpoint, options["port"], self.count)
+        self.sockets = WorkerSockets(config.listener, reactor, self.count)
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
@@ -186,7 +188,7 @@ class WorkerPoolService(Service):
         args = [sys.executable, "-m", "timerserver.worker", "--number", str(number)]
         if "asyncio" in type(self.reactor).__module__:
             args += ["--reactor", "asyncio"]  # the workers run on the master's reactor
-        args += ["--fd", "3", "--family", self.sockets.family, "--", *self.options.argv]
+        args += ["--fd", "3", "--config", json.dumps(self.config.toData())]
         worker = WorkerProcess(self, number)
         self.workers[number] = worker
         self.reactor.spawnProcess(
@@ -263,7 +265,7 @@ class WorkerPoolService(Service):
         for worker in workers:
             worker.signal("TERM")
         killer = self.reactor.callLater(
-            self.options["shutdown-timeout"] + KILL_GRACE, self._killAll, workers
+            self.config.shutdownTimeout + KILL_GRACE, self._killAll, workers
         )
         self.sockets.close()
         d = defer.gatherResults([w.ended for w in workers])
@@ -279,7 +281,7 @@ class WorkerPoolService(Service):
                 "timerserver stopped listening on {description} and its {count} workers; "
                 "closed {closed} connections, cancelled {cancelled} timers, "
                 "skipped {skipped} messages to slow clients",
-                description=self.options["port"],
+                description=self.config.listener.description,
                 count=len(workers),
                 stopStats=totals,
                 **totals,

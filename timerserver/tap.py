@@ -4,10 +4,8 @@ C{twistd timerserver}: the command line, and the service it builds.
 
 from __future__ import annotations
 
-import math
 import os
 import re
-import sys
 from typing import Any, cast
 
 from twisted.application.service import IService, MultiService
@@ -17,30 +15,31 @@ from twisted.python import usage
 
 from timerserver._queuebase import DEFAULT_MAXIMUM_TIMEOUT
 from timerserver.clock import useMonotonicTime
-from timerserver.endpoint import DEFAULT_BACKLOG, serverEndpoint
-from timerserver.factory import TimerServerFactory
-from timerserver.interfaces import IQueueTimers
-from timerserver.lateness import LatenessHistogram
-from timerserver.monitor import TimerQueueCounters
-from timerserver.protocol import (
+from timerserver.config import (
     DEFAULT_GOODBYE,
+    DEFAULT_GRANULARITY,
+    DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_MESSAGE,
     DEFAULT_INTERVAL,
     DEFAULT_MAX_BUFFER,
     DEFAULT_MESSAGE,
+    DEFAULT_PORT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_STALL_TIMEOUT,
     DEFAULT_WELCOME,
+    FILE_RESERVE,
+    QUEUES,
+    ServerConfig,
 )
-from timerserver.reactorqueue import ReactorTimerQueue
-from timerserver.service import DEFAULT_SHUTDOWN_TIMEOUT, TimerServerService
-from timerserver.wheel import TimerWheel
+from timerserver.listener import DEFAULT_BACKLOG, DEFAULT_PROXY_FROM, MAX_BACKLOG, Listener
 
-DEFAULT_PORT = "tcp:5050:interface=127.0.0.1"
-DEFAULT_GRANULARITY = 0.01
-FILE_RESERVE = 64
-"""Descriptors kept back from --max-connections for the listening port, logs
-and the refusals themselves."""
-QUEUES = ("wheel", "reactor")
+MIN_SECONDS = 0.001
+"""The shortest time any option takes: below a millisecond a timer is noise."""
+MAX_SECONDS = DEFAULT_MAXIMUM_TIMEOUT
+MAX_COUNT = 10_000_000
+"""The most connections any option counts (far above what a process can hold)."""
+MAX_BUFFER = 1 << 30
+MAX_WORKERS = 64
 
 _ESCAPES = {"r": "\r", "n": "\n", "t": "\t", "\\": "\\"}
 
@@ -69,46 +68,41 @@ def unescape(text: str, option: str) -> bytes:
     return os.fsencode(re.sub(r"\\(.?)", replace, text, flags=re.DOTALL))
 
 
-def positiveSeconds(value: str, option: str, maximum: float) -> float:
-    """Parse a number of seconds, > 0 and <= C{maximum}."""
+def seconds(value: str, option: str, maximum: float = MAX_SECONDS, off: bool = False) -> float:
+    """
+    Parse a number of seconds from L{MIN_SECONDS} to C{maximum}; with C{off},
+    0 too (meaning never).
+    """
     try:
-        seconds = float(value)
+        number = float(value)
     except ValueError:
         raise usage.UsageError(f"--{option}: not a number of seconds: {value!r}") from None
-    if not (0 < seconds <= maximum) or math.isnan(seconds):
-        raise usage.UsageError(f"--{option}: must be > 0 and <= {maximum}, not {value!r}")
-    return seconds
+    if off and number == 0:
+        return 0.0
+    if not MIN_SECONDS <= number <= maximum:  # NaN fails this too
+        zero = "0 or " if off else ""
+        raise usage.UsageError(
+            f"--{option}: must be {zero}{MIN_SECONDS} to {maximum} seconds, not {value!r}"
+        )
+    return number
 
 
-def _isZero(value: str) -> bool:
-    try:
-        return float(value) == 0
-    except ValueError:
-        return False
-
-
-def wholeNumber(value: str, option: str, minimum: int) -> int:
-    """Parse a whole number >= C{minimum}."""
+def wholeNumber(value: str, option: str, minimum: int, maximum: int = MAX_COUNT) -> int:
+    """Parse a whole number from C{minimum} to C{maximum}."""
     try:
         number = int(value)
     except ValueError:
         raise usage.UsageError(f"--{option}: not a whole number: {value!r}") from None
-    if number < minimum:
-        raise usage.UsageError(f"--{option}: must be >= {minimum}, not {value!r}")
+    if not minimum <= number <= maximum:
+        raise usage.UsageError(f"--{option}: must be {minimum} to {maximum}, not {value!r}")
     return number
-
-
-MAX_WORKERS = 64
 
 
 def workerCount(value: str) -> int:
     """Parse C{--workers}: a whole number from 1 to L{MAX_WORKERS}, or C{auto}."""
     if value == "auto":
         return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
-    number = wholeNumber(value, "workers", 1)
-    if number > MAX_WORKERS:
-        raise usage.UsageError(f"--workers: at most {MAX_WORKERS}, not {value!r}")
-    return number
+    return wholeNumber(value, "workers", 1, MAX_WORKERS)
 
 
 def openFileLimit() -> int:
@@ -145,7 +139,7 @@ class Options(usage.Options):
     optFlags = [["no-welcome", None, "Send no welcome message."]]
     optParameters: list[list[Any]] = [
         ["port", "p", DEFAULT_PORT, "Server endpoint string to listen on."],
-        ["backlog", None, str(DEFAULT_BACKLOG), "Listen queue, unless --port names backlog=."],
+        ["backlog", None, str(DEFAULT_BACKLOG), "Listen queue (1-65535) unless --port says."],
         ["interval", "i", str(DEFAULT_INTERVAL), "Seconds between periodic messages."],
         ["welcome", None, escape(DEFAULT_WELCOME), "Welcome text (\\r \\n \\t \\\\)."],
         ["message", "m", escape(DEFAULT_MESSAGE), "Periodic text (\\r \\n \\t \\\\)."],
@@ -166,6 +160,19 @@ class Options(usage.Options):
         ["workers", None, "1", f"Worker processes, 1-{MAX_WORKERS} or auto (one per core)."],
         ["goodbye", None, escape(DEFAULT_GOODBYE), "Text sent to every client on shutdown."],
         ["shutdown-timeout", None, str(DEFAULT_SHUTDOWN_TIMEOUT), "Seconds to wait for closes."],
+        [
+            "handshake-timeout",
+            None,
+            str(DEFAULT_HANDSHAKE_TIMEOUT),
+            "Seconds to finish the TLS handshake / send the PROXY header.",
+        ],
+        [
+            "proxy-from",
+            None,
+            None,
+            "CIDRs that may send PROXY headers (haproxy: ports), or 'any'. "
+            f"Default: {DEFAULT_PROXY_FROM.replace(',', ', ')}.",
+        ],
     ]
     compData = usage.Completions(optActions={"timer-queue": usage.CompleteList(list(QUEUES))})
 
@@ -174,7 +181,6 @@ class Options(usage.Options):
         self._reactor = reactor
 
     def parseOptions(self, options: Any = None) -> None:
-        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             usage.Options.parseOptions(self, options)
         except usage.UsageError as e:
@@ -184,97 +190,62 @@ class Options(usage.Options):
             raise SystemExit(f"twistd timerserver: {e}") from None
 
     def postOptions(self) -> None:
+        """Check every value and build L{config}: the frozen L{ServerConfig}."""
         if self["timer-queue"] not in QUEUES:
             raise usage.UsageError(
                 f"--timer-queue: must be one of {', '.join(QUEUES)}, not {self['timer-queue']!r}"
             )
-        if self["granularity"] is None:
-            self["granularity"] = DEFAULT_GRANULARITY
-        elif self["timer-queue"] != "wheel":
-            raise usage.UsageError("--granularity: only applies to --timer-queue wheel")
-        else:
-            self["granularity"] = positiveSeconds(self["granularity"], "granularity", 60.0)
-        self["interval"] = positiveSeconds(self["interval"], "interval", DEFAULT_MAXIMUM_TIMEOUT)
-        self["welcome"] = b"" if self["no-welcome"] else unescape(self["welcome"], "welcome")
-        self["message"] = unescape(self["message"], "message")
-        self["idle-message"] = unescape(self["idle-message"], "idle-message")
-        self["goodbye"] = unescape(self["goodbye"], "goodbye")
-        limit = DEFAULT_MAXIMUM_TIMEOUT
-        self["stall-timeout"] = positiveSeconds(self["stall-timeout"], "stall-timeout", limit)
-        self["shutdown-timeout"] = positiveSeconds(
-            self["shutdown-timeout"], "shutdown-timeout", limit
+        granularity = DEFAULT_GRANULARITY
+        if self["granularity"] is not None:
+            if self["timer-queue"] != "wheel":
+                raise usage.UsageError("--granularity: only applies to --timer-queue wheel")
+            granularity = seconds(self["granularity"], "granularity", 60.0)
+        maxConnections = (
+            max(1, openFileLimit() - FILE_RESERVE)
+            if self["max-connections"] is None
+            else wholeNumber(self["max-connections"], "max-connections", 1)
         )
-        idle = self["idle-timeout"]
-        self["idle-timeout"] = (
-            0.0 if _isZero(idle) else positiveSeconds(idle, "idle-timeout", limit)
+        backlog = wholeNumber(self["backlog"], "backlog", 1, MAX_BACKLOG)
+        workers = workerCount(self["workers"])
+        self.config = ServerConfig(
+            listener=Listener.parse(self["port"], backlog, self["proxy-from"]),
+            interval=seconds(self["interval"], "interval"),
+            welcome=b"" if self["no-welcome"] else unescape(self["welcome"], "welcome"),
+            message=unescape(self["message"], "message"),
+            queue=self["timer-queue"],
+            granularity=granularity,
+            stallTimeout=seconds(self["stall-timeout"], "stall-timeout"),
+            maxBuffer=wholeNumber(self["max-buffer"], "max-buffer", 1, MAX_BUFFER),
+            idleTimeout=seconds(self["idle-timeout"], "idle-timeout", off=True),
+            idleMessage=unescape(self["idle-message"], "idle-message"),
+            goodbye=unescape(self["goodbye"], "goodbye"),
+            shutdownTimeout=seconds(self["shutdown-timeout"], "shutdown-timeout"),
+            handshakeTimeout=seconds(self["handshake-timeout"], "handshake-timeout"),
+            maxConnections=maxConnections,
+            maxPerPeer=wholeNumber(self["max-per-peer"], "max-per-peer", 0),
+            workers=workers,
+            metrics=self["metrics"],
         )
-        self["max-buffer"] = wholeNumber(self["max-buffer"], "max-buffer", 1)
-        self["max-per-peer"] = wholeNumber(self["max-per-peer"], "max-per-peer", 0)
-        if self["max-connections"] is None:
-            self["max-connections"] = max(1, openFileLimit() - FILE_RESERVE)
-        else:
-            self["max-connections"] = wholeNumber(self["max-connections"], "max-connections", 1)
         if self._reactor is None:
             from twisted.internet import reactor
 
             self._reactor = reactor
-        self["backlog"] = wholeNumber(self["backlog"], "backlog", 1)
-        self["workers"] = workerCount(self["workers"])
-        self.endpoint = self.makeEndpoint()
-        self.metricsEndpoint = self.makeMetricsEndpoint() if self["metrics"] else None
-
-    def makeMetricsEndpoint(self) -> Any:
-        """The endpoint C{--metrics} names; prometheus-client must be installed."""
-        try:
-            import prometheus_client  # noqa: F401
-        except ImportError:
-            raise usage.UsageError(
-                "--metrics: needs prometheus-client: pip install 'timerserver[metrics]'"
-            ) from None
-        try:
-            return serverFromString(self._reactor, self["metrics"])
-        except Exception as e:
-            raise usage.UsageError(f"--metrics: cannot use {self['metrics']!r}: {e}") from None
-
-    def makeEndpoint(self) -> Any:
-        """The endpoint C{--port} names, with the default backlog."""
-        return serverEndpoint(self._reactor, self["port"], self["backlog"])
+        if self["metrics"]:
+            metricsEndpoint(self._reactor, self["metrics"])
 
 
-def makeQueue(
-    options: Options, reactor: IReactorTime, monitor: TimerQueueCounters | None = None
-) -> IQueueTimers:
-    """The timer queue the options ask for."""
-    if options["timer-queue"] == "reactor":
-        return ReactorTimerQueue(reactor, monitor=monitor)
-    return TimerWheel(reactor, granularity=options["granularity"], monitor=monitor)
-
-
-def makeServer(options: Options, reactor: IReactorTime, endpoint: Any) -> TimerServerService:
-    """
-    One server process's service: a queue, the factory, and the listening
-    service; with C{--metrics}, the queue's counters (C{service.monitor}) and
-    the lateness histogram too.
-    """
-    monitor = TimerQueueCounters() if options["metrics"] else None
-    factory = TimerServerFactory(
-        makeQueue(options, reactor, monitor),
-        welcome=options["welcome"],
-        message=options["message"],
-        interval=options["interval"],
-        idleTimeout=options["idle-timeout"],
-        idleMessage=options["idle-message"],
-        stallTimeout=options["stall-timeout"],
-        maxBuffer=options["max-buffer"],
-        maxConnections=options["max-connections"],
-        maxPerPeer=options["max-per-peer"],
-        goodbye=options["goodbye"],
-    )
-    if monitor is not None:
-        factory.lateness = LatenessHistogram()
-    service = TimerServerService(endpoint, options["port"], factory, options["shutdown-timeout"])
-    service.monitor = monitor
-    return service
+def metricsEndpoint(reactor: Any, description: str) -> Any:
+    """The endpoint C{--metrics} names; prometheus-client must be installed."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise usage.UsageError(
+            "--metrics: needs prometheus-client: pip install 'timerserver[metrics]'"
+        ) from None
+    try:
+        return serverFromString(reactor, description)
+    except Exception as e:
+        raise usage.UsageError(f"--metrics: cannot use {description!r}: {e}") from None
 
 
 def makeService(options: Options) -> IService:
@@ -282,25 +253,29 @@ def makeService(options: Options) -> IService:
     Build the service C{twistd timerserver} runs: the server itself, or with
     C{--workers} N > 1 the master that supervises N worker processes.
     """
+    config: ServerConfig = options.config
     reactor = cast(IReactorTime, options._reactor)
     # Before anything is scheduled: a wall-clock step moves no timer.
     useMonotonicTime(reactor)
     parent = MultiService()
-    if options["workers"] > 1:
+    if config.workers > 1:
         from timerserver.supervisor import WorkerPoolService
 
-        pool = WorkerPoolService(options, reactor)
+        pool = WorkerPoolService(config, reactor)
         parent.addService(pool)
         source = pool.metricsSource
     else:
-        server = makeServer(options, reactor, options.endpoint)
+        from timerserver.service import buildServer
+
+        server = buildServer(config, reactor)
         parent.addService(server)
-        if options["metrics"]:
+        if config.metrics:
             from timerserver.metrics import localSource
 
-            source = localSource(server.factory, server.monitor)
-    if options["metrics"]:
+            source = localSource(server.factory, server.monitor, server.admission)
+    if config.metrics:
         from timerserver.metrics import MetricsService
 
-        parent.addService(MetricsService(options.metricsEndpoint, options["metrics"], source))
+        endpoint = metricsEndpoint(reactor, config.metrics)
+        parent.addService(MetricsService(endpoint, config.metrics, source))
     return parent

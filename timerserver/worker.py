@@ -1,7 +1,8 @@
 """
 One worker process of C{twistd timerserver --workers N}: the same server on
 a listening socket its master hands it, run as
-C{python -m timerserver.worker --number K --fd 3 --family INET -- OPTIONS}.
+C{python -m timerserver.worker --number K --fd 3 --config JSON}, where JSON
+is the master's L{ServerConfig} as data.
 
 The master talks to it over three pipes:
 
@@ -19,55 +20,17 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sys
 from typing import Any, TextIO
 
-from twisted.internet import defer, stdio
+from twisted.internet import stdio
 from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python import usage
 
 from timerserver.clock import useMonotonicTime
-from timerserver.endpoint import endpointKind, layered, serverEndpoint, tlsContextFactory
-from timerserver.service import TimerServerService
-from timerserver.tap import Options, makeServer
-
-FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
-
-
-class AdoptedEndpoint:
-    """
-    Listens on an inherited listening socket with the layers C{--port} names
-    (PROXY header, TLS), as L{timerserver.endpoint.serverEndpoint} does.
-    """
-
-    def __init__(self, reactor: Any, fd: int, family: int, options: Options) -> None:
-        self.reactor = reactor
-        self.fd = fd
-        self.family = family
-        layers = endpointKind(options["port"]).split(":")
-        self.haproxy = "haproxy" in layers
-        self.tls = (
-            tlsContextFactory(serverEndpoint(reactor, options["port"], options["backlog"]))
-            if "ssl" in layers
-            else None
-        )
-
-    def listen(self, factory: Any) -> defer.Deferred[Any]:
-        """Adopt the listening socket with C{factory} wrapped as C{--port} says."""
-        wrapped = layered(factory, self.tls, self.haproxy)
-        return defer.execute(self.reactor.adoptStreamPort, self.fd, self.family, wrapped)
-
-
-class WorkerOptions(Options):
-    """The server's options, without listening on C{--port} (the master did)."""
-
-    def makeEndpoint(self) -> Any:
-        return None
-
-    def makeMetricsEndpoint(self) -> Any:
-        return None  # the master serves the metrics; a worker only counts
+from timerserver.config import ServerConfig
+from timerserver.service import TimerServerService, buildServer
 
 
 class Control(LineOnlyReceiver):
@@ -103,7 +66,7 @@ class Worker:
             return {}
         from timerserver.metrics import snapshot
 
-        return snapshot(self.server.factory, self.server.monitor)
+        return snapshot(self.server.factory, self.server.monitor, self.server.admission)
 
     def reply(self, message: dict[str, Any]) -> None:
         """Write C{message} to the master as one JSON line."""
@@ -140,9 +103,8 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m timerserver.worker")
     parser.add_argument("--number", type=int, required=True)
     parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--family", choices=sorted(FAMILIES), required=True)
+    parser.add_argument("--config", required=True)
     parser.add_argument("--reactor", choices=["default", "asyncio"], default="default")
-    parser.add_argument("options", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.reactor == "asyncio":
         from twisted.internet import asyncioreactor
@@ -154,11 +116,9 @@ def main(argv: list[str]) -> None:
 
     useMonotonicTime(reactor)
     try:
-        options = WorkerOptions(reactor=reactor)
-        options.parseOptions([a for a in args.options if a != "--"])
-        endpoint = AdoptedEndpoint(reactor, args.fd, FAMILIES[args.family], options)
-        server = makeServer(options, reactor, endpoint)
-    except usage.UsageError as e:
+        config = ServerConfig.fromData(json.loads(args.config))
+        server = buildServer(config, reactor, fd=args.fd)
+    except (usage.UsageError, ValueError) as e:
         # The master checked the same options: something changed since
         # (a certificate removed, say).  One line, and the master backs off.
         sys.stderr.write(f"{e}\n")

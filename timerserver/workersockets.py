@@ -21,19 +21,13 @@ from __future__ import annotations
 import socket
 from typing import Any, cast
 
-from twisted.internet.abstract import FileDescriptor, isIPv6Address
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 
+from timerserver.listener import FAMILIES, Listener
 from timerserver.service import listenOrExit
-
-_FAMILY_NAMES: dict[int, str] = {
-    socket.AF_INET: "INET",
-    socket.AF_INET6: "INET6",
-    socket.AF_UNIX: "UNIX",
-}
-_TCP_ENDPOINTS = frozenset({"TCP4ServerEndpoint", "TCP6ServerEndpoint", "SSL4ServerEndpoint"})
 
 
 class _NeverServes(Factory):
@@ -47,34 +41,20 @@ class _NeverServes(Factory):
         return "timerserver master"
 
 
-def _tcpEndpoint(endpoint: Any) -> Any:
-    """The TCP endpoint (plain or TLS) inside C{endpoint}'s wrappers, or C{None}."""
-    while endpoint is not None:
-        if type(endpoint).__name__ in (
-            "TCP4ServerEndpoint",
-            "TCP6ServerEndpoint",
-            "SSL4ServerEndpoint",
-        ):
-            return endpoint
-        endpoint = getattr(endpoint, "_wrappedEndpoint", None)
-    return None
-
-
 class WorkerSockets:
     """
-    Listens for C{count} workers on C{endpoint}.
+    Listens for C{count} workers as C{listener} says.
 
     @ivar fds: the descriptor each worker gets (worker K gets C{fds[K - 1]}).
-    @ivar family: the address family's name, for C{adoptStreamPort}.
     @ivar address: where it listens, as Twisted prints an address.
     """
 
-    def __init__(self, endpoint: Any, description: str, count: int) -> None:
-        self.endpoint = endpoint
-        self.description = description
+    def __init__(self, listener: Listener, reactor: Any, count: int) -> None:
+        self.listener = listener
+        self.reactor = reactor
+        self.description = listener.description
         self.count = count
         self.fds: list[int] = []
-        self.family = "INET"
         self.address: object = None
         self._sockets: list[socket.socket] = []
         self._port: IListeningPort | None = None
@@ -86,35 +66,30 @@ class WorkerSockets:
 
     def listen(self) -> None:
         """Listen now, or exit with one line (as a single server would)."""
-        tcp = _tcpEndpoint(self.endpoint)
-        if tcp is not None and hasattr(socket, "SO_REUSEPORT"):
-            self._listenReusePort(tcp)
+        if self.listener.reusePort:
+            self._listenReusePort()
         else:
-            port = listenOrExit(self.endpoint, _NeverServes(), self.description)
+            endpoint = self.listener.endpoint(self.reactor)
+            port = listenOrExit(endpoint, _NeverServes(), self.description)
             descriptor = cast(FileDescriptor, port)  # tcp.Port or unix.Port
             descriptor.stopReading()
             self._port = port
             self.address = port.getHost()
-            self.family = _FAMILY_NAMES[_family(self.address)]
             self.fds = [descriptor.fileno()] * self.count
 
-    def _listenReusePort(self, tcp: Any) -> None:
-        interface = tcp._interface
-        family = (
-            socket.AF_INET6
-            if type(tcp).__name__ == "TCP6ServerEndpoint" or isIPv6Address(interface)
-            else socket.AF_INET
-        )
-        port = tcp._port
+    def _listenReusePort(self) -> None:
+        listener = self.listener
+        family = FAMILIES[listener.family]
+        port = listener.port
         try:
             for _ in range(self.count):
                 sock = socket.socket(family, socket.SOCK_STREAM)
                 self._sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.bind((interface, port))
+                sock.bind((listener.host, port))
                 port = sock.getsockname()[1]
-                sock.listen(tcp._backlog)
+                sock.listen(listener.backlog)
                 sock.setblocking(False)
         except OSError as e:
             self.close()
@@ -122,7 +97,6 @@ class WorkerSockets:
                 f"twistd timerserver: cannot listen on {self.description}: {e.strerror}"
             ) from None
         host = self._sockets[0].getsockname()[0]
-        self.family = _FAMILY_NAMES[family]
         self.address = (IPv6Address if family == socket.AF_INET6 else IPv4Address)(
             "TCP", host, port
         )
@@ -136,9 +110,3 @@ class WorkerSockets:
         if self._port is not None:
             self._port.stopListening()
             self._port = None
-
-
-def _family(address: object) -> int:
-    if isinstance(address, UNIXAddress):
-        return socket.AF_UNIX
-    return socket.AF_INET6 if isinstance(address, IPv6Address) else socket.AF_INET

@@ -1,0 +1,228 @@
+"""
+Admission at the socket: every socket counted from accept, whatever its
+stage; refusals before a byte is read; the handshake deadline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv6Address
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests import helpers
+from tests.test_proxyheader import v1
+from timerserver import TimerQueueCounters, TimerWheel
+from timerserver.admission import BUSY, Busy, Gate
+from timerserver.factory import TimerServerFactory
+from timerserver.listener import parseTrusted
+from timerserver.protocol import TimerServerProtocol
+
+LOCAL = tuple(__import__("ipaddress").ip_network(n) for n in parseTrusted("127.0.0.0/8,::1"))
+
+
+class Harness:
+    def __init__(self, proxy: bool = False, **options: Any) -> None:
+        self.clock = Clock()
+        self.clock.advance(10)
+        self.counters = TimerQueueCounters()
+        self.factory = TimerServerFactory(
+            TimerWheel(self.clock, monitor=self.counters), welcome=b"hi\r\n", reactor=self.clock
+        )
+        self.logged: list[tuple[Any, ...]] = []
+        self.factory.events.event = lambda *a: self.logged.append(a)  # type: ignore[method-assign]
+        self.admission = helpers.admission(self.factory, proxy=proxy, **options)
+
+    def accept(self, host: str = "127.0.0.1", port: int = 40000) -> tuple[Any, StringTransport]:
+        """What the listening port does at accept: buildProtocol, then makeConnection."""
+        address = helpers.peer(host, port)
+        proto = self.admission.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        if proto is not None:
+            proto.makeConnection(transport)
+        return proto, transport
+
+    def elapse(self, seconds: float) -> None:
+        helpers.elapse(self.clock, seconds, 0.05)
+
+
+class PlainTests(SynchronousTestCase):
+    def test_admittedSocketsReachTheServerAtOnce(self) -> None:
+        h = Harness(maxConnections=2)
+        gate, transport = h.accept()
+        self.assertIsInstance(gate, Gate)
+        self.assertIsInstance(gate.wrappedProtocol, TimerServerProtocol)
+        self.assertEqual(transport.value(), b"hi\r\n")
+        self.assertEqual((h.admission.open, h.admission.accepted), (1, 1))
+        self.assertEqual(h.admission.handshaking, set())
+
+    def test_overTheLimitIsToldBusyAndClosed(self) -> None:
+        h = Harness(maxConnections=2)
+        (a, _), _ = h.accept(port=1), h.accept(port=2)
+        refused, transport = h.accept(port=3)
+        self.assertIsInstance(refused, Busy)
+        self.assertEqual(transport.value(), BUSY)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(h.admission.refused["full"], 1)
+        self.assertEqual(h.counters.created, 4)  # two per admitted socket, none for the refused
+        self.assertEqual([kind for kind, *_ in h.logged], ["refused"])
+        helpers.lose(a)
+        again, transport = h.accept(port=4)
+        self.assertIsInstance(again, Gate)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(h.admission.open, 2)
+
+    def test_perPeerIsCountedAtAccept(self) -> None:
+        h = Harness(maxPerPeer=1)
+        a, _ = h.accept("10.0.0.1", 1)
+        refused, tr = h.accept("10.0.0.1", 2)
+        other, _ = h.accept("10.0.0.2", 3)
+        self.assertEqual(tr.value(), BUSY)
+        self.assertEqual(h.admission.refused["peer"], 1)
+        self.assertEqual(h.admission.perPeer, {"10.0.0.1": 1, "10.0.0.2": 1})
+        helpers.lose(a)
+        helpers.lose(other)
+        self.assertEqual((h.admission.perPeer, h.admission.open), ({}, 0))
+
+    def test_halfCloseReachesTheServer(self) -> None:
+        h = Harness()
+        gate, transport = h.accept()
+        self.assertTrue(IHalfCloseableProtocol.providedBy(gate))
+        gate.dataReceived(b"echo me")
+        gate.readConnectionLost()
+        self.assertTrue(transport.disconnecting)  # flushed, then closed
+        self.assertTrue(transport.value().endswith(b"echo me"))
+
+    @settings(max_examples=50, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(st.sampled_from(["open", "close", "abort"]), st.integers(0, 3)), max_size=60
+        )
+    )
+    def test_countsNeverDrift(self, steps: list[tuple[str, int]]) -> None:
+        h = Harness(maxConnections=5, maxPerPeer=2)
+        open_: list[Gate] = []
+        for action, host in steps:
+            if action == "open":
+                proto, _ = h.accept(f"10.0.0.{host}", len(open_))
+                if isinstance(proto, Gate):
+                    open_.append(proto)
+            elif open_:
+                gate = open_.pop(host % len(open_))
+                if action == "abort":
+                    gate.wrappedProtocol.abort("test", reason="stalled")
+                helpers.lose(gate)
+            self.assertEqual(h.admission.open, len(open_))
+            self.assertEqual(len(h.factory.connections), len(open_))
+            self.assertLessEqual(len(open_), 5)
+            self.assertEqual(sum(h.admission.perPeer.values()), len(open_))
+            self.assertTrue(all(n <= 2 for n in h.admission.perPeer.values()))
+        for gate in open_:
+            helpers.lose(gate)
+        self.assertEqual((h.admission.open, h.admission.perPeer), (0, {}))
+        self.assertEqual((h.counters.pending, h.counters.live), (0, 0))
+
+
+class HandshakeTests(SynchronousTestCase):
+    def test_silentSocketIsAbortedAtTheDeadline(self) -> None:
+        h = Harness(proxy=True, handshakeTimeout=2.0, trusted=LOCAL)
+        gate, transport = h.accept()
+        self.assertEqual(h.admission.handshaking, {gate})
+        self.assertEqual(h.factory.connections, set())
+        h.elapse(1.9)
+        self.assertFalse(transport.disconnected)
+        h.elapse(0.2)
+        self.assertTrue(transport.disconnected)
+        helpers.lose(gate)
+        self.assertEqual(h.admission.closed["handshake"], 1)
+        self.assertEqual(h.admission.open, 0)
+        [(kind, _peer, why)] = h.logged
+        self.assertEqual(kind, "dropped")
+        self.assertIn("within 2.0s", why)
+        self.assertEqual((h.counters.pending, h.counters.live), (0, 0))
+
+    def test_headerInTimeEndsTheDeadline(self) -> None:
+        h = Harness(proxy=True, handshakeTimeout=2.0, trusted=LOCAL)
+        gate, transport = h.accept()
+        gate.dataReceived(v1("192.0.2.7"))
+        self.assertEqual(h.admission.handshaking, set())
+        h.elapse(3)
+        self.assertFalse(transport.disconnected)
+        self.assertEqual(helpers.server(gate).transport.getPeer().host, "192.0.2.7")
+
+    def test_fullIsClosedWithoutAWord(self) -> None:
+        h = Harness(proxy=True, handshakeTimeout=2.0, trusted=LOCAL, maxConnections=1)
+        h.accept()
+        refused, _ = h.accept(port=2)
+        self.assertIsNone(refused)  # the port closes the socket before reading
+        self.assertEqual(h.admission.refused["full"], 1)
+
+    def test_socketsInTheirHandshakeCountTowardTheLimit(self) -> None:
+        h = Harness(proxy=True, handshakeTimeout=5.0, trusted=LOCAL, maxConnections=3)
+        results = [h.accept(port=i)[0] for i in range(10)]
+        self.assertEqual(sum(isinstance(r, Gate) for r in results), 3)
+        self.assertEqual(h.admission.refused["full"], 7)
+
+    def test_shutdownAbortsThoseInTheirHandshake(self) -> None:
+        h = Harness(proxy=True, handshakeTimeout=5.0, trusted=LOCAL)
+        waiting, tw = h.accept(port=1)
+        served, ts = h.accept(port=2)
+        served.dataReceived(v1("192.0.2.7"))
+        self.assertEqual(h.admission.abortHandshaking(), 1)
+        self.assertTrue(tw.disconnected)
+        self.assertFalse(ts.disconnected)
+        helpers.lose(waiting)
+        self.assertEqual(h.admission.closed["shutdown"], 1)
+
+    def test_headerPerPeerLimitUsesTheClientsAddress(self) -> None:
+        h = Harness(proxy=True, handshakeTimeout=5.0, trusted=LOCAL, maxPerPeer=1)
+        first, _ = h.accept(port=1)
+        first.dataReceived(v1("192.0.2.7"))
+        second, t2 = h.accept(port=2)  # the same proxy: not counted at accept
+        second.dataReceived(v1("192.0.2.7", 50001))
+        self.assertTrue(t2.disconnected)
+        self.assertEqual(t2.value(), b"")
+        self.assertEqual(h.admission.refused["peer"], 1)
+        helpers.lose(second)
+        self.assertEqual(h.admission.closed, {})  # refused, not closed
+        self.assertEqual(h.admission.perPeer, {"192.0.2.7": 1})
+        third, t3 = h.accept(port=3)
+        third.dataReceived(v1("192.0.2.8"))
+        self.assertFalse(t3.disconnected)
+
+
+class TrustedTests(SynchronousTestCase):
+    def test_untrustedIsClosedAtAccept(self) -> None:
+        h = Harness(proxy=True, handshakeTimeout=5.0, trusted=LOCAL)
+        refused, _ = h.accept("192.0.2.1")
+        self.assertIsNone(refused)
+        self.assertEqual(h.admission.refused["untrusted"], 1)
+        self.assertEqual(h.admission.open, 0)
+        [(kind, _peer, why)] = h.logged
+        self.assertEqual(kind, "refused")
+        self.assertIn("--proxy-from", why)
+
+    def test_trustedAddresses(self) -> None:
+        h = Harness(proxy=True, handshakeTimeout=5.0, trusted=LOCAL)
+        for host, trusted in (
+            ("127.0.0.1", True),
+            ("127.200.0.1", True),
+            ("::1", True),
+            ("::ffff:127.0.0.1", True),
+            ("::2", False),
+            ("128.0.0.1", False),
+            ("not an address", False),
+        ):
+            address = IPv6Address("TCP", host, 1) if ":" in host else helpers.peer(host)
+            self.assertEqual(h.admission.buildProtocol(address) is not None, trusted, host)
+
+    def test_anyTrustsEveryAddress(self) -> None:
+        every = tuple(__import__("ipaddress").ip_network(n) for n in parseTrusted("any"))
+        h = Harness(proxy=True, handshakeTimeout=5.0, trusted=every)
+        self.assertIsNotNone(h.accept("192.0.2.1")[0])
+        self.assertIsNotNone(h.admission.buildProtocol(IPv6Address("TCP", "2001:db8::1", 1)))

@@ -1,0 +1,250 @@
+"""
+Admission: the bottom of every connection's stack, as
+C{twisted.protocols.policies} keeps its limiting factories.
+
+L{Admission} is the factory the listening port calls at accept.  It counts
+every socket from that moment until it closes, whatever stage it is in
+(TLS handshake, waiting for its PROXY header, served), and refuses at once,
+before reading a byte, a socket that is over C{maxConnections}, over
+C{maxPerPeer} for its address, or (behind C{haproxy:}) from an address that
+may not send a PROXY header.
+
+Each admitted socket gets a L{Gate}: a thin layer that passes everything
+through, and that aborts the socket if the layers above it (PROXY header,
+TLS) have not delivered it to the protocol within C{handshakeTimeout}.  The
+abort is on the socket itself: over TLS, C{loseConnection} would wait for a
+handshake that never comes.
+
+A refused plain TCP client is told C{Server busy}; a refused TLS or PROXY
+socket is closed without a word, since answering it would mean a handshake
+(milliseconds of CPU per connect to whoever floods the port) or a reply to a
+peer that has not said who it is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from typing import Any
+
+from twisted.internet.interfaces import IAddress, IProtocolFactory
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from timerserver import reasons
+from timerserver.eventlog import EventLog
+from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
+from timerserver.layer import Layer
+
+BUSY = b"Server busy\r\n"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Busy(Protocol):
+    """Tells a refused plain TCP client C{Server busy} and closes."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(BUSY)  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class Admission(Factory):
+    """
+    Admits sockets for C{wrappedFactory} (the layers above: PROXY, TLS, the
+    server) and counts them until they close.
+
+    @param queue: the timer queue of the handshake deadlines.
+    @param events: where refusals and drops are logged (rate-limited).
+    @param maxConnections: sockets at once in any stage; C{None}: no limit.
+    @param maxPerPeer: sockets at once from one address; 0: no limit.  For
+        C{haproxy:} ports the address is the PROXY header's (L{Gate.claimPeer}).
+    @param handshakeTimeout: seconds a socket may take to reach the protocol
+        (PROXY header read, TLS handshake done), or C{None} where neither
+        applies (plain TCP).
+    @param trusted: who may connect at all (C{haproxy:} ports: the proxies),
+        or C{None} for anyone.
+    @param busy: tell refused clients C{Server busy} (plain TCP only).
+
+    @ivar open: sockets open now, in any stage.
+    @ivar accepted: sockets admitted since start.
+    @ivar refused: sockets refused, by reason.
+    @ivar closed: sockets that closed before reaching the protocol, by reason.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        wrappedFactory: IProtocolFactory,
+        queue: IQueueTimers,
+        events: EventLog,
+        *,
+        maxConnections: int | None = None,
+        maxPerPeer: int = 0,
+        handshakeTimeout: float | None = None,
+        trusted: tuple[Network, ...] | None = None,
+        busy: bool = True,
+    ) -> None:
+        self.wrappedFactory = wrappedFactory
+        self.queue = queue
+        self.events = events
+        self.maxConnections = maxConnections
+        self.maxPerPeer = maxPerPeer
+        self.handshakeTimeout = handshakeTimeout
+        self.trusted = trusted
+        self.busy = busy
+        self.open = 0
+        self.accepted = 0
+        self.perPeer: dict[str, int] = {}
+        self.handshaking: set[Gate] = set()
+        self.refused: Counter[str] = Counter()
+        self.closed: Counter[str] = Counter()
+
+    def logPrefix(self) -> str:
+        inner = self.wrappedFactory
+        return inner.logPrefix() if hasattr(inner, "logPrefix") else type(inner).__name__
+
+    def doStart(self) -> None:
+        self.wrappedFactory.doStart()
+
+    def doStop(self) -> None:
+        self.wrappedFactory.doStop()
+
+    def buildProtocol(self, addr: IAddress) -> Protocol | Gate | None:  # type: ignore[override]
+        """At accept: a L{Gate} for an admitted socket, else a refusal."""
+        host: str | None = getattr(addr, "host", None)
+        if self.trusted is not None and host is not None and not self._isTrusted(host):
+            return self._refuse(addr, reasons.UNTRUSTED, "not a trusted proxy (--proxy-from)")
+        if self.maxConnections is not None and self.open >= self.maxConnections:
+            return self._refuse(addr, reasons.FULL, "server full")
+        peer = host if self.trusted is None else None  # behind a proxy: the header's
+        if peer is not None and not self._peerRoom(peer):
+            return self._refuse(addr, reasons.PEER, "too many from host")
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        self.accepted += 1
+        gate = Gate(self, wrapped)
+        if peer is not None:
+            gate.claimPeer(peer)
+        return gate
+
+    def _isTrusted(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        mapped = getattr(address, "ipv4_mapped", None)
+        return any(
+            address in network or (mapped is not None and mapped in network)
+            for network in self.trusted or ()
+        )
+
+    def _peerRoom(self, peer: str) -> bool:
+        return not self.maxPerPeer or self.perPeer.get(peer, 0) < self.maxPerPeer
+
+    def _refuse(self, addr: object, reason: str, why: str) -> Protocol | None:
+        self.refused[reason] += 1
+        self.events.event("refused", addr, f": {why}")
+        return Busy() if self.busy and reason != reasons.UNTRUSTED else None
+
+    def abortHandshaking(self) -> int:
+        """Abort every socket that has not reached the protocol (at shutdown); how many."""
+        gates = list(self.handshaking)
+        for gate in gates:
+            gate.drop(reasons.SHUTDOWN, "still in its handshake at shutdown")
+        return len(gates)
+
+
+@implementer(ITimer)
+class Gate(Layer):
+    """
+    One admitted socket: passes everything between the socket and the layer
+    above it, counts the socket out when it closes, and holds the handshake
+    deadline until L{established}.
+    """
+
+    _handle: TimerHandle | None = None
+
+    def __init__(self, admission: Admission, wrapped: Any) -> None:
+        Layer.__init__(self, wrapped)
+        self.admission = admission
+        self.peer: str | None = None
+        self.reason: str | None = None
+        """Why the server dropped it before it reached the protocol."""
+        self.refused = False
+
+    def connectionMade(self) -> None:
+        admission = self.admission
+        admission.open += 1
+        timeout = admission.handshakeTimeout
+        if timeout is not None:
+            admission.handshaking.add(self)
+            self._handle = admission.queue.createTimer()
+            admission.queue.setTimer(self._handle, self, timeout)
+        self.wrappedProtocol.makeConnection(self)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        admission = self.admission
+        admission.open -= 1
+        if self.peer is not None:
+            left = admission.perPeer[self.peer] - 1
+            if left:
+                admission.perPeer[self.peer] = left
+            else:
+                del admission.perPeer[self.peer]
+        if self._handle is not None:
+            admission.handshaking.discard(self)
+            admission.queue.destroyTimer(self._handle)
+            self._handle = None
+            if not self.refused:
+                admission.closed[self.reason or reasons.CLIENT] += 1
+        Layer.connectionLost(self, reason)
+
+    def logPrefix(self) -> str:
+        return self.admission.logPrefix()
+
+    def claimPeer(self, peer: str) -> bool:
+        """Count this socket against C{peer}'s limit, or refuse it (C{False})."""
+        admission = self.admission
+        if not admission._peerRoom(peer):
+            admission.refused[reasons.PEER] += 1
+            self.refused = True
+            admission.events.event("refused", peer, ": too many from host")
+            self.abortConnection()
+            return False
+        self.peer = peer
+        admission.perPeer[peer] = admission.perPeer.get(peer, 0) + 1
+        return True
+
+    def established(self) -> None:
+        """The connection reached the protocol: its handshake deadline is off."""
+        if self._handle is not None:
+            self.admission.handshaking.discard(self)
+            self.admission.queue.destroyTimer(self._handle)
+            self._handle = None
+
+    def drop(self, reason: str, why: str) -> None:
+        """Abort the socket before it reached the protocol; log C{why}, count C{reason}."""
+        if self.reason is None:
+            self.reason = reason
+            self.admission.events.event("dropped", self.transport.getPeer(), f": {why}")
+        self.abortConnection()
+
+    def onTimer(self, userData: object) -> None:
+        """The handshake deadline passed."""
+        self.drop(
+            reasons.HANDSHAKE,
+            f"no TLS handshake or PROXY header within {self.admission.handshakeTimeout}s",
+        )
+
+
+def gateOf(transport: object) -> Gate | None:
+    """The L{Gate} at the bottom of C{transport}'s layers, if there is one."""
+    while transport is not None:
+        if type(transport) is Gate:
+            return transport
+        transport = getattr(transport, "transport", None)
+    return None

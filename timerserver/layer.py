@@ -1,0 +1,121 @@
+"""
+L{Layer}: a protocol that is also the transport of the protocol above it,
+passing everything through; the base of the layers the server puts under
+its protocol (admission's L{Gate<timerserver.admission.Gate>}, the PROXY
+header reader).
+
+Unlike C{twisted.protocols.policies.ProtocolWrapper} it declares its
+interfaces on the class (no C{directlyProvides} per connection), keeps no
+registry of its connections, and passes a half-close through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IPushProducer,
+    ITransport,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+
+@implementer(IProtocol, IHalfCloseableProtocol, ITransport, IConsumer, IPushProducer)
+class Layer:
+    """
+    Between a transport below and C{wrappedProtocol} above.  Subclasses
+    override what their layer does; the rest passes straight through.
+    """
+
+    transport: Any = None
+    connected = 0
+    disconnecting = False
+
+    def __init__(self, wrappedProtocol: Any) -> None:
+        self.wrappedProtocol = wrappedProtocol
+
+    # From below
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+        self.connected = 1
+        self.connectionMade()
+
+    def connectionMade(self) -> None:
+        """Connect the protocol above (subclasses may wait)."""
+        self.wrappedProtocol.makeConnection(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.wrappedProtocol.dataReceived(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.connected = 0
+        self.wrappedProtocol.connectionLost(reason)
+
+    def readConnectionLost(self) -> None:
+        """The peer half-closed: tell the protocol above, or close if it cannot take it."""
+        halfCloseable = IHalfCloseableProtocol(self.wrappedProtocol, None)
+        if halfCloseable is not None:
+            halfCloseable.readConnectionLost()
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        halfCloseable = IHalfCloseableProtocol(self.wrappedProtocol, None)
+        if halfCloseable is not None:
+            halfCloseable.writeConnectionLost()
+        else:
+            self.transport.loseConnection()
+
+    def logPrefix(self) -> str:
+        return type(self.wrappedProtocol).__name__
+
+    # To the protocol above: the transport below's own
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        self.transport.writeSequence(data)
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+        self.transport.loseConnection()
+
+    def abortConnection(self) -> None:
+        self.disconnecting = True
+        self.transport.abortConnection()
+
+    def loseWriteConnection(self) -> None:
+        self.transport.loseWriteConnection()
+
+    def getPeer(self) -> Any:
+        return self.transport.getPeer()
+
+    def getHost(self) -> Any:
+        return self.transport.getHost()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.transport.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else the transport below has (producerPaused, socket, ...).
+        if name.startswith("__") or self.transport is None:
+            raise AttributeError(name)
+        return getattr(self.transport, name)
