@@ -80,7 +80,7 @@ class PlainTests(SynchronousTestCase):
     def test_perPeerIsCountedAtAccept(self) -> None:
         h = Harness(maxPerPeer=1)
         a, _ = h.accept("10.0.0.1", 1)
-        refused, tr = h.accept("10.0.0.1", 2)
+        _refused, tr = h.accept("10.0.0.1", 2)
         other, _ = h.accept("10.0.0.2", 3)
         self.assertEqual(tr.value(), BUSY)
         self.assertEqual(h.admission.refused["peer"], 1)
@@ -185,8 +185,8 @@ class HandshakeTests(SynchronousTestCase):
         first.dataReceived(v1("192.0.2.7"))
         second, t2 = h.accept(port=2)  # the same proxy: not counted at accept
         second.dataReceived(v1("192.0.2.7", 50001))
-        self.assertTrue(t2.disconnected)
-        self.assertEqual(t2.value(), b"")
+        self.assertTrue(t2.disconnecting)
+        self.assertEqual(t2.value(), BUSY)
         self.assertEqual(h.admission.refused["peer"], 1)
         helpers.lose(second)
         self.assertEqual(h.admission.closed, {})  # refused, not closed

@@ -17,9 +17,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests import helpers
 from timerserver import ReactorTimerQueue, TimerQueueCounters, TimerWheel, useMonotonicTime
 from timerserver.clock import isMonotonic
+from timerserver.config import DEFAULT_MESSAGE
 from timerserver.eventlog import EventLog
 from timerserver.factory import TimerServerFactory
-from timerserver.config import DEFAULT_MESSAGE
 from timerserver.tap import Options, makeService
 
 HOUR = 3600.0

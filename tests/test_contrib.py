@@ -13,6 +13,7 @@ import subprocess
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests import helpers
 from tests.serverprocess import ROOT
 from timerserver import TimerQueueCounters, TimerWheel
 from timerserver.factory import TimerServerFactory
@@ -35,7 +36,7 @@ def exportedNames() -> set[str]:
     counters = TimerQueueCounters()
     factory = TimerServerFactory(TimerWheel(Clock(), monitor=counters))
     factory.lateness = LatenessHistogram()
-    one = snapshot(factory, counters)
+    one = snapshot(factory, counters, helpers.admission(factory))
     collector = SnapshotCollector(one, {"0": one["process"]})
     return {sample.name for family in collector.collect() for sample in family.samples}
 

@@ -1,6 +1,7 @@
 """
 Hostile clients and faults, at the protocol level: slow readers, idle
-clients, connection limits, and any sequence of them (hypothesis).  Driven
+clients, and any sequence of them (hypothesis); connection limits are in
+L{tests.test_admission}.  Driven
 by StringTransport and task.Clock.
 """
 
@@ -17,8 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests import helpers
 from tests.helpers import peer
 from timerserver import TimerQueueCounters, TimerWheel
-from timerserver.factory import TimerServerFactory
 from timerserver.config import DEFAULT_MESSAGE, DEFAULT_WELCOME
+from timerserver.factory import TimerServerFactory
 
 
 class GuardedTransport(StringTransport):
@@ -179,61 +180,6 @@ class IdleTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"bye\n")
 
 
-class LimitTests(SynchronousTestCase):
-    def test_maxConnections(self) -> None:
-        h = Harness(maxConnections=2)
-        (a, ta), _ = h.connect(port=1), h.connect(port=2)
-        refused, tr = h.connect(port=3)
-        self.assertEqual(tr.value(), b"Server busy\r\n")
-        self.assertTrue(tr.disconnecting)
-        self.assertEqual(h.counters.created, 4)  # the refused one has no timers
-        h.lose(refused, tr)
-        h.lose(a, ta)
-        _, tc = h.connect(port=4)
-        self.assertFalse(tc.disconnecting)
-        self.assertEqual(len(h.factory.connections), 2)
-
-    def test_maxPerPeer(self) -> None:
-        h = Harness(maxPerPeer=1)
-        a, ta = h.connect("10.0.0.1", 1)
-        _, tr = h.connect("10.0.0.1", 2)
-        _, tb = h.connect("10.0.0.2", 3)
-        self.assertEqual(tr.value(), b"Server busy\r\n")
-        self.assertFalse(tb.disconnecting)
-        h.lose(a, ta)
-        _, tc = h.connect("10.0.0.1", 4)
-        self.assertFalse(tc.disconnecting)
-        self.assertEqual(h.factory.perPeer, {"10.0.0.1": 1, "10.0.0.2": 1})
-
-    @settings(max_examples=50, deadline=None)
-    @given(
-        st.lists(
-            st.tuples(st.sampled_from(["open", "close", "abort"]), st.integers(0, 3)), max_size=60
-        )
-    )
-    def test_countersNeverDrift(self, steps: list[tuple[str, int]]) -> None:
-        h = Harness(maxConnections=5, maxPerPeer=2, stallTimeout=1.0)
-        open_: list[tuple[Any, GuardedTransport]] = []
-        for action, host in steps:
-            if action == "open":
-                open_.append(h.connect(f"10.0.0.{host}", len(open_)))
-            elif open_:
-                proto, transport = open_.pop(host % len(open_))
-                if action == "abort":
-                    proto.pauseProducing() if proto.admitted else None
-                    h.elapse(1.1, step=0.1)
-                h.lose(proto, transport)
-            admitted = [p for p, _ in open_ if p.admitted]
-            self.assertEqual(len(h.factory.connections), len(admitted))
-            self.assertLessEqual(len(admitted), 5)
-            self.assertEqual(sum(h.factory.perPeer.values()), len(admitted))
-            self.assertTrue(all(n <= 2 for n in h.factory.perPeer.values()))
-        for proto, transport in open_:
-            h.lose(proto, transport)
-        self.assertEqual((h.factory.connections, h.factory.perPeer), (set(), {}))
-        self.assertEqual((h.counters.pending, h.counters.live), (0, 0))
-
-
 ACTIONS = st.sampled_from(
     ["data", "bigdata", "pause", "resume", "halfclose", "lose", "tick", "wait"]
 )
@@ -278,7 +224,7 @@ class PropertyTests(SynchronousTestCase):
         self.assertEqual((h.counters.pending, h.counters.live), (0, 0))
         h.factory.events.stop()  # its rate-limit window is the only other call
         self.assertEqual(h.clock.getDelayedCalls(), [])
-        self.assertEqual((h.factory.connections, h.factory.perPeer), (set(), {}))
+        self.assertEqual(h.factory.connections, set())
 
 
 class WelcomeTests(SynchronousTestCase):

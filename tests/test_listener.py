@@ -116,7 +116,7 @@ class BadListenerTests(SynchronousTestCase):
 
     def test_sslWithoutPyOpenSSLNamesTheExtra(self) -> None:
         certs = Certificates()
-        key, cert = str(certs.key), str(certs.cert)
+        key = str(certs.key)
         with mock.patch.dict("sys.modules", {"OpenSSL": None}):
             for description in (f"ssl:5050:privateKey={key}", f"haproxy:ssl:5050:privateKey={key}"):
                 e = self.assertRaises(usage.UsageError, Listener.parse, description)

@@ -52,15 +52,21 @@ class LatenessHistogramTests(SynchronousTestCase):
 
 
 class SnapshotTests(SynchronousTestCase):
-    def harness(self, **options: Any) -> tuple[TimerServerFactory, TimerQueueCounters, Clock]:
+    def harness(
+        self, maxConnections: int | None = None, maxPerPeer: int = 0, **options: Any
+    ) -> tuple[TimerServerFactory, TimerQueueCounters, Clock]:
         clock = Clock()
         counters = TimerQueueCounters()
         factory = TimerServerFactory(TimerWheel(clock, monitor=counters), **options)
         factory.lateness = LatenessHistogram()
+        self.admission = helpers.admission(
+            factory, maxConnections=maxConnections, maxPerPeer=maxPerPeer
+        )
         return factory, counters, clock
 
     def connect(self, factory: TimerServerFactory, host: str) -> tuple[Any, StringTransport]:
-        return helpers.connect(factory, host)
+        gate, transport = helpers.connect(self.admission, host)
+        return getattr(gate, "wrappedProtocol", gate), transport
 
     def test_countsWhatHappened(self) -> None:
         factory, counters, clock = self.harness(
@@ -76,9 +82,9 @@ class SnapshotTests(SynchronousTestCase):
             clock.advance(0.01)
         for proto in (a, b, c):
             proto.connectionLost(None)  # a: idle closed it; all of them are gone now
-        s = snapshot(factory, counters)
+        s = snapshot(factory, counters, self.admission)
         self.assertEqual(s["accepted"], 3)
-        self.assertEqual(s["refused"], {"full": 1, "peer": 1})
+        self.assertEqual(s["refused"], {"full": 1, "peer": 1, "untrusted": 0})
         self.assertEqual(s["closed"]["idle"], 3)
         self.assertEqual(s["echo_bytes"], 5)
         self.assertEqual(s["periodic"], 9)  # 3 connections x 3 ticks in 1.1 s
@@ -106,7 +112,7 @@ class SnapshotTests(SynchronousTestCase):
         goodbye.connectionLost(None)
         plain, _ = self.connect(factory, "10.0.0.1")
         plain.connectionLost(None)
-        closed = snapshot(factory, counters)["closed"]
+        closed = snapshot(factory, counters, self.admission)["closed"]
         self.assertEqual(
             {k: v for k, v in closed.items() if v},
             {"stalled": 1, "buffer": 1, "client": 2, "shutdown": 1},

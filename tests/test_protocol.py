@@ -12,8 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests import helpers
 from timerserver import ReactorTimerQueue, TimerQueueCounters, TimerWheel
-from timerserver.factory import TimerServerFactory
 from timerserver.config import DEFAULT_MESSAGE, DEFAULT_WELCOME
+from timerserver.factory import TimerServerFactory
 from timerserver.protocol import TimerServerProtocol
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)

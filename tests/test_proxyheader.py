@@ -74,7 +74,7 @@ def read(data: bytes) -> Any:
 
 class HeaderReaderTests(SynchronousTestCase):
     def test_v1AndV2(self) -> None:
-        for header, family in ((v1("192.0.2.7"), 4), (v2("192.0.2.7"), 4)):
+        for header in (v1("192.0.2.7"), v2("192.0.2.7")):
             info, rest = read(header + b"after")
             self.assertEqual((info.source.host, info.source.port), ("192.0.2.7", 50000))
             self.assertEqual((info.destination.host, info.destination.port), ("192.0.2.9", 5050))

@@ -63,7 +63,9 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(o.config.welcome, b"hi\tthere\r\n")
         self.assertEqual(o.config.message, "tick \\ \u00e9\n".encode())
         self.assertEqual(o.config.granularity, 0.005)
-        self.assertEqual(parse("--port=unix:/tmp/x.sock").config.listener.description, "unix:/tmp/x.sock")
+        self.assertEqual(
+            parse("--port=unix:/tmp/x.sock").config.listener.description, "unix:/tmp/x.sock"
+        )
         self.assertEqual(parse("--port", "tcp6:5050:interface=\\:\\:1").config.interval, 2.0)
         self.assertEqual(parse("--interval", "3").config.interval, 3.0)
         self.assertEqual(parse("--timer-queue", "reactor").config.queue, "reactor")
@@ -79,7 +81,12 @@ class OptionsTests(SynchronousTestCase):
             (3.0, 4096, 60.0, b"bye\n"),
         )
         self.assertEqual(
-            (o.config.maxConnections, o.config.maxPerPeer, o.config.goodbye, o.config.shutdownTimeout),
+            (
+                o.config.maxConnections,
+                o.config.maxPerPeer,
+                o.config.goodbye,
+                o.config.shutdownTimeout,
+            ),
             (10, 2, b"later\r\n", 1.5),
         )
 

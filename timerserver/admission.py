@@ -128,7 +128,7 @@ class Admission(Factory):
         self.accepted += 1
         gate = Gate(self, wrapped)
         if peer is not None:
-            gate.claimPeer(peer)
+            gate.claimPeer(addr)
         return gate
 
     def _isTrusted(self, host: str) -> bool:
@@ -204,16 +204,25 @@ class Gate(Layer):
         Layer.connectionLost(self, reason)
 
     def logPrefix(self) -> str:
+        """How the socket is named in the log: as the listening port's factory."""
         return self.admission.logPrefix()
 
-    def claimPeer(self, peer: str) -> bool:
-        """Count this socket against C{peer}'s limit, or refuse it (C{False})."""
+    def claimPeer(self, address: Any, busy: bool = False) -> bool:
+        """
+        Count this socket against the limit of C{address}'s host, or refuse it
+        (C{False}): with C{busy}, C{Server busy} and a close, else an abort.
+        """
         admission = self.admission
+        peer: str = address.host
         if not admission._peerRoom(peer):
             admission.refused[reasons.PEER] += 1
             self.refused = True
-            admission.events.event("refused", peer, ": too many from host")
-            self.abortConnection()
+            admission.events.event("refused", address, ": too many from host")
+            if busy:
+                self.transport.write(BUSY)
+                self.loseConnection()
+            else:
+                self.abortConnection()
             return False
         self.peer = peer
         admission.perPeer[peer] = admission.perPeer.get(peer, 0) + 1

@@ -72,6 +72,7 @@ class Layer:
             self.transport.loseConnection()
 
     def logPrefix(self) -> str:
+        """How the connection is named in the log."""
         return type(self.wrappedProtocol).__name__
 
     # To the protocol above: the transport below's own
@@ -87,10 +88,12 @@ class Layer:
         self.transport.loseConnection()
 
     def abortConnection(self) -> None:
+        """Drop the connection at once (RST), whatever is queued."""
         self.disconnecting = True
         self.transport.abortConnection()
 
     def loseWriteConnection(self) -> None:
+        """Half-close: no more writes."""
         self.transport.loseWriteConnection()
 
     def getPeer(self) -> Any:

@@ -128,7 +128,9 @@ class Listener:
             kind = str(args[0]).strip().lower() if args else ""
         if proxyFrom is not None and not proxy:
             raise usage.UsageError("--proxy-from: only applies to haproxy: ports")
-        trusted = parseTrusted(DEFAULT_PROXY_FROM if proxyFrom is None else proxyFrom) if proxy else ()
+        trusted = (
+            parseTrusted(DEFAULT_PROXY_FROM if proxyFrom is None else proxyFrom) if proxy else ()
+        )
         if kind not in KINDS:
             raise _fail(description, f"unknown endpoint type {kind!r} (use {', '.join(KINDS)})")
         if "backlog" in kw:

@@ -55,9 +55,11 @@ class Shared(Structural):
     echoBytes: int
     lateness: LatenessHistogram | None
 
-    def started(self, proto: TimerServerProtocol) -> None: ...
+    def started(self, proto: TimerServerProtocol) -> None:
+        """C{proto} reached the protocol and is served now."""
 
-    def release(self, proto: TimerServerProtocol) -> None: ...
+    def release(self, proto: TimerServerProtocol) -> None:
+        """C{proto} is gone; count it out."""
 
 
 @implementer(ITimer, IHalfCloseableProtocol, IPushProducer, IHandshakeListener)

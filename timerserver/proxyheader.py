@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import INegotiated, IProtocolFactory
 from twisted.internet.protocol import Factory
 
 from timerserver import reasons
@@ -202,8 +202,11 @@ class ProxyHeaderLayer(Layer):
         self._reader = None
         info, rest = result
         gate = gateOf(self.transport)
-        if info.source is not None and gate is not None and not gate.claimPeer(info.source.host):
-            return
+        if info.source is not None and gate is not None:
+            # Busy in clear only where no TLS handshake would come first.
+            plain = not INegotiated.providedBy(self.wrappedProtocol)
+            if not gate.claimPeer(info.source, busy=plain):
+                return
         self.info = info
         self.wrappedProtocol.makeConnection(self)
         if rest and self.connected and not self.disconnecting:
