@@ -20,6 +20,7 @@ clients believe they are connected and wait for a welcome that never comes.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -233,6 +234,7 @@ class Listener:
             from twisted.protocols.tls import TLSMemoryBIOFactory
 
             factory = TLSMemoryBIOFactory(self.contextFactory(), False, factory)
+            factory.protocol = _flushingTLS()
         if self.proxy:
             factory = proxied(factory)
         return factory
@@ -265,6 +267,27 @@ class Listener:
             return cls(**values)
         except (TypeError, ValueError) as e:
             raise ValueError(f"not a listener: {data!r}: {e}") from None
+
+
+@functools.cache
+def _flushingTLS() -> type[Any]:
+    """
+    Twisted's TLS transport, sending what it has gathered before its close_notify.
+
+    C{BufferingTLSTransport} gathers small writes and sends them on the next
+    reactor turn.  When the client's close_notify (TLS's half-close) arrives
+    in the same read as its last data, Twisted answers it and marks the
+    connection lost before that turn, and drops the echo still gathered: 16
+    to 48 KiB of 4 MiB, measured.  Flushing first keeps every byte.
+    """
+    from twisted.protocols.tls import BufferingTLSTransport
+
+    class FlushingTLSTransport(BufferingTLSTransport):
+        def _shutdownTLS(self) -> None:
+            self._aggregator.flush()
+            super()._shutdownTLS()  # type: ignore[no-untyped-call]
+
+    return FlushingTLSTransport
 
 
 def _number(description: str, name: str, value: str, low: int, high: int) -> int:
