@@ -9,6 +9,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.serverprocess import runTwistd
 from timerserver import ReactorTimerQueue, TimerWheel
 from timerserver.config import DEFAULT_MESSAGE, DEFAULT_WELCOME
 from timerserver.service import TimerServerService
@@ -161,6 +162,61 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsInstance(e.code, str)
         self.assertIn("--interval", e.code)
         self.assertNotIn("\n", e.code)
+
+
+NUMERIC = {
+    "--backlog": (),
+    "--interval": (),
+    "--granularity": (),
+    "--stall-timeout": (),
+    "--max-buffer": (),
+    "--idle-timeout": ("0",),
+    "--max-connections": (),
+    "--max-per-peer": ("0",),
+    "--workers": (),
+    "--shutdown-timeout": (),
+    "--handshake-timeout": (),
+}
+"""Every numeric option, and which of the hostile values it takes (0 means off)."""
+HOSTILE = ("0", "-1", "nan", "inf", "5e-324", "1e300", "99999999999", "x")
+
+
+class RangeTests(SynchronousTestCase):
+    """Every numeric option has a range: anything outside it is one line naming it."""
+
+    def test_hostileValuesAreOneLineNamingTheOption(self) -> None:
+        for option, allowed in NUMERIC.items():
+            for value in HOSTILE:
+                for workers in ([], ["--workers", "2"]):
+                    args = [option, value, *workers]
+                    if option == "--workers":
+                        args = [option, value]
+                    options = Options(reactor=MemoryReactorClock())
+                    options.parent = usage.Options()  # type: ignore[attr-defined]
+                    if value in allowed:
+                        options.parseOptions(args)
+                        continue
+                    e = self.assertRaises(SystemExit, options.parseOptions, args)
+                    self.assertIsInstance(e.code, str, args)
+                    self.assertIn(option, e.code, args)
+                    self.assertNotIn("\n", e.code)
+
+    def test_boundsAreAccepted(self) -> None:
+        for args in (
+            ["--backlog", "1"], ["--backlog", "65535"], ["--interval", "0.001"],
+            ["--interval", "4294967.294"], ["--max-connections", "10000000"],
+            ["--handshake-timeout", "0.001"], ["--max-buffer", str(1 << 30)],
+        ):  # fmt: skip
+            parse(*args)
+
+    def test_twistdExitsWithStatusOneAndOneLine(self) -> None:
+        """The end-to-end path, for the two values the issue found."""
+        for args in (["--backlog", "99999999999", "--workers", "2"], ["-i", "5e-324"]):
+            result = runTwistd(*args)
+            self.assertEqual(result.returncode, 1, result.stderr)
+            self.assertNotIn("Traceback", result.stdout + result.stderr)
+            [line] = [x for x in (result.stdout + result.stderr).splitlines() if x.strip()]
+            self.assertIn(args[0].lstrip("-")[:4], line)
 
 
 class ServiceTests(SynchronousTestCase):
