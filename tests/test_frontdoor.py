@@ -146,6 +146,13 @@ class ProxyFrontDoorTests(FrontDoorCase):
         trusted.sendall(header())
         self.assertEqual(recvExactly(trusted, len(WELCOME)), WELCOME)
 
+    def test_trustingAnyoneIsAWarningAtStart(self) -> None:
+        server = self.start("--proxy-from", "any", port="haproxy:tcp:0:interface=127.0.0.1")
+        server.waitForLine(r"--proxy-from any: every address may send a PROXY header", 5)
+        sock = self.connect(server, "127.0.0.9")
+        sock.sendall(header())
+        self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+
     def test_badHeadersAreOneLineEachNeverATraceback(self) -> None:
         server = self.start("--max-per-peer", "1", port="haproxy:tcp:0:interface=127.0.0.1")
         for bad in (

@@ -176,6 +176,50 @@ class HeaderReaderTests(SynchronousTestCase):
         self.assertLess(len(data), V2_MAX)  # still waiting: it holds no more than this
 
 
+HEADERS = [v1("192.0.2.7"), v2("192.0.2.7"), v2v6("2001:db8::7"), v2("192.0.2.7", command=0x20)]
+
+
+class ProxyLayerPropertyTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.one_of(
+            st.binary(max_size=300),
+            st.sampled_from(HEADERS).flatmap(
+                lambda h: st.tuples(st.integers(0, len(h)), st.binary(max_size=20)).map(
+                    lambda cut: h[: cut[0]] + cut[1] + h[cut[0] :]
+                )
+            ),
+            st.sampled_from(HEADERS).map(lambda h: h + b"after"),
+        ),
+        st.lists(st.integers(1, 60), max_size=10),
+    )
+    def test_anyBytesAnySplitIsAValidPeerOrAClose(self, data: bytes, cuts: list[int]) -> None:
+        """
+        Through the server's own stack: a welcome only with a valid parsed
+        peer, or a close without a word; never an exception.
+        """
+        h = Harness()
+        proto, transport = h.connect()
+        at = 0
+        for cut in [*cuts, len(data)]:
+            proto.dataReceived(data[at : at + cut])
+            at += cut
+            if transport.disconnected or transport.disconnecting:
+                break
+        welcomed = transport.value().startswith(DEFAULT_WELCOME)
+        if welcomed:
+            [server] = h.factory.connections
+            peer = server.transport.getPeer()
+            ipaddress.ip_address(peer.host)
+            self.assertTrue(1 <= peer.port <= 65535)
+            self.assertFalse(transport.disconnecting)
+        else:
+            self.assertEqual(transport.value(), b"")
+            self.assertEqual(h.factory.connections, set())
+        proto.connectionLost(None)
+        self.assertEqual((h.admission.open, h.counters.live), (0, 0))
+
+
 class ProxyLayerTests(SynchronousTestCase):
     def test_nothingBeforeTheHeader(self) -> None:
         h = Harness()
