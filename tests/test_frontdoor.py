@@ -57,10 +57,10 @@ class FrontDoorCase(SynchronousTestCase):
             time.sleep(0.05)
         self.fail(f"not within {timeout}s: {what}")
 
-    def assertClosedAtOnce(self, sock: socket.socket) -> None:
-        """The server closed (or reset) C{sock} without a word, within 3 seconds."""
+    def assertClosedAtOnce(self, sock: socket.socket, within: float = 3) -> None:
+        """The server closed (or reset) C{sock} without a word, C{within} seconds."""
         try:
-            self.assertEqual(recvUntilClosed(sock, timeout=3), b"")
+            self.assertEqual(recvUntilClosed(sock, timeout=within), b"")
         except ConnectionResetError:
             pass
 
@@ -71,18 +71,18 @@ class TLSFrontDoorTests(FrontDoorCase):
 
     def test_socketsThatNeverHandshakeAreClosedAtTheDeadline(self) -> None:
         server = self.start(
-            "--handshake-timeout", "1", "--max-connections", "50",
+            "--handshake-timeout", "3", "--max-connections", "50",
             port=self.certs.endpoint(),
         )  # fmt: skip
         silent = [self.connect(server) for _ in range(40)]
         served = self.certs.connect(server.port)
         self.addCleanup(served.close)
         self.assertEqual(recvExactly(served, len(WELCOME)), WELCOME)
-        self.waitFor(lambda: openSockets(server.pid) >= 41, 5, "40 silent sockets accepted")
+        self.waitFor(lambda: openSockets(server.pid) >= 41, 3, "40 silent sockets accepted")
         started = time.monotonic()
         for sock in silent:
-            self.assertClosedAtOnce(sock)
-        self.assertLess(time.monotonic() - started, 5)
+            self.assertClosedAtOnce(sock, within=8)
+        self.assertLess(time.monotonic() - started, 8)
         self.waitFor(lambda: openSockets(server.pid) == 1, 5, "only the served socket left")
         served.sendall(b"still here")
         self.assertEqual(
@@ -119,16 +119,17 @@ class TLSFrontDoorTests(FrontDoorCase):
 class ProxyFrontDoorTests(FrontDoorCase):
     def test_headerlessSocketsCountAndAreClosedAtTheDeadline(self) -> None:
         server = self.start(
-            "--max-connections", "5", "--handshake-timeout", "1",
+            "--max-connections", "5", "--handshake-timeout", "4",
             port="haproxy:tcp:0:interface=127.0.0.1",
         )  # fmt: skip
         silent = [self.connect(server) for _ in range(5)]
-        self.waitFor(lambda: openSockets(server.pid) == 5, 5, "five sockets held")
-        for _ in range(20):
+        self.waitFor(lambda: openSockets(server.pid) == 5, 3, "five sockets held")
+        for _ in range(10):  # (the log's burst is 20 lines: leave room for the drops)
             self.assertClosedAtOnce(self.connect(server))
-        self.assertEqual(openSockets(server.pid), 5)
+            self.assertLessEqual(openSockets(server.pid), 5)
         for sock in silent:
-            self.assertClosedAtOnce(sock)
+            self.assertClosedAtOnce(sock, within=8)
+        server.waitForLine(r"no TLS handshake or PROXY header within 4.0s", 5)
         client = self.connect(server)
         client.sendall(header())
         self.assertEqual(recvExactly(client, len(WELCOME)), WELCOME)
