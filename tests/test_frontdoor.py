@@ -119,17 +119,23 @@ class TLSFrontDoorTests(FrontDoorCase):
 class ProxyFrontDoorTests(FrontDoorCase):
     def test_headerlessSocketsCountAndAreClosedAtTheDeadline(self) -> None:
         server = self.start(
-            "--max-connections", "5", "--handshake-timeout", "4",
+            "--max-connections", "5", "--handshake-timeout", "6",
             port="haproxy:tcp:0:interface=127.0.0.1",
         )  # fmt: skip
+        held = time.monotonic()
         silent = [self.connect(server) for _ in range(5)]
         self.waitFor(lambda: openSockets(server.pid) == 5, 3, "five sockets held")
-        for _ in range(10):  # (the log's burst is 20 lines: leave room for the drops)
+        refused = 0
+        # (The log's burst is 20 lines: leave room for the drops.  On a slow
+        # machine stop before the silent ones' deadline frees room.)
+        while refused < 10 and time.monotonic() - held < 4:
             self.assertClosedAtOnce(self.connect(server))
             self.assertLessEqual(openSockets(server.pid), 5)
+            refused += 1
+        self.assertGreater(refused, 0)
         for sock in silent:
-            self.assertClosedAtOnce(sock, within=8)
-        server.waitForLine(r"no TLS handshake or PROXY header within 4.0s", 5)
+            self.assertClosedAtOnce(sock, within=10)
+        server.waitForLine(r"no TLS handshake or PROXY header within 6.0s", 5)
         client = self.connect(server)
         client.sendall(header())
         self.assertEqual(recvExactly(client, len(WELCOME)), WELCOME)
