@@ -71,23 +71,20 @@ class TLSFrontDoorTests(FrontDoorCase):
 
     def test_socketsThatNeverHandshakeAreClosedAtTheDeadline(self) -> None:
         server = self.start(
-            "--handshake-timeout", "3", "--max-connections", "50",
+            "--handshake-timeout", "6", "--max-connections", "50",
             port=self.certs.endpoint(),
         )  # fmt: skip
         silent = [self.connect(server) for _ in range(40)]
+        self.waitFor(lambda: openSockets(server.pid) == 40, 4, "40 silent sockets accepted")
         served = self.certs.connect(server.port)
         self.addCleanup(served.close)
         self.assertEqual(recvExactly(served, len(WELCOME)), WELCOME)
-        self.waitFor(lambda: openSockets(server.pid) >= 41, 3, "40 silent sockets accepted")
-        started = time.monotonic()
         for sock in silent:
-            self.assertClosedAtOnce(sock, within=8)
-        self.assertLess(time.monotonic() - started, 8)
+            self.assertClosedAtOnce(sock, within=12)
         self.waitFor(lambda: openSockets(server.pid) == 1, 5, "only the served socket left")
         served.sendall(b"still here")
-        self.assertEqual(
-            recvExactly(served, 10 + len(MESSAGE)).replace(MESSAGE, b""), b"still here"
-        )
+        echoed = recvExactly(served, 10 + len(MESSAGE)).replace(MESSAGE, b"")
+        self.assertEqual(echoed, b"still here")
         server.waitForLine(r"dropped connection from .*no TLS handshake or PROXY header within", 5)
 
     def test_overTheLimitIsClosedWithoutAHandshake(self) -> None:
