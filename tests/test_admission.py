@@ -69,7 +69,7 @@ class PlainTests(SynchronousTestCase):
         self.assertEqual(transport.value(), BUSY)
         self.assertTrue(transport.disconnecting)
         self.assertEqual(h.admission.refused["full"], 1)
-        self.assertEqual(h.counters.created, 4)  # two per admitted socket, none for the refused
+        self.assertEqual(h.counters.created, 2)  # one per admitted socket, none for the refused
         self.assertEqual([kind for kind, *_ in h.logged], ["refused"])
         helpers.lose(a)
         again, transport = h.accept(port=4)

@@ -10,7 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from timerserver.transport import writeNow
+from timerserver.transport import isFlushed, writeNow
 
 
 @implementer(IPushProducer)
@@ -130,6 +130,20 @@ class WriteNowTests(TestCase):
         writeNow(server.transport, b"+")  # still flushed, as write() would
         received = yield client.done
         self.assertEqual(received, b"a" * 3_000_000 + b"end+")
+
+    @defer.inlineCallbacks
+    def test_isFlushed(self) -> Any:
+        """Only a TCP connection with nothing queued is flushed."""
+        big = b"x" * (16 * 1024 * 1024)
+        server, client = yield self.connect(len(big))
+        transport = server.transport
+        self.assertTrue(isFlushed(transport))
+        client.transport.pauseProducing()
+        writeNow(transport, big)
+        self.assertFalse(isFlushed(transport))
+        self.assertFalse(isFlushed(StringTransport()))
+        client.transport.resumeProducing()
+        yield client.done
 
 
 class OtherTransportTests(SynchronousTestCase):

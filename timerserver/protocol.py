@@ -28,7 +28,7 @@ from timerserver.eventlog import EventLog
 from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
 from timerserver.lateness import LatenessHistogram
 from timerserver.periodic import Periodic
-from timerserver.transport import writeNow
+from timerserver.transport import isFlushed, writeNow
 
 # What the watchdog is armed for: the userData of its onTimer calls.
 IDLE = "idle"
@@ -86,7 +86,8 @@ class TimerServerProtocol(Protocol):
     transport: Any  # set by makeConnection before any method below runs
     # Made when the connection starts; they live while C{started} is true.
     _periodic: Periodic
-    _watchdog: TimerHandle
+    _watchdog: TimerHandle | None = None
+    """Made the first time a timeout is armed: most connections never need it."""
     _out: Any
     paused = False
     _readingPaused = False
@@ -121,7 +122,6 @@ class TimerServerProtocol(Protocol):
         factory.started(self)
         queue = factory.queue
         self._periodic = Periodic(queue, factory.interval, self._tick, factory.clock)
-        self._watchdog = queue.createTimer()
         transport.registerProducer(self, True)
         if factory.welcome:
             self._write(factory.welcome)
@@ -144,7 +144,9 @@ class TimerServerProtocol(Protocol):
         if self.started:
             self.started = False
             self._periodic.close()
-            self.factory.queue.destroyTimer(self._watchdog)
+            if self._watchdog is not None:
+                self.factory.queue.destroyTimer(self._watchdog)
+                self._watchdog = None
             self.factory.release(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -195,7 +197,10 @@ class TimerServerProtocol(Protocol):
         """(Re-)arm the idle timeout, if there is one, through the update path."""
         timeout = self.factory.idleTimeout
         if timeout and not self.paused and not self.closing:
-            self.factory.queue.updateTimer(self._watchdog, self, timeout, IDLE)
+            queue = self.factory.queue
+            if self._watchdog is None:
+                self._watchdog = queue.createTimer()
+            queue.updateTimer(self._watchdog, self, timeout, IDLE)
 
     # Writing, backpressure and closing
 
@@ -205,6 +210,17 @@ class TimerServerProtocol(Protocol):
             self._queuedWhilePaused += len(data)
             if self._queuedWhilePaused > self.factory.maxBuffer:
                 self.abort("over its buffer limit", reason=reasons.BUFFER)
+
+    def _guard(self, timeout: float, userData: str) -> None:
+        """Arm the watchdog (made now if this is its first use)."""
+        queue = self.factory.queue
+        if self._watchdog is None:
+            self._watchdog = queue.createTimer()
+        queue.setTimer(self._watchdog, self, timeout, userData)
+
+    def _unguard(self) -> None:
+        if self._watchdog is not None:
+            self.factory.queue.cancelTimer(self._watchdog)
 
     def pauseProducing(self) -> None:
         """
@@ -223,7 +239,7 @@ class TimerServerProtocol(Protocol):
         self._readingPaused = getattr(_socketTransport(self.transport), "producerPaused", True)
         if self._readingPaused:
             self.transport.pauseProducing()
-        self.factory.queue.setTimer(self._watchdog, self, self.factory.stallTimeout, STALL)
+        self._guard(self.factory.stallTimeout, STALL)
 
     def resumeProducing(self) -> None:
         """The transport's buffer drained: the client reads again."""
@@ -233,7 +249,7 @@ class TimerServerProtocol(Protocol):
         if self._readingPaused:
             self._readingPaused = False
             self.transport.resumeProducing()
-        self.factory.queue.cancelTimer(self._watchdog)
+        self._unguard()
         self._armIdle()
 
     def stopProducing(self) -> None:
@@ -252,14 +268,13 @@ class TimerServerProtocol(Protocol):
         if not self.started:  # still in its TLS handshake: nothing to flush
             self.transport.abortConnection()
             return
-        queue = self.factory.queue
         self._periodic.stop()
-        queue.cancelTimer(self._watchdog)
+        self._unguard()
         # A registered producer holds loseConnection back until it unregisters.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
-        if grace is not None:
-            queue.setTimer(self._watchdog, self, grace, CLOSING)
+        if grace is not None and not isFlushed(self._out):
+            self._guard(grace, CLOSING)
 
     def goodbye(self, text: bytes) -> None:
         """Write C{text} and close; the factory aborts what is left in time."""
@@ -277,7 +292,7 @@ class TimerServerProtocol(Protocol):
         self.closeReason = self.closeReason or reason
         if self.started:
             self._periodic.stop()
-            self.factory.queue.cancelTimer(self._watchdog)
+            self._unguard()
         self.transport.abortConnection()
 
 

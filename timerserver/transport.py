@@ -42,3 +42,16 @@ def writeNow(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def isFlushed(transport: Any) -> bool:
+    """
+    Whether C{transport} is a TCP server connection with nothing left to
+    write: its C{loseConnection} then completes on the next reactor turn and
+    needs no timeout to watch it.
+    """
+    return (
+        type(transport) is tcp.Server
+        and not getattr(transport, "_tempDataLen", 1)
+        and transport.offset == len(transport.dataBuffer)
+    )
