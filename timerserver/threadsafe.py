@@ -20,8 +20,8 @@ timer.  So a cancel or re-set that reports the timer pending guarantees the
 replaced callback will not run, and a callback may set, cancel or destroy
 any timer of the queue, its own included, without deadlock.
 
-Which thread is the reactor's decides the path, and is decided once per
-call (by C{isReactorThread}; by default):
+Whether the caller is in the reactor's thread decides the path, on every
+call.  C{isReactorThread} says it if given; by default:
 
   - A clock without C{callFromThread} (C{task.Clock}, C{MemoryReactorClock})
     has no thread of its own: its timers run in whichever thread calls
