@@ -399,4 +399,4 @@ def _inReactorThread() -> bool:
     ioThread = threadable.ioThread
     if ioThread is None:
         return threading.get_ident() == _MAIN_THREAD
-    return bool(ioThread == threading.get_ident())
+    return ioThread == threading.get_ident()
