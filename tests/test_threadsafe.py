@@ -6,12 +6,14 @@ threads setting, updating and cancelling timers while a real reactor fires them.
 
 from __future__ import annotations
 
+import gc
 import random
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Generator
 from typing import Any
@@ -259,10 +261,20 @@ class BeforeTheReactorRunsTests(SynchronousTestCase):
     def test_startupWaitsForTheLock(self) -> None:
         [(phase, event, fence, args)] = self.reactor.triggers
         self.assertEqual((phase, event), ("before", "startup"))
+        self.assertEqual(args, (self.queue._lock,))  # the queue's lock, and only that
         log: list[str] = []
-        self.queue._lock = RecordingLock(log)  # type: ignore[assignment]
-        fence(*args)
+        fence(RecordingLock(log))
         self.assertEqual(log, ["locked", "released"])
+
+    def test_aDroppedQueueIsFreed(self) -> None:
+        """The reactor's trigger keeps the lock, not the queue (a pending timer would)."""
+        queue = ThreadSafeTimerQueue(TimerWheel(self.reactor))
+        queue.createTimer()
+        ref = weakref.ref(queue)
+        del queue
+        gc.collect()
+        self.assertIsNone(ref())
+        self.assertEqual(len(self.reactor.triggers), 2)
 
     def test_noFenceOnceAReactorRan(self) -> None:
         threadable.ioThread = threading.get_ident()

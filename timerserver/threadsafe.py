@@ -132,7 +132,8 @@ class ThreadSafeTimerQueue:
                 isReactorThread = _inReactorThread
                 addTrigger = getattr(reactor, "addSystemEventTrigger", None)
                 if threadable.ioThread is None and addTrigger is not None:
-                    addTrigger("before", "startup", self._startupFence)
+                    # Holds the lock only: a queue dropped before the reactor runs is freed.
+                    addTrigger("before", "startup", _startupFence, self._lock)
         self._isReactorThread = isReactorThread
         self._dispatchTimer = self._dispatch  # one bound method: the queue's fast path
 
@@ -150,14 +151,6 @@ class ThreadSafeTimerQueue:
         if type(handle) is not ThreadSafeHandle or handle.queue is not self:
             raise InvalidTimerHandle(f"not a live handle of {self!r}: {handle!r}")
         return handle
-
-    def _startupFence(self) -> None:
-        """
-        In the reactor's thread as it starts, once that thread is registered:
-        wait for a call that took the direct path in the main thread before.
-        """
-        with self._lock:
-            pass
 
     def _checkRunning(self) -> None:
         if self._stopped:
@@ -383,6 +376,15 @@ class ThreadSafeTimerQueue:
 
 
 _MAIN_THREAD = threading.main_thread().ident
+
+
+def _startupFence(lock: threading.Lock) -> None:
+    """
+    In the reactor's thread as it starts, once that thread is registered:
+    wait for a call that took the direct path in the main thread before.
+    """
+    with lock:
+        pass
 
 
 def _always() -> bool:
