@@ -24,14 +24,50 @@ from tests.serverprocess import (
     recvExactly,
     recvUntilClosed,
     runTwistd,
+    twistdCommand,
 )
+
+# Runs argv[1:] with SIGINT's disposition set to argv[0] (DFL or IGN) first.
+WITH_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, getattr(signal, 'SIG_' + sys.argv[1]));"
+    " os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def withSigint(disposition: str, command: list[str]) -> list[str]:
+    """
+    C{command} started with SIGINT's disposition C{DFL} or C{IGN}, whatever
+    the test runner's own: a shell's background job (C{cmd &}) starts with
+    SIGINT ignored, its children inherit that, and twistd leaves it ignored.
+    """
+    return [sys.executable, "-c", WITH_SIGINT, disposition, *command]
+
+
+def sigintDisposition(pid: int) -> str:
+    """C{caught}, C{ignored} or C{default}: how process C{pid} takes SIGINT now."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        raise SkipTest("no /proc/PID/status to read signal dispositions from")
+    masks = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+    bit = 1 << (signal.SIGINT - 1)
+    if int(masks["SigCgt"], 16) & bit:
+        return "caught"
+    return "ignored" if int(masks["SigIgn"], 16) & bit else "default"
+
+
+def serverCommand(*args: str) -> list[str]:
+    return twistdCommand(
+        "-n", "--pidfile=", "timerserver", "-p", "tcp:0:interface=127.0.0.1", *args
+    )
 
 
 class EndToEndTests(SynchronousTestCase):
     interval = 0.3
 
     def setUp(self) -> None:
-        self.server = ServerProcess("--interval", str(self.interval))
+        # Started as from an interactive shell, however this test runner was.
+        command = withSigint("DFL", serverCommand("--interval", str(self.interval)))
+        self.server = ServerProcess(command=command)
         self.addCleanup(self.server.kill)
 
     def connect(self) -> socket.socket:
@@ -86,15 +122,42 @@ class EndToEndTests(SynchronousTestCase):
         self.assertEqual(recvUntilClosed(sock).replace(MESSAGE, b""), b"Server shutting down\r\n")
 
     def test_sigintStopsCleanly(self) -> None:
+        # Python's handler from the start; Twisted's once the reactor runs (the welcome).
+        self.assertEqual(sigintDisposition(self.server.pid), "caught")
+        sock = self.connect()
+        recvExactly(sock, len(WELCOME))
         code = self.server.stop(signal.SIGINT, timeout=10)
         self.assertIn(code, (0, -signal.SIGINT))
+        self.assertIn("stopped listening", self.server.output)
         self.assertNotIn("Traceback", self.server.output)
+        self.assertEqual(recvUntilClosed(sock).replace(MESSAGE, b""), b"Server shutting down\r\n")
 
     def test_noLogLinePerMessage(self) -> None:
         sock = self.connect()
         recvExactly(sock, len(WELCOME) + 3 * len(MESSAGE))
         self.server.stop()
         self.assertLess(len(self.server.lines), 12, self.server.output)
+
+
+class IgnoredSigintTests(SynchronousTestCase):
+    """
+    A twistd started with SIGINT ignored (a background job of a shell
+    without job control: C{cmd &} in a script) keeps ignoring it, as the
+    README says: SIGTERM stops it.
+    """
+
+    def test_ignoredSigintStaysIgnored(self) -> None:
+        server = ServerProcess(command=withSigint("IGN", serverCommand("--interval", "0.2")))
+        self.addCleanup(server.kill)
+        self.assertEqual(sigintDisposition(server.pid), "ignored")
+        server.process.send_signal(signal.SIGINT)
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        self.addCleanup(sock.close)
+        self.assertEqual(recvExactly(sock, len(WELCOME) + len(MESSAGE)), WELCOME + MESSAGE)
+        self.assertIsNone(server.process.poll())
+        self.assertNotIn("stopped listening", server.output)
+        self.assertIn(server.stop(signal.SIGTERM), (0, -signal.SIGTERM))
+        self.assertIn("stopped listening", server.output)
 
 
 class CommandLineErrorTests(SynchronousTestCase):

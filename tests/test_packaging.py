@@ -1,11 +1,14 @@
 """
-The published wheel: built from this tree, installed into a fresh virtual
-environment, where twistd must find the plugin.
+The published wheel: built from this tree as the README says (C{python -m
+build}), installed into a fresh virtual environment, where twistd must find
+the plugin and serve.
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -15,7 +18,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.serverprocess import ROOT
+from tests.serverprocess import ROOT, WELCOME, ServerProcess, recvExactly
 
 
 def run(*command: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -32,18 +35,7 @@ class WheelTests(SynchronousTestCase):
         # Outside the repository, so that nothing there can be picked up.
         tmp = Path(tempfile.mkdtemp(prefix="timerserver-wheel-"))
         self.addCleanup(shutil.rmtree, tmp, True)
-        run(
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "-w",
-            tmp / "dist",
-            ROOT,
-            cwd=tmp,
-        )
+        run(sys.executable, "-m", "build", "--wheel", "--outdir", tmp / "dist", ROOT, cwd=tmp)
         [wheel] = (tmp / "dist").glob("timerserver-*.whl")
         names = set(zipfile.ZipFile(wheel).namelist())
         self.assertIn("twisted/plugins/timerserver_plugin.py", names)
@@ -68,6 +60,21 @@ class WheelTests(SynchronousTestCase):
             cwd=tmp,
         )
         self.assertTrue(where.stdout.startswith(str(venv)), where.stdout)
+
+        # The server itself, from the installed twistd, in a folder that is not
+        # the repository and with no PYTHONPATH: as the README's systemd unit runs it.
+        twistd = [str(venv / "bin" / "twistd"), "-n", "--pidfile=", "timerserver"]
+        twistd += ["-p", "tcp:0:interface=127.0.0.1", "--interval", "0.2"]
+        inTmp = ["sh", "-c", 'cd "$0" && unset PYTHONPATH && exec "$@"', str(tmp), *twistd]
+        server = ServerProcess(command=inTmp)
+        self.addCleanup(server.kill)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+            sock.sendall(b"from the wheel")
+            self.assertEqual(recvExactly(sock, 14), b"from the wheel")
+        self.assertIn(server.stop(signal.SIGTERM), (0, -signal.SIGTERM))
+        self.assertIn("stopped listening", server.output)
+        self.assertNotIn("Traceback", server.output)
 
 
 class SdistTests(SynchronousTestCase):

@@ -145,6 +145,28 @@ class TimeoutMixinTestsMixin:
         self.clock.advance(2.1)
         self.assertTrue(transport.disconnecting)
 
+    def test_subclassNamesAreItsOwn(self) -> None:
+        """
+        A protocol's own C{_timedOut} (any name but the mixin's public ones)
+        neither replaces the mixin's expiry nor is called by it: the mixin's
+        private method is name-mangled, as Twisted's is.
+        """
+        own: list[str] = []
+
+        class WithOwnNames(TimeoutTester):
+            def _timedOut(self) -> None:
+                own.append("_timedOut")
+
+            def _handle(self) -> None:
+                own.append("_handle")
+
+        proto = WithOwnNames(self.queue)
+        proto.makeConnection(StringTransport())
+        self.clock.advance(3)
+        self.assertTrue(proto.timedOut)
+        self.assertEqual(own, [])
+        self.assertEqual((self.counters.live, self.counters.pending), (0, 0))
+
     def test_badPeriodLeavesNothing(self) -> None:
         for bad in (-1, float("nan")):
             self.assertRaises(ValueError, self.proto.setTimeout, bad)
@@ -158,6 +180,31 @@ class WheelTimeoutMixinTests(TimeoutMixinTestsMixin, SynchronousTestCase):
 
 class ReactorQueueTimeoutMixinTests(TimeoutMixinTestsMixin, SynchronousTestCase):
     makeQueue = ReactorTimerQueue
+
+
+class TwistedsTimeoutMixinTests(SynchronousTestCase):
+    """What the test of a subclass's C{_timedOut} above asks of ours, Twisted's does."""
+
+    def test_subclassTimedOutLeftAlone(self) -> None:
+        from twisted.protocols.policies import TimeoutMixin as TwistedTimeoutMixin
+
+        clock = Clock()
+        own: list[str] = []
+
+        class Twisteds(protocol.Protocol, TwistedTimeoutMixin):
+            timedOut = False
+            callLater = clock.callLater
+
+            def _timedOut(self) -> None:
+                own.append("_timedOut")
+
+            def timeoutConnection(self) -> None:
+                self.timedOut = True
+
+        proto = Twisteds()
+        proto.setTimeout(3)
+        clock.advance(3)
+        self.assertEqual((proto.timedOut, own), (True, []))
 
 
 class SharedQueueTests(SynchronousTestCase):

@@ -2,7 +2,9 @@
 Every queue against a reference model (hypothesis): random sequences of set,
 update, cancel, destroy and time passing.  Each return value must match the
 model, and each timer must fire once, never early, at most the queue's
-tolerance late, with the user data of its latest arming.
+tolerance late, with the user data of its latest arming.  L{ThreadSafeTimerQueue}
+runs over both queues, on the direct path (a test clock's one thread) and on
+the cross-thread path (every change reaches the queue on a later turn).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from timerserver import (
     InvalidTimerHandle,
     ReactorTimerQueue,
     SetTimerIf,
+    ThreadSafeTimerQueue,
     TimerQueueCounters,
     TimerWheel,
     UpdateTimerIf,
@@ -39,6 +42,8 @@ operation = st.one_of(
 
 class ModelMixin:
     tolerance = 0.0
+    # Whether every change reaches the queue (and its monitor) within the call.
+    immediate = True
 
     def makeQueue(self, clock: Clock, monitor: TimerQueueCounters) -> Any:
         raise NotImplementedError
@@ -114,9 +119,13 @@ class ModelMixin:
                 pending.pop(i, None)
                 destroyed[i] = True
             self.assertEqual(queue.isSet(h) if not destroyed[i] else False, i in pending)
-            self.assertEqual(counters.pending, len(pending))
+            if self.immediate:
+                self.assertEqual(counters.pending, len(pending))
         self.assertEqual(queue.shutdown(), len(pending))
+        clock.advance(0)  # the shutdown's own hop, if it took one
         self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(counters.pending, 0)
+        self.assertEqual(fired, [])
 
 
 class ReactorTimerQueueModelTests(ModelMixin, SynchronousTestCase):
@@ -138,3 +147,45 @@ class TinyTimerWheelModelTests(ModelMixin, SynchronousTestCase):
 
     def makeQueue(self, clock: Clock, monitor: TimerQueueCounters) -> Any:
         return TimerWheel(clock, granularity=0.05, slots=8, upperSlots=4, monitor=monitor)
+
+
+class ThreadSafeWheelModelTests(ModelMixin, SynchronousTestCase):
+    """Over a test clock every call takes the direct path: the clock has one thread."""
+
+    tolerance = 0.01
+
+    def makeQueue(self, clock: Clock, monitor: TimerQueueCounters) -> Any:
+        return ThreadSafeTimerQueue(TimerWheel(clock, monitor=monitor))
+
+
+class ThreadSafeReactorQueueModelTests(ModelMixin, SynchronousTestCase):
+    def makeQueue(self, clock: Clock, monitor: TimerQueueCounters) -> Any:
+        return ThreadSafeTimerQueue(ReactorTimerQueue(clock, monitor=monitor))
+
+
+def crossThread(clock: Clock) -> Clock:
+    """Give C{clock} a C{callFromThread} that runs the call on its next turn, as a reactor's."""
+    clock.callFromThread = lambda f, *a: clock.callLater(0, f, *a)  # type: ignore[attr-defined]
+    return clock
+
+
+class CrossThreadWheelModelTests(ModelMixin, SynchronousTestCase):
+    """Every call as if from another thread: answered at once, applied on a later turn."""
+
+    tolerance = 0.01
+    immediate = False
+
+    def makeQueue(self, clock: Clock, monitor: TimerQueueCounters) -> Any:
+        return ThreadSafeTimerQueue(TimerWheel(crossThread(clock), monitor=monitor), None, never)
+
+
+class CrossThreadReactorQueueModelTests(ModelMixin, SynchronousTestCase):
+    immediate = False
+
+    def makeQueue(self, clock: Clock, monitor: TimerQueueCounters) -> Any:
+        inner = ReactorTimerQueue(crossThread(clock), monitor=monitor)
+        return ThreadSafeTimerQueue(inner, None, never)
+
+
+def never() -> bool:
+    return False

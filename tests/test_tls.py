@@ -67,7 +67,12 @@ class TLSTests(SynchronousTestCase):
         self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
         sock.sendall(b"ok?")
         self.assertEqual(recvExactly(sock, 3), b"ok?")
-        sock.close()
+        # Close as a TLS client does and wait for the server's close, so that
+        # a stop right after counts no connection open.
+        plain = sock.unwrap()
+        plain.settimeout(5)
+        self.assertEqual(plain.recv(100), b"")
+        plain.close()
 
     def test_nonReadingClientIsAbortedWhileOthersAreServed(self) -> None:
         big = "x" * 20000 + "\\r\\n"

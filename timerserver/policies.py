@@ -16,6 +16,8 @@ cancelled or expired timeout leaves nothing behind.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from timerserver.interfaces import IQueueTimers, TimerHandle
 
 _shared: IQueueTimers | None = None
@@ -33,7 +35,7 @@ def sharedTimerQueue() -> IQueueTimers:
 
 def _timedOut(protocol: TimeoutMixin) -> None:
     """The one timer of every L{TimeoutMixin}: the protocol is its user data."""
-    protocol._timedOut()
+    cast(Any, protocol)._TimeoutMixin__timedOut()  # name-mangled: see TimeoutMixin
 
 
 class TimeoutMixin:
@@ -87,8 +89,11 @@ class TimeoutMixin:
             self.__handle = handle
         return previous
 
-    def _timedOut(self) -> None:
-        """The timeout expired: give the handle back, then L{timeoutConnection}."""
+    def __timedOut(self) -> None:
+        """
+        The timeout expired: give the handle back, then L{timeoutConnection}.
+        Name-mangled, as Twisted's: a subclass's C{_timedOut} cannot replace it.
+        """
         handle, self.__handle = self.__handle, None
         if handle is not None:
             self.__queue().destroyTimer(handle)
