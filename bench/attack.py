@@ -13,7 +13,8 @@ own process and, beside them, each attack in turn from processes of its own:
    127.0.0.2): valid headers from 127.0.0.3 in a loop;
  - C{spoof} (haproxy, C{--max-per-peer 2}): 5,000 valid headers claiming
    1,000 client addresses, held;
- - C{rate} (tcp and ssl): 4,000 connects a second, each closed at once.
+ - C{rate} (tcp and ssl): 4,000 connects a second, each closed at once
+   with an ordinary close (FIN); C{rate-rst} the same closed with RST.
 
 Per attack: the reading clients' messages received against what their
 schedule made due (target 100%); the server's descriptors and RSS before,
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,8 +187,8 @@ class Run:
 
 def runs(modes: list[str], maxPerPeer: int) -> list[Run]:
     every = {
-        "tcp": [Run("tcp", ["none", "rate"])],
-        "ssl": [Run("ssl", ["none", "tls-idle", "rate"])],
+        "tcp": [Run("tcp", ["none", "rate", "rate-rst"])],
+        "ssl": [Run("ssl", ["none", "tls-idle", "rate-rst", "rate"])],
         "haproxy": [
             Run("haproxy", ["none", "no-header", "garbage"]),
             Run("haproxy", ["untrusted"], ["--proxy-from", "127.0.0.2/32"], "127.0.0.2"),
@@ -245,7 +247,7 @@ def attackers(attack: str, port: int, a: argparse.Namespace) -> list[tuple[str, 
                 },
             )
         ]
-    if attack == "rate":
+    if attack in ("rate", "rate-rst"):
         n = a.rate_processes
         return [
             (
@@ -254,7 +256,7 @@ def attackers(attack: str, port: int, a: argparse.Namespace) -> list[tuple[str, 
                     **base,
                     "sources": [f"127.0.0.{10 + 4 * i + j}" for j in range(4)],
                     "rate": a.rate / n,
-                    "close": a.rate_close,
+                    "close": "rst" if attack == "rate-rst" else "fin",
                 },
             )
             for i in range(n)
@@ -331,21 +333,30 @@ def attackWindow(
 
 class Server(ServerProcess):
     """
-    A L{ServerProcess} that counts every log line but keeps only the first
-    L{KEEP} (a flood of tracebacks must not fill this process's memory).
+    A L{ServerProcess} that counts every log line and traceback but keeps
+    only the first L{KEEP} lines and the last L{TAIL} (a flood of tracebacks
+    must not fill this process's memory).
     """
 
     KEEP = 20_000
+    TAIL = 200
 
     def _read(self) -> None:
         self.count = self.problems = 0
+        self.tail: deque[str] = deque(maxlen=self.TAIL)
         assert self.process.stdout is not None
         for raw in self.process.stdout:
             self.count += 1
-            if b"Traceback" in raw or b"Unhandled" in raw:
+            if b"Traceback (most recent call last)" in raw:
                 self.problems += 1
+            line = raw.decode("utf-8", "replace")
             if len(self.lines) < self.KEEP:
-                self.lines.append(raw.decode("utf-8", "replace"))
+                self.lines.append(line)
+            self.tail.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines if self.count <= self.KEEP else self.tail)
 
 
 def serverPort(mode: str, certs: Certificates | None) -> str:
@@ -391,7 +402,6 @@ def runServer(run: Run, a: argparse.Namespace, certs: Certificates | None) -> di
             row["readerCount"] = count
             row["readersWelcomed"] = readers.welcomed
             row["fdLimit"] = limit
-            row["rateClose"] = a.rate_close
             rows.append(row)
             printRow(row)
         readers.close()
@@ -528,10 +538,20 @@ def attackerSummary(row: dict[str, Any]) -> str:
         )
     errors = sum(v for k, v in t.items() if k.startswith("connectError"))
     return (
-        f"{connected:,} connect+close ({row['rateClose']}) in {row['attackSeconds']:.1f} s "
+        f"{connected:,} connect+close ({'RST' if attack == 'rate-rst' else 'FIN'}) "
+        f"in {row['attackSeconds']:.1f} s "
         f"({t.get('connectsPerSecond', 0):,}/s); {errors} connect errors, "
         f"{t.get('connectTimeout', 0)} connects not done in 3 s"
     )
+
+
+def backText(row: dict[str, Any]) -> str:
+    seconds = row["secondsToRecoverAfterWindow"]
+    if seconds == 0:
+        return "yes"
+    if seconds is None:
+        return "NO (not within --recovery)"
+    return f"NO: {seconds:.0f} s later"
 
 
 def printRow(row: dict[str, Any]) -> None:
@@ -540,7 +560,7 @@ def printRow(row: dict[str, Any]) -> None:
     late = r["latenessSeconds"] or {}
     print(
         f"  {row['attack']:10} readers {pct(r)} (p99 late {late.get('p99', 0) * 1000:.0f} ms); "
-        f"fds {f['before']:,}/{f['peak']:,}/{f['after']:,}; "
+        f"fds {f['before']:,}/{f['peak']:,}/{f['after']:,} (back: {backText(row)}); "
         f"RSS {m['before'] / MIB:.1f}/{m['peak'] / MIB:.1f}/{m['after'] / MIB:.1f} MiB; "
         f"CPU {row['cpuAttackSeconds']:.2f} s in {row['attackSeconds']:.0f} s; "
         f"log {row['logLines']}, tracebacks {row['tracebacks']}\n"
@@ -553,17 +573,18 @@ def printTables(servers: list[dict[str, Any]], costs: list[dict[str, Any]]) -> N
     rows = [row for s in servers for row in s["rows"]]
     print(
         "\n| server | attack | readers: received / expected | fds before / peak / after"
-        " | RSS MiB before / peak / after | server CPU s (attack s) | log lines | tracebacks |"
+        " | back to baseline | RSS MiB before / peak / after | server CPU s (attack s)"
+        " | log lines | tracebacks |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         f, m = row["fds"], row["rss"]
         print(
             f"| {row['server']} | {row['attack']} | {pct(row['readers'])} "
-            f"| {f['before']:,} / {f['peak']:,} / {f['after']:,} "
+            f"| {f['before']:,} / {f['peak']:,} / {f['after']:,} | {backText(row)} "
             f"| {m['before'] / MIB:.1f} / {m['peak'] / MIB:.1f} / {m['after'] / MIB:.1f} "
             f"| {row['cpuAttackSeconds']:.2f} ({row['attackSeconds']:.0f}) "
-            f"| {row['logLines']} | {row['tracebacks']} |"
+            f"| {row['logLines']:,} | {row['tracebacks']:,} |"
         )
     print("\n| server | attack | what the attacker did and saw |")
     print("| --- | --- | --- |")
@@ -600,7 +621,7 @@ def main() -> None:
     parser.add_argument(
         "--attacks",
         default="",
-        help="only these (tls-idle,no-header,garbage,untrusted,spoof,rate); default all",
+        help="only these (tls-idle,no-header,garbage,untrusted,spoof,rate,rate-rst); default all",
     )
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per attack")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after, then measure")
@@ -617,9 +638,6 @@ def main() -> None:
     parser.add_argument("--max-per-peer", type=int, default=2, help="the spoof run's server")
     parser.add_argument("--rate", type=float, default=4000, help="connects a second")
     parser.add_argument("--rate-processes", type=int, default=2)
-    parser.add_argument(
-        "--rate-close", choices=("fin", "rst"), default="fin", help="how rate closes (fin: close())"
-    )
     parser.add_argument(
         "--recovery", type=float, default=120, help="longest wait for the server to recover"
     )
