@@ -120,6 +120,11 @@ class Sampler(threading.Thread):
         times = self.process.cpu_times()
         return float(times.user + times.system)
 
+    def waited(self) -> float:
+        """Seconds the server was ready to run but waited for a core (the machine is shared)."""
+        with open(f"/proc/{self.process.pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+
     def run(self) -> None:
         while self.running:
             try:
@@ -208,7 +213,7 @@ def attackers(attack: str, port: int, a: argparse.Namespace) -> list[tuple[str, 
                 "hold",
                 {
                     **base,
-                    "sources": ["127.0.0.5"],
+                    "sources": ["127.13.0.5"],
                     "count": a.idle_sockets,
                     "openRate": a.open_rate,
                     "holdAfter": holdAfter,
@@ -217,7 +222,7 @@ def attackers(attack: str, port: int, a: argparse.Namespace) -> list[tuple[str, 
         ]
     if attack in ("garbage", "untrusted"):
         if attack == "garbage":
-            payloads, sources = GARBAGE, ["127.0.0.6"]
+            payloads, sources = GARBAGE, ["127.13.0.6"]
         else:
             payloads = [v1(clientAddress(9, i), 40000 + i, port) for i in range(250)]
             sources = ["127.0.0.3"]
@@ -240,7 +245,7 @@ def attackers(attack: str, port: int, a: argparse.Namespace) -> list[tuple[str, 
                 "spoof",
                 {
                     **base,
-                    "sources": ["127.0.0.7"],
+                    "sources": ["127.13.0.7"],
                     "count": a.spoof_connections,
                     "addresses": a.spoof_addresses,
                     "openRate": a.open_rate,
@@ -254,7 +259,7 @@ def attackers(attack: str, port: int, a: argparse.Namespace) -> list[tuple[str, 
                 "rate",
                 {
                     **base,
-                    "sources": [f"127.0.0.{10 + 4 * i + j}" for j in range(4)],
+                    "sources": [f"127.13.0.{10 + 4 * i + j}" for j in range(4)],
                     "rate": a.rate / n,
                     "close": "rst" if attack == "rate-rst" else "fin",
                 },
@@ -277,7 +282,7 @@ def attackWindow(
     fdsBefore, rssBefore = sampler.now()
     mark, count, problems = len(server.lines), server.count, server.problems
     sampler.reset()
-    cpu0 = sampler.cpu()
+    cpu0, waited0 = sampler.cpu(), sampler.waited()
     start = time.monotonic()
     children = [spawn(kind, cfg) for kind, cfg in attackers(attack, server.port, a)]
     if children:
@@ -287,6 +292,7 @@ def attackWindow(
         results = []
     attackEnd = time.monotonic()
     cpuAttack = sampler.cpu() - cpu0
+    waited = sampler.waited() - waited0
     time.sleep(a.settle)
     end = time.monotonic()
     cpuWindow = sampler.cpu() - cpu0
@@ -322,6 +328,7 @@ def attackWindow(
         "windowSeconds": round(end - start, 2),
         "cpuAttackSeconds": round(cpuAttack, 3),
         "cpuWindowSeconds": round(cpuWindow, 3),
+        "waitedForCpuSeconds": round(waited, 3),
         "fds": {"before": fdsBefore, "peak": fdsPeak, "after": fdsAfter},
         "rss": {"before": rssBefore, "peak": rssPeak, "after": rssAfter},
         "logLines": logLines,
@@ -395,7 +402,7 @@ def runServer(run: Run, a: argparse.Namespace, certs: Certificates | None) -> di
             flush=True,
         )
         time.sleep(2)
-        for attack in run.attacks:
+        for attack in [x for x in run.attacks for _ in range(a.repeat)]:
             if a.attacks and attack not in a.attacks and attack != "none":
                 continue
             row = attackWindow(run, attack, server, sampler, readers, a)
@@ -497,7 +504,7 @@ class RsaCertificates(Certificates):
         import trustme
 
         self.ca = trustme.CA(key_type=trustme.KeyType.RSA)
-        cert = self.ca.issue_cert("localhost", "127.0.0.1")
+        cert = self.ca.issue_cert("localhost", "127.0.0.1", key_type=trustme.KeyType.RSA)
         cert.private_key_pem.write_to_path(str(self.key))
         cert.cert_chain_pems[0].write_to_path(str(self.cert))
         self.ca.cert_pem.write_to_path(str(self.chain))
@@ -562,7 +569,8 @@ def printRow(row: dict[str, Any]) -> None:
         f"  {row['attack']:10} readers {pct(r)} (p99 late {late.get('p99', 0) * 1000:.0f} ms); "
         f"fds {f['before']:,}/{f['peak']:,}/{f['after']:,} (back: {backText(row)}); "
         f"RSS {m['before'] / MIB:.1f}/{m['peak'] / MIB:.1f}/{m['after'] / MIB:.1f} MiB; "
-        f"CPU {row['cpuAttackSeconds']:.2f} s in {row['attackSeconds']:.0f} s; "
+        f"CPU {row['cpuAttackSeconds']:.2f} s in {row['attackSeconds']:.0f} s "
+        f"(waited {row['waitedForCpuSeconds']:.2f} s); "
         f"log {row['logLines']}, tracebacks {row['tracebacks']}\n"
         f"             {attackerSummary(row)}",
         flush=True,
@@ -574,9 +582,10 @@ def printTables(servers: list[dict[str, Any]], costs: list[dict[str, Any]]) -> N
     print(
         "\n| server | attack | readers: received / expected | fds before / peak / after"
         " | back to baseline | RSS MiB before / peak / after | server CPU s (attack s)"
+        " | waited for a core s"
         " | log lines | tracebacks |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         f, m = row["fds"], row["rss"]
         print(
@@ -584,6 +593,7 @@ def printTables(servers: list[dict[str, Any]], costs: list[dict[str, Any]]) -> N
             f"| {f['before']:,} / {f['peak']:,} / {f['after']:,} | {backText(row)} "
             f"| {m['before'] / MIB:.1f} / {m['peak'] / MIB:.1f} / {m['after'] / MIB:.1f} "
             f"| {row['cpuAttackSeconds']:.2f} ({row['attackSeconds']:.0f}) "
+            f"| {row['waitedForCpuSeconds']:.2f} "
             f"| {row['logLines']:,} | {row['tracebacks']:,} |"
         )
     print("\n| server | attack | what the attacker did and saw |")
@@ -624,6 +634,7 @@ def main() -> None:
         help="only these (tls-idle,no-header,garbage,untrusted,spoof,rate,rate-rst); default all",
     )
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per attack")
+    parser.add_argument("--repeat", type=int, default=1, help="each attack N times in a row")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after, then measure")
     parser.add_argument("--interval", type=float, default=1.0, help="the server's --interval")
     parser.add_argument("--readers", type=int, default=1000)
