@@ -402,7 +402,7 @@ def runServer(run: Run, a: argparse.Namespace, certs: Certificates | None) -> di
             flush=True,
         )
         time.sleep(2)
-        for attack in [x for x in run.attacks for _ in range(a.repeat)]:
+        for attack in [x for x in run.attacks for _ in range(1 if x == "none" else a.repeat)]:
             if a.attacks and attack not in a.attacks and attack != "none":
                 continue
             row = attackWindow(run, attack, server, sampler, readers, a)
