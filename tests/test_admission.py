@@ -98,6 +98,33 @@ class PlainTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)  # flushed, then closed
         self.assertTrue(transport.value().endswith(b"echo me"))
 
+    def test_halfCloseOnlyWhereTheLayerAboveTakesIt(self) -> None:
+        """
+        Twisted's TLS layer copies its transport's interfaces: a gate that
+        claimed half-close under it sent the socket's FIN round in a loop.
+        """
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from tests.tlshelpers import Certificates
+        from timerserver.listener import Listener
+
+        h = Harness()
+        served, _ = h.accept()
+        self.assertTrue(IHalfCloseableProtocol.providedBy(served))
+        plain = helpers.admission(h.factory)
+        plain.wrappedFactory = Factory.forProtocol(Protocol)
+        self.assertFalse(IHalfCloseableProtocol.providedBy(plain.buildProtocol(helpers.peer())))
+        certs = Certificates()
+        context = Listener.parse(f"ssl:0:privateKey={certs.key}:certKey={certs.cert}")
+        tls = TLSMemoryBIOFactory(context.contextFactory(), False, h.factory)
+        gate = helpers.admission(h.factory).__class__(tls, h.factory.queue, h.factory.events)
+        layer = gate.buildProtocol(helpers.peer())
+        layer.makeConnection(StringTransport())
+        self.assertFalse(IHalfCloseableProtocol.providedBy(layer))
+        self.assertFalse(IHalfCloseableProtocol.providedBy(layer.wrappedProtocol))
+        helpers.lose(layer)
+
     @settings(max_examples=50, deadline=None)
     @given(
         st.lists(

@@ -17,7 +17,6 @@ import psutil
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.serverprocess import (
-    MESSAGE,
     WELCOME,
     ServerProcess,
     connectFrom,
@@ -71,7 +70,7 @@ class TLSFrontDoorTests(FrontDoorCase):
 
     def test_socketsThatNeverHandshakeAreClosedAtTheDeadline(self) -> None:
         server = self.start(
-            "--handshake-timeout", "6", "--max-connections", "50",
+            "--handshake-timeout", "6", "--max-connections", "50", "--interval", "60",
             port=self.certs.endpoint(),
         )  # fmt: skip
         silent = [self.connect(server) for _ in range(40)]
@@ -83,9 +82,36 @@ class TLSFrontDoorTests(FrontDoorCase):
             self.assertClosedAtOnce(sock, within=12)
         self.waitFor(lambda: openSockets(server.pid) == 1, 5, "only the served socket left")
         served.sendall(b"still here")
-        echoed = recvExactly(served, 10 + len(MESSAGE)).replace(MESSAGE, b"")
-        self.assertEqual(echoed, b"still here")
+        self.assertEqual(recvExactly(served, 10), b"still here")
         server.waitForLine(r"dropped connection from .*no TLS handshake or PROXY header within", 5)
+
+    def test_closesOfEveryKindLeaveNoErrorInTheLog(self) -> None:
+        """A TCP close (FIN) in each stage: once a FIN looped between TLS and the gate."""
+        for port in (self.certs.endpoint(), "haproxy:" + self.certs.endpoint()):
+            server = self.start(port=port)
+            proxied = port.startswith("haproxy:")
+            for _ in range(20):
+                raw = self.connect(server)
+                if proxied:
+                    raw.sendall(header())
+                raw.close()  # before the handshake
+                client = (
+                    self.certs.clientContext().wrap_socket(
+                        self.connect(server),
+                        server_hostname="localhost",
+                        do_handshake_on_connect=False,
+                    )
+                    if not proxied
+                    else None
+                )
+                if client is not None:
+                    client.do_handshake()
+                    self.assertEqual(recvExactly(client, len(WELCOME)), WELCOME)
+                    client.close()  # a FIN, with no close_notify
+            self.waitFor(lambda s=server: openSockets(s.pid) == 0, 5, "every socket closed")
+            server.stop()
+            for bad in ("Unhandled", "Traceback", "RecursionError"):
+                self.assertNotIn(bad, server.output)
 
     def test_overTheLimitIsClosedWithoutAHandshake(self) -> None:
         server = self.start("--max-connections", "3", port=self.certs.endpoint())

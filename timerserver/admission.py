@@ -35,7 +35,7 @@ from zope.interface import implementer
 from timerserver import reasons
 from timerserver.eventlog import EventLog
 from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
-from timerserver.layer import Layer
+from timerserver.layer import Layer, halfCloseableTwin, over
 
 BUSY = b"Server busy\r\n"
 
@@ -126,7 +126,7 @@ class Admission(Factory):
         if wrapped is None:
             return None
         self.accepted += 1
-        gate = Gate(self, wrapped)
+        gate = over(Gate, wrapped)(self, wrapped)
         if peer is not None:
             gate.claimPeer(addr)
         return gate
@@ -158,6 +158,7 @@ class Admission(Factory):
         return len(gates)
 
 
+@halfCloseableTwin
 @implementer(ITimer)
 class Gate(Layer):
     """
@@ -253,7 +254,7 @@ class Gate(Layer):
 def gateOf(transport: object) -> Gate | None:
     """The L{Gate} at the bottom of C{transport}'s layers, if there is one."""
     while transport is not None:
-        if type(transport) is Gate:
+        if isinstance(transport, Gate):
             return transport
         transport = getattr(transport, "transport", None)
     return None

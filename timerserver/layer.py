@@ -7,11 +7,18 @@ header reader).
 Unlike C{twisted.protocols.policies.ProtocolWrapper} it declares its
 interfaces on the class (no C{directlyProvides} per connection), keeps no
 registry of its connections, and passes a half-close through.
+
+A layer provides C{IHalfCloseableProtocol} only where the protocol above it
+does (L{Layer.over}).  Twisted's TLS layer copies every interface of its
+transport onto itself: had the layer under it claimed half-close for a TLS
+layer that has none, the socket's FIN would go from one to the other and
+back until Python's recursion limit.  Without it, the socket's FIN closes the
+connection in the same turn, as Twisted does for any such protocol.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from twisted.internet.interfaces import (
     IConsumer,
@@ -24,12 +31,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 
-@implementer(IProtocol, IHalfCloseableProtocol, ITransport, IConsumer, IPushProducer)
+@implementer(IProtocol, ITransport, IConsumer, IPushProducer)
 class Layer:
     """
     Between a transport below and C{wrappedProtocol} above.  Subclasses
     override what their layer does; the rest passes straight through.
+
+    @cvar halfCloseable: the subclass to use over a protocol that takes a
+        half-close (set by L{halfCloseableTwin}).
     """
+
+    halfCloseable: type[Layer] | None = None
 
     transport: Any = None
     connected = 0
@@ -57,19 +69,12 @@ class Layer:
         self.wrappedProtocol.connectionLost(reason)
 
     def readConnectionLost(self) -> None:
-        """The peer half-closed: tell the protocol above, or close if it cannot take it."""
-        halfCloseable = IHalfCloseableProtocol(self.wrappedProtocol, None)
-        if halfCloseable is not None:
-            halfCloseable.readConnectionLost()
-        else:
-            self.transport.loseConnection()
+        """The peer half-closed (called only on a half-closeable twin)."""
+        self.wrappedProtocol.readConnectionLost()
 
     def writeConnectionLost(self) -> None:
-        halfCloseable = IHalfCloseableProtocol(self.wrappedProtocol, None)
-        if halfCloseable is not None:
-            halfCloseable.writeConnectionLost()
-        else:
-            self.transport.loseConnection()
+        """Our side can no longer write (called only on a half-closeable twin)."""
+        self.wrappedProtocol.writeConnectionLost()
 
     def logPrefix(self) -> str:
         """How the connection is named in the log."""
@@ -122,3 +127,24 @@ class Layer:
         if name.startswith("__") or self.transport is None:
             raise AttributeError(name)
         return getattr(self.transport, name)
+
+
+L = TypeVar("L", bound=Layer)
+
+
+def halfCloseableTwin(cls: type[L]) -> type[L]:
+    """
+    C{cls}, with a subclass that provides C{IHalfCloseableProtocol} as its
+    L{Layer.halfCloseable}: the one L{over} picks for a protocol that does.
+    """
+    twin = type(f"HalfCloseable{cls.__name__}", (cls,), {"__doc__": cls.__doc__})
+    cls.halfCloseable = implementer(IHalfCloseableProtocol)(twin)
+    return cls
+
+
+def over(cls: type[L], wrappedProtocol: Any) -> type[L]:
+    """The class of C{cls}'s kind to put under C{wrappedProtocol}."""
+    twin = cls.halfCloseable
+    if twin is not None and IHalfCloseableProtocol.providedBy(wrappedProtocol):
+        return cast("type[L]", twin)
+    return cls

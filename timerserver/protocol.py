@@ -117,7 +117,7 @@ class TimerServerProtocol(Protocol):
         if gate is not None:
             gate.established()
         # Plain TCP writes go straight to the socket (writeNow), under the gate.
-        self._out = transport.transport if type(transport) is Gate else transport
+        self._out = transport.transport if isinstance(transport, Gate) else transport
         self.started = True
         factory.started(self)
         queue = factory.queue

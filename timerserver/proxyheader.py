@@ -36,7 +36,7 @@ from twisted.internet.protocol import Factory
 
 from timerserver import reasons
 from timerserver.admission import gateOf
-from timerserver.layer import Layer
+from timerserver.layer import Layer, halfCloseableTwin, over
 
 V1_PREFIX = b"PROXY "
 V1_MAX = 107
@@ -164,6 +164,7 @@ def _v2(buffer: bytes) -> tuple[ProxyInfo, bytes] | None:
     ), rest
 
 
+@halfCloseableTwin
 class ProxyHeaderLayer(Layer):
     """
     Connects the layer above only once a valid PROXY header is read; its
@@ -262,4 +263,4 @@ class ProxyHeaderFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> ProxyHeaderLayer | None:
         wrapped = self.wrappedFactory.buildProtocol(addr)
-        return None if wrapped is None else ProxyHeaderLayer(wrapped)
+        return None if wrapped is None else over(ProxyHeaderLayer, wrapped)(wrapped)
