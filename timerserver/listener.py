@@ -233,8 +233,11 @@ class Listener:
         if self.tls is not None:
             from twisted.protocols.tls import TLSMemoryBIOFactory
 
-            factory = TLSMemoryBIOFactory(self.contextFactory(), False, factory)
-            factory.protocol = _flushingTLS()
+            from timerserver.clienthello import ClientHelloFactory
+
+            tls = TLSMemoryBIOFactory(self.contextFactory(), False, factory)
+            tls.protocol = _flushingTLS()
+            factory = ClientHelloFactory(tls)
         if self.proxy:
             factory = proxied(factory)
         return factory

@@ -1,0 +1,73 @@
+"""The TLS layer is built only once the client's first record is whole."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from timerserver.clienthello import MAX_RECORD, ClientHelloLayer
+
+
+class Recorder(Protocol):
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def makeConnection(self, transport: Any) -> None:
+        self.events.append(("made", transport))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.events.append(("data", data))
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.events.append(("lost",))
+
+
+def record(body: bytes) -> bytes:
+    return bytes([0x16, 3, 1]) + len(body).to_bytes(2, "big") + body
+
+
+def layer() -> tuple[ClientHelloLayer, Recorder]:
+    inner = Recorder()
+    outer = ClientHelloLayer(inner)
+    outer.makeConnection(StringTransport())
+    return outer, inner
+
+
+class ClientHelloTests(SynchronousTestCase):
+    def test_nothingUntilTheRecordIsWhole(self) -> None:
+        hello = record(b"h" * 300) + b"more"
+        outer, inner = layer()
+        for i in range(len(record(b"h" * 300)) - 1):
+            outer.dataReceived(hello[i : i + 1])
+        self.assertEqual(inner.events, [])
+        outer.dataReceived(hello[len(record(b"h" * 300)) - 1 :])
+        self.assertEqual(inner.events, [("made", outer), ("data", hello)])
+        outer.dataReceived(b"after")
+        self.assertEqual(inner.events[-1], ("data", b"after"))
+
+    def test_notTLSGoesStraightThrough(self) -> None:
+        for first in (b"GET / HTTP/1.1\r\n", b"\x17\x03\x03\x00\x05hello"):
+            outer, inner = layer()
+            outer.dataReceived(first)
+            self.assertEqual(inner.events, [("made", outer), ("data", first)])
+
+    def test_heldBytesAreBounded(self) -> None:
+        outer, inner = layer()
+        outer.dataReceived(bytes([0x16, 3, 1, 0xFF, 0xFF]))  # declares 64 KiB
+        outer.dataReceived(b"x" * (MAX_RECORD - 6))
+        self.assertEqual(inner.events, [])
+        outer.dataReceived(b"x")
+        self.assertEqual(len(inner.events[1][1]), MAX_RECORD)
+
+    def test_goneBeforeItSpokeIsNotPassedOn(self) -> None:
+        outer, inner = layer()
+        outer.dataReceived(b"\x16\x03")
+        outer.connectionLost(None)
+        self.assertEqual(inner.events, [])
+        connected, inner = layer()
+        connected.dataReceived(record(b"h"))
+        connected.connectionLost(None)
+        self.assertEqual(inner.events[-1], ("lost",))
