@@ -4,19 +4,26 @@ L{WorkerPoolService}: the master of C{twistd timerserver --workers N}.
 The master listens on C{--port} (L{WorkerSockets}: a socket per worker for
 TCP, one shared socket otherwise; a port in use is one line before any
 worker starts), never accepts, and hands each of N worker processes
-(C{timerserver.worker}) its listening socket as descriptor 3.
+(C{timerserver.worker}) its listening socket as descriptor 3 and its
+configuration as its first message (L{timerserver.messages}).
 
 It supervises them: a worker that exits is logged with its status and
 replaced at once; one that dies again within L{HEALTHY_AFTER} seconds of its
-start is restarted after a back-off (0.5 s, doubling to 30 s), not in a
-tight loop.  On stop it sends SIGTERM to every worker (each runs the
-graceful shutdown), waits for them, and logs one stop line that sums
-theirs.  A worker's log lines reach the master's log marked with its number.
+start, or whose spawn fails (EMFILE, ENOMEM, fork or exec), is restarted
+after a back-off (0.5 s, doubling to 30 s), not in a tight loop.  A worker
+is recorded only once its spawn succeeded.  On stop it sends SIGTERM to
+every worker (each runs the graceful shutdown), kills those still running
+L{KILL_AFTER} seconds past the shutdown timeout (stopped, wedged), stops
+waiting L{GIVE_UP_AFTER} seconds past it whatever happens, and logs one
+stop line that sums the workers' L{StopFigures}.
+
+A scrape asks every worker for its figures with a deadline (L{SCRAPE_DEADLINE});
+one that misses it contributes its last answer and is shown as down.
+Dead workers' counters are folded into one running sum.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -25,19 +32,22 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IProcessTransport
-from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from timerserver.workerprocess import WorkerProcess
 from timerserver.workersockets import WorkerSockets
 
 HEALTHY_AFTER = 5.0
 """A worker that ran this long before it died is replaced at once."""
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
-KILL_GRACE = 5.0
+KILL_AFTER = 3.0
 """Seconds past the shutdown timeout before a worker that will not stop is killed."""
+GIVE_UP_AFTER = 4.5
+"""Seconds past the shutdown timeout after which the master stops waiting for any worker."""
+SCRAPE_DEADLINE = 1.0
+"""Seconds a worker has to answer a scrape."""
 STOP_FIELDS = ("closed", "cancelled", "skipped")
 
 
@@ -51,112 +61,32 @@ def exitStatus(reason: Failure) -> str:
     return str(value)
 
 
-class WorkerProcess(ProcessProtocol):
-    """One worker: relays its log, answers, and tells the pool when it ends."""
-
-    _log = Logger()
-    transport: IProcessTransport  # set by spawnProcess before anything is read
-
-    def __init__(self, pool: WorkerPoolService, number: int) -> None:
-        self.pool = pool
-        self.number = number
-        self.buffers = {1: b"", 2: b""}
-        self.startedAt = pool.reactor.seconds()
-        self.ended: defer.Deferred[None] = defer.Deferred()
-        self.stopStats: dict[str, int] | None = None
-        self.waiting: list[defer.Deferred[dict[str, Any]]] = []
-        self.lastStats: dict[str, Any] | None = None
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        lines = (self.buffers.get(childFD, b"") + data).split(b"\n")
-        self.buffers[childFD] = lines.pop()
-        for line in lines:
-            if childFD == 1:
-                self.outLine(line)
-            elif line.strip():
-                self._log.error(
-                    "worker {worker}: {text}",
-                    worker=self.number,
-                    text=line.decode(errors="replace"),
-                )
-
-    def outLine(self, line: bytes) -> None:
-        """Handle one line of the worker's standard output: a reply or a log event."""
-        try:
-            message = json.loads(line)
-        except ValueError:
-            message = None
-        if not isinstance(message, dict):
-            self._log.info(
-                "worker {worker}: {text}", worker=self.number, text=line.decode(errors="replace")
-            )
-        elif "stats" in message:
-            self.lastStats = message["stats"]
-            waiting, self.waiting = self.waiting, []
-            for d in waiting:
-                d.callback(message["stats"])
-        else:
-            self.logEvent(eventFromJSON(line.decode()))
-
-    def logEvent(self, event: dict[str, Any]) -> None:
-        """Re-emit a worker's log event in the master's log, marked with its number."""
-        stats = event.get("stopStats")
-        if isinstance(stats, dict):
-            self.stopStats = stats
-        text = formatEvent(event)
-        failure = event.get("log_failure")
-        if failure is not None:
-            text += "\n" + failure.getTraceback()
-        level = event.get("log_level")
-        self._log.emit(
-            level if isinstance(level, type(LogLevel.info)) else LogLevel.info,
-            "worker {worker}: {text}",
-            worker=self.number,
-            text=text,
-        )
-
-    def askStats(self) -> defer.Deferred[dict[str, Any]]:
-        """The worker's counters, as it reports them on request."""
-        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
-        self.waiting.append(d)
-        self.transport.write(b"stats\n")
-        return d
-
-    def signal(self, name: str) -> None:
-        """Send the worker signal C{name} (C{"TERM"}, C{"KILL"}), if it still runs."""
-        try:
-            self.transport.signalProcess(name)
-        except Exception:
-            pass  # already gone
-
-    def processEnded(self, reason: Failure) -> None:
-        for d in self.waiting:
-            d.errback(reason)
-        self.waiting = []
-        self.pool.workerEnded(self, reason)
-        self.ended.callback(None)
-
-
 class WorkerPoolService(Service):
     """
     Listens on C{--port}, runs C{options["workers"]} worker processes on its
     socket, replaces those that die, and stops them all gracefully.
 
     @ivar workers: the running workers by number (1 to N).
+    @ivar retired: the counters of every worker that died, summed.
+    @ivar stopFigures: after stop, the summed L{StopFigures} of the workers,
+        and how many workers there were and how many sent none.
     """
 
     _log = Logger()
 
-    def __init__(self, options: Any, reactor: Any) -> None:
+    def __init__(self, options: Any, reactor: Any, scrapeDeadline: float = SCRAPE_DEADLINE) -> None:
         self.options = options
         self.reactor = reactor
+        self.scrapeDeadline = scrapeDeadline
         self.count: int = options["workers"]
         self.workers: dict[int, WorkerProcess] = {}
         self.failures: dict[int, int] = {}
         self.stopping = False
         self._restarts: dict[int, Any] = {}
-        self.retired: list[dict[str, Any]] = []
-        """The last counters of workers that died, kept in the metrics' sums."""
+        self.retired: dict[str, Any] = {}
+        self.linesDropped = 0
+        """Worker output lines the master dropped (over the length bound), dead workers'."""
+        self.stopFigures: dict[str, int] | None = None
         self.sockets = WorkerSockets(options.endpoint, options["port"], self.count)
 
     def privilegedStartService(self) -> None:
@@ -174,8 +104,19 @@ class WorkerPoolService(Service):
         for number in range(1, self.count + 1):
             self.spawn(number)
 
+    def workerCommand(self, number: int) -> list[str]:
+        """The command line of worker C{number}."""
+        args = [sys.executable, "-m", "timerserver.worker", "--number", str(number)]
+        if "asyncio" in type(self.reactor).__module__:
+            args += ["--reactor", "asyncio"]  # the workers run on the master's reactor
+        return [*args, "--fd", "3", "--family", self.sockets.family]
+
+    def workerConfig(self) -> dict[str, Any]:
+        """What every worker is configured with (its L{Configure} message)."""
+        return {"argv": list(self.options.argv)}
+
     def spawn(self, number: int) -> None:
-        """Start worker C{number} on the listening socket."""
+        """Start worker C{number} on the listening socket; retry later if that fails."""
         self._restarts.pop(number, None)
         if self.stopping or not self.sockets.fds:
             return
@@ -183,37 +124,50 @@ class WorkerPoolService(Service):
         env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package, env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
-        args = [sys.executable, "-m", "timerserver.worker", "--number", str(number)]
-        if "asyncio" in type(self.reactor).__module__:
-            args += ["--reactor", "asyncio"]  # the workers run on the master's reactor
-        args += ["--fd", "3", "--family", self.sockets.family, "--", *self.options.argv]
         worker = WorkerProcess(self, number)
+        try:
+            self.reactor.spawnProcess(
+                worker,
+                sys.executable,
+                self.workerCommand(number),
+                env=env,
+                childFDs={0: "w", 1: "r", 2: "r", 3: self.sockets.fds[number - 1]},
+            )
+        except Exception as e:  # EMFILE, ENOMEM, EAGAIN: fork, pipe or exec failed
+            delay = self._backOff(number, quick=True)
+            self._log.error(
+                "worker {worker} could not be started: {why}; retrying in {delay}s",
+                worker=number,
+                why=str(e) or type(e).__name__,
+                delay=delay,
+            )
+            self._restarts[number] = self.reactor.callLater(delay, self.spawn, number)
+            return
         self.workers[number] = worker
-        self.reactor.spawnProcess(
-            worker,
-            sys.executable,
-            args,
-            env=env,
-            childFDs={0: "w", 1: "r", 2: "r", 3: self.sockets.fds[number - 1]},
-        )
-        pid = worker.transport.pid if worker.transport else None
+        worker.configure(self.workerConfig())
+        pid = worker.transport.pid
         self._log.info("worker {worker} started, pid {pid}", worker=number, pid=pid)
+
+    def _backOff(self, number: int, quick: bool) -> float:
+        """The delay before worker C{number} is started again (0 unless it keeps failing)."""
+        failures = self.failures.get(number, 0) + 1 if quick else 0
+        self.failures[number] = failures
+        return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 2)) if failures >= 2 else 0.0
 
     def workerEnded(self, worker: WorkerProcess, reason: Failure) -> None:
         """Log how C{worker} ended and, unless stopping, start its replacement."""
+        from timerserver.metrics import combine, retired
+
         number = worker.number
         if self.workers.get(number) is worker:
             del self.workers[number]
         if worker.lastStats:
-            from timerserver.metrics import retired
-
-            self.retired.append(retired(worker.lastStats))
+            self.retired = combine([self.retired, retired(worker.lastStats)])
+        self.linesDropped += worker.linesDropped
         if self.stopping:
             return
         lived = self.reactor.seconds() - worker.startedAt
-        quick = self.failures.get(number, 0) + 1 if lived < HEALTHY_AFTER else 0
-        self.failures[number] = quick
-        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (quick - 2)) if quick >= 2 else 0.0
+        delay = self._backOff(number, quick=lived < HEALTHY_AFTER)
         self._log.warn(
             "worker {worker} {status} after {lived:.1f}s; restarting it in {delay}s",
             worker=number,
@@ -225,34 +179,42 @@ class WorkerPoolService(Service):
 
     def metricsSource(self) -> defer.Deferred[Any]:
         """
-        The metrics' source: every running worker's snapshot, asked for now,
-        summed with the master's own process figures and the retired workers'.
+        The metrics' source: every running worker's figures, asked for now
+        and answered within the scrape deadline (or its last answer), summed
+        with the master's own process figures and the dead workers'.
         """
+        workers = sorted(self.workers.items())
+        asks = [w.askStats(self.scrapeDeadline) for _, w in workers]
+        return defer.gatherResults(asks).addCallback(self._summed, workers)
+
+    def _summed(
+        self, answers: list[dict[str, Any] | None], workers: list[tuple[int, WorkerProcess]]
+    ) -> Any:
         from timerserver.metrics import combine, processFigures
 
-        workers = sorted(self.workers.items())
-        # A worker that dies before it answers is left out of this scrape;
-        # its last answer is in self.retired by then.
-        asks = [w.askStats().addErrback(lambda _: None) for _, w in workers]
-
-        def summed(answers: list[dict[str, Any] | None]) -> Any:
-            master = processFigures()
-            processes = {"master": master}
-            live = []
-            for (number, _), answer in zip(workers, answers, strict=True):
-                if answer is not None:
-                    processes[str(number)] = answer.get("process", {})
-                    live.append(answer)
-            total = combine([*live, *self.retired, {"process": master}])
-            return total, processes
-
-        return defer.gatherResults(asks).addCallback(summed)
+        master = processFigures()
+        processes = {"master": master}
+        up = {str(number): 0 for number in range(1, self.count + 1)}
+        live = []
+        dropped = self.linesDropped
+        for (number, worker), answer in zip(workers, answers, strict=True):
+            up[str(number)] = int(answer is not None)
+            figures = answer if answer is not None else worker.lastStats
+            dropped += worker.linesDropped
+            if figures is not None:
+                processes[str(number)] = figures.get("process", {})
+                live.append(figures)
+        mine = {"process": master, "log_lines_dropped": dropped}
+        total = combine([*live, self.retired, mine])
+        total["workers_up"] = up
+        return total, processes
 
     def stopService(self) -> defer.Deferred[None]:
         """
         Stop every worker gracefully (SIGTERM: goodbye, shutdown timeout,
-        timers cancelled), kill those still running well after the shutdown
-        timeout, and log one stop line that sums theirs.
+        timers cancelled), kill those still running L{KILL_AFTER} seconds
+        past the shutdown timeout, stop waiting L{GIVE_UP_AFTER} seconds past
+        it, and log one stop line that sums the workers' stop figures.
         """
         Service.stopService(self)
         self.stopping = True
@@ -262,30 +224,35 @@ class WorkerPoolService(Service):
         workers = list(self.workers.values())
         for worker in workers:
             worker.signal("TERM")
-        killer = self.reactor.callLater(
-            self.options["shutdown-timeout"] + KILL_GRACE, self._killAll, workers
-        )
+        timeout = self.options["shutdown-timeout"]
+        killer = self.reactor.callLater(timeout + KILL_AFTER, self._killAll, workers)
         self.sockets.close()
-        d = defer.gatherResults([w.ended for w in workers])
+        done: defer.Deferred[None] = defer.Deferred()
+        giveUp = self.reactor.callLater(timeout + GIVE_UP_AFTER, done.callback, None)
+        defer.gatherResults([w.ended for w in workers]).addCallback(
+            lambda _: None if done.called else done.callback(None)
+        )
 
         def stopped(_: object) -> None:
-            if killer.active():
-                killer.cancel()
-            totals = dict.fromkeys(STOP_FIELDS, 0)
-            for worker in workers:
-                for field in STOP_FIELDS:
-                    totals[field] += int((worker.stopStats or {}).get(field, 0))
+            for call in (killer, giveUp):
+                if call.active():
+                    call.cancel()
+            figures = [w.stopFigures for w in workers]
+            totals = {f: sum(getattr(s, f) for s in figures if s) for f in STOP_FIELDS}
+            missing = sum(1 for s in figures if s is None)
+            self.stopFigures = {**totals, "workers": len(workers), "unreported": missing}
             self._log.info(
                 "timerserver stopped listening on {description} and its {count} workers; "
                 "closed {closed} connections, cancelled {cancelled} timers, "
-                "skipped {skipped} messages to slow clients",
+                "skipped {skipped} messages to slow clients{unreported}",
                 description=self.options["port"],
                 count=len(workers),
                 stopStats=totals,
+                unreported=f" ({missing} workers sent no figures)" if missing else "",
                 **totals,
             )
 
-        return d.addCallback(stopped)
+        return done.addCallback(stopped)
 
     def _killAll(self, workers: list[WorkerProcess]) -> None:
         for worker in workers:

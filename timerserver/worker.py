@@ -1,37 +1,50 @@
 """
 One worker process of C{twistd timerserver --workers N}: the same server on
 a listening socket its master hands it, run as
-C{python -m timerserver.worker --number K --fd 3 --family INET -- OPTIONS}.
+C{python -m timerserver.worker --number K --fd 3 --family INET}.
 
-The master talks to it over three pipes:
+The master talks to it over three pipes, in the messages of
+L{timerserver.messages}, one a line:
 
- - standard input: one command a line (C{stats}: reply with the counters);
-   end of file means the master is gone, and the worker shuts down
-   gracefully, so that no worker outlives its master;
- - standard output: one JSON object a line, either a log event
-   (C{twisted.logger}'s JSON form) or a reply (C{{"stats": {...}}});
- - standard error: anything else (a crash before logging started).
+ - standard input: L{Configure} first (the server's configuration: until
+   it comes, the worker serves nothing), then L{StatsRequest}s; end of file
+   means the master is gone, and the worker shuts down gracefully, so that
+   no worker outlives its master;
+ - standard output (an L{OutChannel}: non-blocking, bounded): L{LogEvent}s,
+   L{StatsAnswer}s and, last, L{StopFigures};
+ - standard error: anything else (a crash before logging started, a bad
+   configuration), one line.
 
 SIGTERM and SIGINT run the graceful shutdown, once, however many arrive.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import signal
 import socket
 import sys
-from typing import Any, TextIO
+from typing import Any
 
 from twisted.internet import defer, stdio
-from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
-from twisted.protocols.basic import LineOnlyReceiver
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger, globalLogBeginner
 from twisted.python import usage
 
 from timerserver.clock import useMonotonicTime
 from timerserver.endpoint import endpointKind, layered, serverEndpoint, tlsContextFactory
+from timerserver.messages import (
+    MAX_LINE,
+    Configure,
+    MalformedMessage,
+    StatsAnswer,
+    StatsRequest,
+    StopFigures,
+    decode,
+)
 from timerserver.service import TimerServerService
 from timerserver.tap import Options, makeServer
+from timerserver.workerchannel import ChannelLogObserver, OutChannel
 
 FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
 
@@ -70,45 +83,107 @@ class WorkerOptions(Options):
         return None  # the master serves the metrics; a worker only counts
 
 
-class Control(LineOnlyReceiver):
-    """The master's commands on standard input."""
+class Control(Protocol):
+    """The master's messages on standard input, one a line."""
 
-    delimiter = b"\n"
+    _log = Logger()
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
+        self.buffer = b""
+        self.discarding = False
+
+    def dataReceived(self, data: bytes) -> None:
+        lines = (self.buffer + data).split(b"\n")
+        self.buffer = lines.pop()
+        for line in lines:
+            if self.discarding:
+                self.discarding = False
+            else:
+                self.lineReceived(line)
+        if len(self.buffer) > MAX_LINE:
+            self._log.error("message from the master over {limit} bytes ignored", limit=MAX_LINE)
+            self.buffer, self.discarding = b"", True
 
     def lineReceived(self, line: bytes) -> None:
-        if line.strip() == b"stats":
-            self.worker.reply({"stats": self.worker.stats()})
+        try:
+            message = decode(line)
+        except MalformedMessage as e:
+            self._log.error("malformed message from the master ignored: {why}", why=str(e))
+            return
+        if isinstance(message, Configure):
+            self.worker.configure(message.config)
+        elif isinstance(message, StatsRequest):
+            self.worker.answer(message.id)
+        else:
+            self._log.error("unexpected {kind} message from the master ignored", kind=message.TYPE)
 
     def connectionLost(self, reason: object = None) -> None:
         self.worker.stop()  # the master is gone
 
 
+STATS_PERIOD = 1.0
+"""A snapshot (and its reading of /proc/self) is reused for this long."""
+
+
 class Worker:
-    """Runs one server until told to stop, then exits."""
+    """Waits for its configuration, runs one server until told to stop, then exits."""
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, server: TimerServerService, out: TextIO) -> None:
+    def __init__(
+        self, reactor: Any, channel: OutChannel, fd: int, family: int, number: int = 0
+    ) -> None:
         self.reactor = reactor
-        self.server = server
-        self.out = out
+        self.channel = channel
+        self.fd = fd
+        self.family = family
+        self.number = number
+        self.server: TimerServerService | None = None
         self.stopping = False
+        self.exitCode = 0
+        self._snapshot: tuple[float, dict[str, Any]] | None = None
+
+    def configure(self, config: dict[str, Any]) -> None:
+        """Build the server from C{config} (C{{"argv": [...]}}) and start it, once."""
+        if self.server is not None or self.stopping:
+            self._log.error("a second configuration from the master ignored")
+            return
+        argv = config.get("argv")
+        try:
+            if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+                raise usage.UsageError(f"configuration without an argv list: {config!r}")
+            options = WorkerOptions(reactor=self.reactor)
+            options.parseOptions(argv)
+            endpoint = AdoptedEndpoint(self.reactor, self.fd, self.family, options)
+            server = makeServer(options, self.reactor, endpoint)
+            server.privilegedStartService()
+        except (usage.UsageError, SystemExit) as e:
+            # The master checked the same options: something changed since
+            # (a certificate removed, say).  One line, and the master backs off.
+            sys.stderr.write(f"{e}\n")
+            sys.stderr.flush()
+            self.exitCode = 1
+            self.stop()
+            return
+        self.server = server
+        server.startService()  # type: ignore[no-untyped-call]
 
     def stats(self) -> dict[str, Any]:
-        """What the master's metrics sum: this worker's L{snapshot}."""
-        if self.server.monitor is None:
-            return {}
+        """What the master's metrics sum: this worker's L{snapshot}, at most one a period."""
         from timerserver.metrics import snapshot
 
-        return snapshot(self.server.factory, self.server.monitor)
+        server = self.server
+        if server is None or server.monitor is None:
+            return {"log_lines_dropped": self.channel.droppedTotal}
+        now = self.reactor.seconds()
+        if self._snapshot is None or now - self._snapshot[0] >= STATS_PERIOD:
+            self._snapshot = (now, snapshot(server.factory, server.monitor))
+        return {**self._snapshot[1], "log_lines_dropped": self.channel.droppedTotal}
 
-    def reply(self, message: dict[str, Any]) -> None:
-        """Write C{message} to the master as one JSON line."""
-        self.out.write(json.dumps(message) + "\n")
-        self.out.flush()
+    def answer(self, id: int) -> None:
+        """Answer the master's stats request C{id}."""
+        self.channel.send(StatsAnswer(id, self.stats()))
 
     def stop(self) -> None:
         """Stop the reactor (once): the graceful shutdown runs before it stops."""
@@ -116,25 +191,44 @@ class Worker:
             self.stopping = True
             self.reactor.stop()
 
-    def run(self) -> None:
-        """Start the server, take commands from the master, run until stopped."""
+    def _shutdown(self) -> defer.Deferred[None] | None:
+        """The server's graceful shutdown, then its figures to the master."""
+        server = self.server
+        if server is None or not server.running:
+            return None
+
+        def report(_: object) -> None:
+            figures = server.stopStats or {}
+            self.channel.send(
+                StopFigures(
+                    closed=int(figures.get("closed", 0)),
+                    cancelled=int(figures.get("cancelled", 0)),
+                    skipped=int(figures.get("skipped", 0)),
+                )
+            )
+
+        return server.stopService().addCallback(report)
+
+    def run(self) -> int:
+        """Take messages from the master, run until stopped; the exit status."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.reactor.callFromThread(self.stop))
-        self.server.privilegedStartService()
-        self.server.startService()  # type: ignore[no-untyped-call]
-        self.reactor.addSystemEventTrigger("before", "shutdown", self.server.stopService)
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
         stdio.StandardIO(Control(self), stdout=_devnull(), reactor=self.reactor)  # type: ignore[call-arg]
         self.reactor.run(installSignalHandlers=False)
+        self.channel.drain(1.0)  # the stop figures and last lines, if the master reads
+        return self.exitCode
 
 
 def _devnull() -> int:
-    import os
-
     return os.open(os.devnull, os.O_WRONLY)
 
 
 def main(argv: list[str]) -> None:
-    """Run worker C{--number} on descriptor C{--fd} with the server options after C{--}."""
+    """
+    Run worker C{--number} on descriptor C{--fd}; its configuration comes
+    from the master, as the first message on standard input.
+    """
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m timerserver.worker")
@@ -142,28 +236,19 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--family", choices=sorted(FAMILIES), required=True)
     parser.add_argument("--reactor", choices=["default", "asyncio"], default="default")
-    parser.add_argument("options", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.reactor == "asyncio":
         from twisted.internet import asyncioreactor
 
         asyncioreactor.install()
-    out = sys.stdout  # replies and log events share it, one JSON object a line
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(out, "")], redirectStandardIO=False)
     from twisted.internet import reactor
 
+    channel = OutChannel(reactor, sys.stdout.fileno())
+    sys.stdout = sys.stderr  # nothing else may write to the channel's pipe
+    globalLogBeginner.beginLoggingTo([ChannelLogObserver(channel)], redirectStandardIO=False)
     useMonotonicTime(reactor)
-    try:
-        options = WorkerOptions(reactor=reactor)
-        options.parseOptions([a for a in args.options if a != "--"])
-        endpoint = AdoptedEndpoint(reactor, args.fd, FAMILIES[args.family], options)
-        server = makeServer(options, reactor, endpoint)
-    except usage.UsageError as e:
-        # The master checked the same options: something changed since
-        # (a certificate removed, say).  One line, and the master backs off.
-        sys.stderr.write(f"{e}\n")
-        sys.exit(1)
-    Worker(reactor, server, out).run()
+    worker = Worker(reactor, channel, args.fd, FAMILIES[args.family], args.number)
+    sys.exit(worker.run())
 
 
 if __name__ == "__main__":
