@@ -28,6 +28,7 @@ from tests.serverprocess import (
 from timerserver import TimerQueueCounters, TimerWheel
 from timerserver.factory import TimerServerFactory
 from timerserver.lateness import LatenessHistogram
+from timerserver.reasons import REFUSED
 
 try:
     import treq
@@ -78,7 +79,8 @@ class SnapshotTests(SynchronousTestCase):
             proto.connectionLost(None)  # a: idle closed it; all of them are gone now
         s = snapshot(factory, counters)
         self.assertEqual(s["accepted"], 3)
-        self.assertEqual(s["refused"], {"full": 1, "peer": 1})
+        self.assertEqual({k: v for k, v in s["refused"].items() if v}, {"full": 1, "peer": 1})
+        self.assertEqual(set(s["refused"]), set(REFUSED))  # every reason, 0 or not
         self.assertEqual(s["closed"]["idle"], 3)
         self.assertEqual(s["echo_bytes"], 5)
         self.assertEqual(s["periodic"], 9)  # 3 connections x 3 ticks in 1.1 s
@@ -228,7 +230,7 @@ class ScrapeTests(TestCase):
         self.assertEqual(per, {"master", "1", "2"})
         for sock in socks[:10]:
             sock.close()
-        time.sleep(0.5)
+        time.sleep(1.2)  # past the period a snapshot is reused for
         v = yield self.scrape(url)
         self.assertEqual(v[("timerserver_connections_open", ())], 30)
         self.assertEqual(v[("timerserver_connections_closed_total", (("reason", "client"),))], 10)
@@ -240,6 +242,7 @@ class ScrapeTests(TestCase):
         pid = int(re.findall(r"worker 1 started, pid (\d+)", server.output)[-1])
         os.kill(pid, signal.SIGKILL)
         server.waitForLine(r"worker 1 killed by signal 9", 10)
+        time.sleep(1.2)
         v = yield self.scrape(url)
         self.assertEqual(v[("timerserver_connections_accepted_total", ())], 40)
         self.assertLess(v[("timerserver_connections_open", ())], 30)
