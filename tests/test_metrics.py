@@ -298,3 +298,60 @@ class EmptyScrapeTests(SynchronousTestCase):
         }
         self.assertEqual(names["timerserver_connections_open"], 0)
         self.assertEqual(names["timerserver_periodic_lateness_seconds_count"], 0)
+
+
+class CoalescedTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        from timerserver.metrics import Coalesced
+
+        self.clock = Clock()
+        self.pending: list[defer.Deferred[Any]] = []
+        self.source = Coalesced(self.gather, self.clock, period=1.0)
+
+    def gather(self) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+    def test_concurrentScrapesShareOneRound(self) -> None:
+        scrapes = [self.source() for _ in range(100)]
+        self.assertEqual(len(self.pending), 1)
+        self.pending[0].callback("figures")
+        self.assertEqual([self.successResultOf(d) for d in scrapes], ["figures"] * 100)
+
+    def test_aResultIsReusedForAPeriod(self) -> None:
+        self.source()
+        self.pending[0].callback("first")
+        self.clock.advance(0.9)
+        self.assertEqual(self.successResultOf(self.source()), "first")
+        self.assertEqual(len(self.pending), 1)
+        self.clock.advance(0.1)
+        d = self.source()
+        self.assertEqual(len(self.pending), 2)
+        self.pending[1].callback("second")
+        self.assertEqual(self.successResultOf(d), "second")
+        self.assertEqual(self.source.calls, 2)
+
+    def test_aFailureIsSharedButNotKept(self) -> None:
+        scrapes = [self.source() for _ in range(3)]
+        self.pending[0].errback(RuntimeError("no"))
+        for d in scrapes:
+            self.failureResultOf(d, RuntimeError)
+        d = self.source()
+        self.assertEqual(len(self.pending), 2)  # asked again at once
+        self.pending[1].callback("ok")
+        self.assertEqual(self.successResultOf(d), "ok")
+
+    def test_workersUpAndDroppedLinesAreExported(self) -> None:
+        from timerserver.metrics import SnapshotCollector
+
+        total = combine([{"log_lines_dropped": 3}, {"log_lines_dropped": 4}])
+        total["workers_up"] = {"2": 0, "10": 1, "1": 1}
+        samples = [
+            (s.name, s.labels, s.value)
+            for family in SnapshotCollector(total, {}).collect()
+            for s in family.samples
+        ]
+        self.assertIn(("timerserver_log_lines_dropped_total", {}, 7), samples)
+        up = [(labels["worker"], v) for n, labels, v in samples if n == "timerserver_worker_up"]
+        self.assertEqual(up, [("1", 1), ("2", 0), ("10", 1)])
