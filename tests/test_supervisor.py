@@ -245,7 +245,7 @@ class ScrapeTests(SynchronousTestCase):
 
 class WorkerOutputTests(SynchronousTestCase):
     def worker(self) -> tuple[WorkerProcess, list[dict[str, Any]]]:
-        service, reactor = pool(workers=1)
+        service, _ = pool(workers=1)
         service.startService()
         logged: list[dict[str, Any]] = []
         from twisted.logger import globalLogPublisher

@@ -120,7 +120,7 @@ class ObserverTests(SynchronousTestCase):
         log = Logger(observer=ChannelLogObserver(channel))
         log.warn("client {peer} said {data!r}", peer="10.0.0.1", data=b"{oops}")
         try:
-            1 / 0
+            raise ZeroDivisionError("no")
         except ZeroDivisionError:
             log.failure("it broke")
         first, second = [decode(line) for line in os.read(read, 65536).splitlines()]
