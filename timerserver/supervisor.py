@@ -165,6 +165,12 @@ class WorkerPoolService(Service):
             self.retired = combine([self.retired, retired(worker.lastStats)])
         self.linesDropped += worker.linesDropped
         if self.stopping:
+            if not isinstance(reason.value, ProcessDone):
+                self._log.warn(
+                    "worker {worker} {status} while stopping",
+                    worker=number,
+                    status=exitStatus(reason),
+                )
             return
         lived = self.reactor.seconds() - worker.startedAt
         delay = self._backOff(number, quick=lived < HEALTHY_AFTER)

@@ -216,7 +216,7 @@ class Worker:
         self.reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
         stdio.StandardIO(Control(self), stdout=_devnull(), reactor=self.reactor)  # type: ignore[call-arg]
         self.reactor.run(installSignalHandlers=False)
-        self.channel.drain(1.0)  # the stop figures and last lines, if the master reads
+        self.channel.drain(2.0)  # the stop figures and last lines, if the master reads
         return self.exitCode
 
 

@@ -13,7 +13,9 @@ dropped, and it is a small fraction of what 10,000 connections' buffers
 take.  Log lines may fill L{LOG_LIMIT} of it (768 KiB); beyond that they
 are dropped and counted, and the count is logged once the queue drains.
 The rest is kept for replies (stats answers, stop figures), which are only
-dropped when there is no room at all.
+dropped when there is no room at all, and which are written before the log
+lines queued ahead of them (a worker's stop figures do not wait behind a
+backlog of its log).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import os
 import select
 import time
+from collections import deque
 from typing import Any
 
 from twisted.internet.interfaces import IReactorFDSet, IWriteDescriptor
@@ -52,10 +55,14 @@ class OutChannel:
         self.fd = fd
         self.limit = limit
         self.logLimit = logLimit
-        self.buffer = bytearray()
+        self.size = 0
+        """Bytes queued, the message being written included."""
         self.dropped = 0
         self.droppedTotal = 0
         self.closed = False
+        self._current = b""
+        self._replies: deque[bytes] = deque()
+        self._logs: deque[bytes] = deque()
         self._writing = False
         os.set_blocking(fd, False)
 
@@ -69,48 +76,73 @@ class OutChannel:
         """
         Queue C{message} and write what the pipe takes now.  A log line
         (C{droppable}) is dropped beyond L{LOG_LIMIT}, anything beyond
-        L{LIMIT}.  Whether it was queued.
+        L{LIMIT}; replies go out before the log lines queued ahead of them.
+        Whether it was queued.
         """
         if self.closed:
             return False
         data = encode(message)
-        if len(self.buffer) + len(data) > (self.logLimit if droppable else self.limit):
+        if self.size + len(data) > (self.logLimit if droppable else self.limit):
             if droppable:
                 self.dropped += 1
                 self.droppedTotal += 1
             return False
-        self.buffer += data
+        (self._logs if droppable else self._replies).append(data)
+        self.size += len(data)
         if not self._writing:
             self.doWrite()
         return True
 
+    def _nextChunk(self) -> bytes:
+        """Whole messages, replies first, up to about L{CHUNK} bytes."""
+        parts: list[bytes] = []
+        size = 0
+        for queue in (self._replies, self._logs):
+            while queue and (size == 0 or size + len(queue[0]) <= CHUNK):
+                parts.append(queue.popleft())
+                size += len(parts[-1])
+        return b"".join(parts)
+
     def doWrite(self) -> None:
         """Write what the pipe takes; wait for it to drain if anything is left."""
-        while self.buffer:
+        while self.size:
+            if not self._current:
+                self._current = self._nextChunk()
             try:
-                written = os.write(self.fd, self.buffer[:CHUNK])
+                written = os.write(self.fd, self._current)
             except BlockingIOError:
                 break
             except OSError:  # EPIPE: the master is gone; stdin's end stops the worker
-                self.closed = True
-                self.buffer.clear()
+                self._broken()
                 break
-            del self.buffer[:written]
-        if self.buffer and not self._writing:
+            self._current = self._current[written:]
+            self.size -= written
+        if self.size and not self._writing:
             self._writing = True
             self.reactor.addWriter(self)
-        elif not self.buffer and self._writing:
+        elif not self.size and self._writing:
             self._writing = False
             self.reactor.removeWriter(self)
-        if not self.buffer and self.dropped and not self.closed:
+        if not self.size and self.dropped and not self.closed:
             dropped, self.dropped = self.dropped, 0
             self._log.warn(
                 "dropped {count} log lines while the master was not reading", count=dropped
             )
 
     def connectionLost(self, reason: object) -> None:
+        """
+        The reactor lets go of the channel (its shutdown disconnects every
+        descriptor): what is queued is kept for L{drain}.
+        """
+        self._writing = False
+
+    def _broken(self) -> None:
+        """The master is gone (EPIPE): nothing more can be written."""
         self.closed = True
-        self.buffer.clear()
+        self._current = b""
+        self._replies.clear()
+        self._logs.clear()
+        self.size = 0
 
     def drain(self, timeout: float) -> bool:
         """
@@ -120,12 +152,12 @@ class OutChannel:
         deadline = time.monotonic() + timeout
         poller = select.poll()
         poller.register(self.fd, select.POLLOUT)
-        while self.buffer and not self.closed:
+        while self.size and not self.closed:
             left = deadline - time.monotonic()
             if left <= 0 or not poller.poll(left * 1000):
                 return False
             self.doWrite()
-        return not self.buffer
+        return not self.size
 
 
 @implementer(ILogObserver)
