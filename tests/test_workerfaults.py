@@ -75,7 +75,7 @@ class StoppedMasterTests(WorkerCase):
         finally:
             os.kill(server.pid, signal.SIGCONT)
         server.stop(signal.SIGTERM, timeout=20)
-        self.assertIn("closed 11 connections", server.output)
+        self.assertEqual(server.stopFigures()["closed"], 11)
 
 
 class StoppedWorkerTests(WorkerCase):
@@ -114,7 +114,7 @@ class StoppedWorkerTests(WorkerCase):
         server.stop(signal.SIGTERM, timeout=1 + 5)
         self.assertLess(time.monotonic() - started, 1 + 5)
         self.assertIn("worker 1 did not stop; killing it", server.output)
-        self.assertIn("(1 workers sent no figures)", server.output)
+        self.assertEqual(server.stopFigures()["unreported"], 1)
         self.waitGone(list(pids.values()), 5)
 
 

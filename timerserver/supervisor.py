@@ -253,7 +253,7 @@ class WorkerPoolService(Service):
                 "skipped {skipped} messages to slow clients{unreported}",
                 description=self.options["port"],
                 count=len(workers),
-                stopStats=totals,
+                stopStats=self.stopFigures,
                 unreported=f" ({missing} workers sent no figures)" if missing else "",
                 **totals,
             )
