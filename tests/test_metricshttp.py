@@ -224,7 +224,9 @@ class LimitTests(SynchronousTestCase):
         self.assertTrue(port.reading)
         conns.append(h.connect())
         self.assertFalse(port.reading)  # the kernel's queue holds the next ones
-        self.assertIsNone(h.factory.buildProtocol(ADDRESS))  # and none is served past it
+        conns.append(h.connect())  # accepted in the same turn: served, not reset
         h.lose(conns[0][0])
+        self.assertFalse(port.reading)
+        h.lose(conns[1][0])
         self.assertTrue(port.reading)
         self.assertEqual(h.factory.open, 2)

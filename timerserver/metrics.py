@@ -214,7 +214,11 @@ class SnapshotCollector:
 
 
 def render(source: Source) -> Callable[[str], defer.Deferred[tuple[str, bytes]]]:
-    """The metrics of C{source} in the format the scraper's C{Accept} header asks for."""
+    """
+    The metrics of C{source} in the format the scraper's C{Accept} header
+    asks for; the text of a result is made once per format.
+    """
+    made: dict[str, tuple[Any, str, bytes]] = {}
 
     def rendered(accept: str) -> defer.Deferred[tuple[str, bytes]]:
         from prometheus_client import CollectorRegistry
@@ -223,9 +227,13 @@ def render(source: Source) -> Callable[[str], defer.Deferred[tuple[str, bytes]]]
         encoder, contentType = choose_encoder(accept)
 
         def encode(result: tuple[Snapshot, dict[str, dict[str, float]]]) -> tuple[str, bytes]:
+            last = made.get(contentType)
+            if last is not None and last[0] is result:
+                return contentType, last[2]
             registry = CollectorRegistry(auto_describe=False)
             registry.register(SnapshotCollector(*result))
-            return contentType, encoder(registry)
+            made[contentType] = (result, contentType, encoder(registry))
+            return contentType, made[contentType][2]
 
         return source().addCallback(encode)
 

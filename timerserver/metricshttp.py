@@ -14,9 +14,11 @@ answered; a scrape port needs neither.  Here:
    read and thrown away for at most L{LINGER} seconds or L{LINGER_BYTES},
    so that it gets the answer rather than a reset, then the connection is
    aborted);
- - at most L{MAX_CONNECTIONS} connections are served at once: past that the
-   port stops accepting, and the kernel's listen queue holds the rest until
-   one ends (a flood of scrapes waits rather than fails);
+ - at most L{MAX_CONNECTIONS} connections are served at once (and those the
+   port accepted in the same turn): past that the port stops accepting, and
+   the kernel's listen queue holds the rest until one ends (a flood of
+   scrapes waits rather than fails; give C{--metrics} a C{backlog=} for
+   floods larger than 50);
  - an answer not ready within C{answerTimeout} is 503; a scraper that goes
    away before its answer leaves nothing behind (no write, no error logged).
 
@@ -208,8 +210,9 @@ class MetricsHTTPFactory(Factory):
         self._paused = False
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
-        if self.open >= self.maxConnections:
-            return None  # only if the port could not be paused: closed at once
+        # Past the limit only within the turn that reached it: the port
+        # accepts a batch per turn, and closing those would reset scrapers
+        # that the next turn could serve.
         self.open += 1
         if self.open >= self.maxConnections:
             self._pause(True)
