@@ -32,6 +32,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -160,6 +161,7 @@ class Soak:
                 if proc.poll() is None:
                     proc.kill()
             self.server.kill()
+            shutil.rmtree(self.work, ignore_errors=True)
         return self.analyse(records, stopAt, exit)
 
     def startClients(self) -> list[subprocess.Popen[str]]:
@@ -220,10 +222,10 @@ class Soak:
         with pinnedFiles(self.server.pid):
             os.kill(pid, signal.SIGKILL)
             event = self.log("kill-pinned", worker=number, pid=pid)
-            failed = self.server.output.count(f"worker {number} could not be started")
+            failed = self.server.output.count("could not be started")
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and failed == self.server.output.count(
-                f"worker {number} could not be started"
+                "could not be started"
             ):
                 time.sleep(0.05)
             time.sleep(3.0 - (time.monotonic() - event["at"]))

@@ -23,6 +23,14 @@ def analyse(soak: Any, records: list[list[Any]], stopAt: float, exit: float) -> 
     masterStops = [e for e in events if e["kind"] == "stop-master" and "continuedAt" in e]
     pinned = [e for e in events if e["kind"] == "kill-pinned"]
     connectedAt = next(e["at"] for e in events if e["kind"] == "connected")
+    kills = [e["at"] for e in events if e["kind"].startswith("kill")]
+
+    def ended(closed: float | None) -> float:
+        """When a connection stopped being served: its worker's kill, if that closed it."""
+        if closed is None:
+            return stopAt
+        killed = [k for k in kills if k <= closed <= k + 5.0]
+        return min(killed[-1] if killed else closed, stopAt)
 
     def stoppedBy(record: list[Any]) -> dict[str, Any] | None:
         local, _, welcomed, _, _, closed, _ = record
@@ -60,8 +68,8 @@ def analyse(soak: Any, records: list[list[Any]], stopAt: float, exit: float) -> 
             if after:
                 resumes.append(after[0] - stop["continuedAt"])
             continue
-        end = min(closed if closed is not None else stopAt, stopAt)
-        due = max(0, math.floor((end - welcomed - 0.3) / interval))
+        # A message due in the last 0.3 s may still be on its way.
+        due = max(0, math.floor((ended(closed) - welcomed - 0.3) / interval))
         healthy += 1
         missing = max(0, due - count)
         lost += missing

@@ -24,7 +24,7 @@ from timerserver.messages import (
 class RoundTripTests(SynchronousTestCase):
     def test_everyType(self) -> None:
         for message in (
-            Configure({"argv": ["--interval", "0.5", "--message", "a\nb"]}),
+            Configure({"argv": ["--interval", "0.5", "--message", "a\nb"]}, 2, 4),
             StatsRequest(7),
             StatsAnswer(7, {"accepted": 3, "refused": {"full": 1}}),
             LogEvent("info", "worker says\nhello", None),
@@ -80,7 +80,8 @@ class MalformedTests(SynchronousTestCase):
             {"type": "stats-answer", "id": 1, "stats": [1]},
             {"type": "log", "level": "info", "text": None},
             {"type": "log", "level": "info", "text": "x", "traceback": 3},
-            {"type": "configure", "config": "argv"},
+            {"type": "configure", "config": "argv", "number": 1, "fd": 3},
+            {"type": "configure", "config": {}, "number": "1", "fd": 3},
         ):
             self.assertRaises(MalformedMessage, decode, json.dumps(line).encode())
 

@@ -27,6 +27,7 @@ from timerserver.messages import (
 )
 from timerserver.supervisor import (
     BACKOFF_FIRST,
+    BACKOFF_MAX,
     GIVE_UP_AFTER,
     KILL_AFTER,
     WorkerPoolService,
@@ -93,8 +94,36 @@ class SpawnTests(SynchronousTestCase):
         service, reactor = pool()
         service.startService()
         self.assertEqual(sorted(service.workers), [1, 2])
-        for process in reactor.processes:
-            self.assertEqual(process.messages(), [Configure({"argv": ["--interval", "0.5"]})])
+        one, two, spare = reactor.processes
+        argv = {"argv": ["--interval", "0.5"]}
+        self.assertEqual(one.messages(), [Configure(argv, 1, 3)])
+        self.assertEqual(two.messages(), [Configure(argv, 2, 4)])
+        self.assertEqual(spare.messages(), [])  # it waits, configured as nothing
+        self.assertIs(service.spare, spare.proto)
+
+    def test_theSpareReplacesADeadWorkerAtOnce(self) -> None:
+        service, reactor = pool()
+        service.startService()
+        one, _, spare = reactor.processes
+        one.end(Failure(ProcessTerminated(signal=9)))
+        reactor.advance(0)
+        self.assertIs(service.workers[1], spare.proto)
+        self.assertEqual(spare.messages(), [Configure({"argv": ["--interval", "0.5"]}, 1, 3)])
+        [fresh] = reactor.processes[3:]  # and another spare is started
+        self.assertIs(service.spare, fresh.proto)
+        self.assertEqual(fresh.messages(), [])
+
+    def test_aDeadSpareIsReplacedWithBackOff(self) -> None:
+        service, reactor = pool(workers=1)
+        service.startService()
+        delays = []
+        for _ in range(3):
+            reactor.processes[-1].end(Failure(ProcessTerminated(signal=9)))
+            [call] = reactor.getDelayedCalls()
+            delays.append(call.getTime() - reactor.seconds())
+            reactor.advance(call.getTime() - reactor.seconds())
+        self.assertEqual(delays, [0.0, BACKOFF_FIRST, 2 * BACKOFF_FIRST])
+        self.assertEqual(service.workers[1].transport, reactor.processes[0])  # untouched
 
     def test_failedSpawnIsRetriedWithBackOffAndRecordsNothing(self) -> None:
         service, reactor = pool(workers=1)
@@ -105,22 +134,23 @@ class SpawnTests(SynchronousTestCase):
         globalLogPublisher.addObserver(logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, logged.append)
         service.startService()
-        self.assertEqual(service.workers, {})
+        self.assertEqual((service.workers, service.spare), ({}, None))
         delays = []
         for _ in range(4):
-            [call] = reactor.getDelayedCalls()
+            call = service._restarts[1]
             delays.append(call.getTime() - reactor.seconds())
             reactor.advance(call.getTime() - reactor.seconds())
         self.assertEqual(delays, [0.0, BACKOFF_FIRST, 2 * BACKOFF_FIRST, 4 * BACKOFF_FIRST])
-        self.assertEqual(service.workers, {})
+        self.assertEqual((service.workers, service.spare), ({}, None))
         lines = [e for e in logged if "could not be started" in e.get("log_format", "")]
-        self.assertEqual(len(lines), 5)  # one line per attempt, no traceback
-        self.assertNotIn("log_failure", lines[0])
-        self.assertIn("Too many open files", lines[0]["why"])
+        mine = [e for e in lines if e["label"] == "worker 1"]
+        self.assertEqual(len(mine), 5)  # one line per attempt, no traceback
+        self.assertNotIn("log_failure", mine[0])
+        self.assertIn("Too many open files", mine[0]["why"])
         reactor.failure = None  # the descriptors are back
-        [call] = reactor.getDelayedCalls()
-        reactor.advance(call.getTime() - reactor.seconds())
+        reactor.advance(BACKOFF_MAX)
         self.assertEqual(list(service.workers), [1])
+        self.assertIsNotNone(service.spare)
         self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_quickDeathsBackOffAndAHealthyRunResets(self) -> None:
@@ -128,13 +158,13 @@ class SpawnTests(SynchronousTestCase):
         service.startService()
         delays = []
         for _ in range(3):
-            reactor.processes[-1].end(Failure(ProcessTerminated(signal=9)))
+            service.workers[1].transport.end(Failure(ProcessTerminated(signal=9)))
             [call] = reactor.getDelayedCalls()
             delays.append(call.getTime() - reactor.seconds())
             reactor.advance(call.getTime() - reactor.seconds())
         self.assertEqual(delays, [0.0, BACKOFF_FIRST, 2 * BACKOFF_FIRST])
         reactor.advance(60)
-        reactor.processes[-1].end(Failure(ProcessTerminated(signal=9)))
+        service.workers[1].transport.end(Failure(ProcessTerminated(signal=9)))
         [call] = reactor.getDelayedCalls()
         self.assertEqual(call.getTime(), reactor.seconds())
 
@@ -144,10 +174,14 @@ class StopTests(SynchronousTestCase):
         service, reactor = pool()
         service.startService()
         d = service.stopService()
-        for process, closed in zip(reactor.processes, (3, 4), strict=True):
+        one, two, spare = reactor.processes
+        for process, closed in zip((one, two), (3, 4), strict=True):
             self.assertEqual(process.signals, ["TERM"])
             process.proto.childDataReceived(1, encode(StopFigures(closed, closed + 1, 1)))
             process.end()
+        self.assertNoResult(d)  # the spare is waited for too
+        self.assertEqual(spare.signals, ["TERM"])
+        spare.end()
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(
             service.stopFigures,
@@ -158,9 +192,10 @@ class StopTests(SynchronousTestCase):
     def test_wedgedWorkersAreKilledAndTheStopEndsByItsDeadline(self) -> None:
         service, reactor = pool(shutdownTimeout=5.0)
         service.startService()
-        stuck, gone = reactor.processes
+        stuck, gone, spare = reactor.processes
         d = service.stopService()
         gone.end()
+        spare.end()
         reactor.advance(5.0 + KILL_AFTER)
         self.assertEqual(stuck.signals, ["TERM", "KILL"])
         self.assertNoResult(d)
@@ -182,8 +217,9 @@ class StopTests(SynchronousTestCase):
         service, reactor = pool(workers=1)
         service.startService()
         service.stopService()
-        reactor.processes[0].end(Failure(ProcessTerminated(signal=15)))
-        self.assertEqual(len(reactor.processes), 1)
+        for process in reactor.processes:
+            process.end(Failure(ProcessTerminated(signal=15)))
+        self.assertEqual(len(reactor.processes), 2)  # the worker and the spare, no other
         self.assertEqual(reactor.getDelayedCalls(), [])
 
 
@@ -195,7 +231,7 @@ class ScrapeTests(SynchronousTestCase):
     def test_aWorkerThatMissesTheDeadlineGivesItsLastAnswer(self) -> None:
         service, reactor = pool()
         service.startService()
-        one, two = reactor.processes
+        one, two, _ = reactor.processes
         d = service.metricsSource()
         self.answer(one, {"accepted": 5})
         self.answer(two, {"accepted": 7})
@@ -221,14 +257,14 @@ class ScrapeTests(SynchronousTestCase):
         service.startService()
         for accepted in (5, 7, 11):
             d = service.metricsSource()
-            self.answer(reactor.processes[-1], {"accepted": accepted, "connections_open": 2})
+            self.answer(service.workers[1].transport, {"accepted": accepted, "connections_open": 2})
             self.successResultOf(d)
-            reactor.processes[-1].end(Failure(ProcessTerminated(signal=9)))
+            service.workers[1].transport.end(Failure(ProcessTerminated(signal=9)))
             reactor.advance(60)
         self.assertEqual(service.retired["accepted"], 23)
         self.assertEqual(service.retired["connections_open"], 0)
         d = service.metricsSource()
-        self.answer(reactor.processes[-1], {"accepted": 1, "connections_open": 2})
+        self.answer(service.workers[1].transport, {"accepted": 1, "connections_open": 2})
         total, _ = self.successResultOf(d)
         self.assertEqual((total["accepted"], total["connections_open"]), (24, 2))
 
@@ -236,7 +272,7 @@ class ScrapeTests(SynchronousTestCase):
         service, reactor = pool(workers=1)
         service.startService()
         d = service.metricsSource()
-        reactor.processes[0].end(Failure(ProcessTerminated(signal=9)))
+        service.workers[1].transport.end(Failure(ProcessTerminated(signal=9)))
         total, _ = self.successResultOf(d)
         self.assertEqual(total["workers_up"], {"1": 0})
         reactor.advance(60)  # its replacement; no timer of the scrape is left
@@ -266,7 +302,7 @@ class WorkerOutputTests(SynchronousTestCase):
         worker, logged = self.worker()
         for line in (b"not json", b"[1]", b'{"type": "stats-answer", "id": "x", "stats": {}}'):
             worker.childDataReceived(1, line + b"\n")
-        worker.childDataReceived(1, encode(Configure({"argv": []})))  # only the master sends it
+        worker.childDataReceived(1, encode(Configure({"argv": []}, 1, 3)))  # only the master
         worker.childDataReceived(1, b"\xff\xfe\n" * 50)
         self.assertEqual(worker.malformed, 54)
         self.assertEqual(len(logged), MALFORMED_LOGGED)

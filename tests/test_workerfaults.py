@@ -120,17 +120,30 @@ class StoppedWorkerTests(WorkerCase):
 
 class FailedSpawnTests(WorkerCase):
     def test_spawnWithoutDescriptorsIsRetried(self) -> None:
+        """
+        With the master's open-file limit at its current use, a killed worker
+        is replaced by the spare (already started); the spare's own
+        replacement, and then a second replacement, fail to spawn, are one
+        line each and are retried until the limit is restored.
+        """
         server = self.start("--metrics", "tcp:0:interface=127.0.0.1")
+        server.waitForLine(r"spare worker started, pid", 20)
         master = psutil.Process(server.pid)
         soft, hard = master.rlimit(psutil.RLIMIT_NOFILE)
         master.rlimit(psutil.RLIMIT_NOFILE, (master.num_fds(), hard))
         try:
             os.kill(self.workerPids(server)[1], signal.SIGKILL)
+            server.waitForLine(r"worker 1 started, pid \d+ \(the spare\)", 10)
+            server.waitForLine(r"spare worker could not be started: .*retrying in", 10)
+            server.waitForLine(r"worker 1: timerserver listening", 10, occurrence=2)
+            sock = self.connect(server)  # the spare serves, the limit still pinned
+            self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+            os.kill(self.workerPids(server)[1], signal.SIGKILL)  # and now no spare is left
             server.waitForLine(r"worker 1 could not be started: .*retrying in", 10)
             server.waitForLine(r"worker 1 could not be started: .*retrying in", 10, occurrence=2)
         finally:
             master.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
-        server.waitForLine(r"worker 1: timerserver listening", 40, occurrence=2)
+        server.waitForLine(r"worker 1: timerserver listening", 40, occurrence=3)
         sock = self.connect(server)
         self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
         answer, _ = httpRequest(metricsPort(server), b"GET /metrics HTTP/1.1\r\n\r\n")

@@ -31,10 +31,17 @@ class MalformedMessage(ValueError):
 
 @dataclass(frozen=True)
 class Configure:
-    """Master to worker, first: the worker's configuration, as JSON-able data."""
+    """
+    Master to worker, first: the server's configuration, as JSON-able data,
+    which worker this process is to be, and which of the listening
+    descriptors it holds is that worker's.  Until it comes, a worker serves
+    nothing (a spare waits for it).
+    """
 
     TYPE: ClassVar[str] = "configure"
     config: dict[str, Any]
+    number: int
+    fd: int
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,14 @@ worker starts), never accepts, and hands each of N worker processes
 configuration as its first message (L{timerserver.messages}).
 
 It supervises them: a worker that exits is logged with its status and
-replaced at once; one that dies again within L{HEALTHY_AFTER} seconds of its
-start, or whose spawn fails (EMFILE, ENOMEM, fork or exec), is restarted
-after a back-off (0.5 s, doubling to 30 s), not in a tight loop.  A worker
-is recorded only once its spawn succeeded.  On stop it sends SIGTERM to
+replaced at once by the spare, a worker process kept started (imports done,
+every listening descriptor held) but not configured, so that a replacement
+serves within milliseconds rather than the seconds a Python process takes
+to start on a busy machine; another spare is started at once.  A worker that
+dies again within L{HEALTHY_AFTER} seconds of its start, or whose spawn fails
+(EMFILE, ENOMEM, fork or exec), is restarted after a back-off (0.5 s,
+doubling to 30 s), not in a tight loop.  A worker is recorded only once its
+spawn succeeded.  On stop it sends SIGTERM to
 every worker (each runs the graceful shutdown), kills those still running
 L{KILL_AFTER} seconds past the shutdown timeout (stopped, wedged), stops
 waiting L{GIVE_UP_AFTER} seconds past it whatever happens, and logs one
@@ -80,6 +84,8 @@ class WorkerPoolService(Service):
         self.scrapeDeadline = scrapeDeadline
         self.count: int = options["workers"]
         self.workers: dict[int, WorkerProcess] = {}
+        self.spare: WorkerProcess | None = None
+        """A started, unconfigured worker process, ready to replace any worker."""
         self.failures: dict[int, int] = {}
         self.stopping = False
         self._restarts: dict[int, Any] = {}
@@ -103,50 +109,77 @@ class WorkerPoolService(Service):
         Service.startService(self)
         for number in range(1, self.count + 1):
             self.spawn(number)
+        self.spawnSpare()
 
-    def workerCommand(self, number: int) -> list[str]:
-        """The command line of worker C{number}."""
-        args = [sys.executable, "-m", "timerserver.worker", "--number", str(number)]
+    def workerCommand(self) -> list[str]:
+        """The command line of a worker process (which worker it is comes later)."""
+        args = [sys.executable, "-m", "timerserver.worker"]
         if "asyncio" in type(self.reactor).__module__:
             args += ["--reactor", "asyncio"]  # the workers run on the master's reactor
-        return [*args, "--fd", "3", "--family", self.sockets.family]
+        fds = ",".join(str(3 + i) for i in range(self.count))
+        return [*args, "--fds", fds, "--family", self.sockets.family]
 
     def workerConfig(self) -> dict[str, Any]:
         """What every worker is configured with (its L{Configure} message)."""
         return {"argv": list(self.options.argv)}
 
-    def spawn(self, number: int) -> None:
-        """Start worker C{number} on the listening socket; retry later if that fails."""
-        self._restarts.pop(number, None)
-        if self.stopping or not self.sockets.fds:
-            return
+    def _start(self, label: str, key: int, retry: Any) -> WorkerProcess | None:
+        """
+        Spawn a worker process holding every listening socket, or log one
+        line and call C{retry} after the back-off of C{key}.
+        """
         package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package, env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
-        worker = WorkerProcess(self, number)
+        childFDs: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+        childFDs.update({3 + i: fd for i, fd in enumerate(self.sockets.fds)})
+        worker = WorkerProcess(self, 0)
         try:
             self.reactor.spawnProcess(
-                worker,
-                sys.executable,
-                self.workerCommand(number),
-                env=env,
-                childFDs={0: "w", 1: "r", 2: "r", 3: self.sockets.fds[number - 1]},
+                worker, sys.executable, self.workerCommand(), env=env, childFDs=childFDs
             )
         except Exception as e:  # EMFILE, ENOMEM, EAGAIN: fork, pipe or exec failed
-            delay = self._backOff(number, quick=True)
+            delay = self._backOff(key, quick=True)
             self._log.error(
-                "worker {worker} could not be started: {why}; retrying in {delay}s",
-                worker=number,
+                "{label} could not be started: {why}; retrying in {delay}s",
+                label=label,
                 why=str(e) or type(e).__name__,
                 delay=delay,
             )
-            self._restarts[number] = self.reactor.callLater(delay, self.spawn, number)
+            self._restarts[key] = self.reactor.callLater(delay, retry)
+            return None
+        return worker
+
+    def spawn(self, number: int) -> None:
+        """Make worker C{number}: the spare if one is ready, else a new process."""
+        self._restarts.pop(number, None)
+        if self.stopping or not self.sockets.fds:
             return
+        worker, how = self.spare, " (the spare)"
+        self.spare = None
+        if worker is None:
+            worker, how = self._start(f"worker {number}", number, lambda: self.spawn(number)), ""
+            if worker is None:
+                return
         self.workers[number] = worker
-        worker.configure(self.workerConfig())
+        worker.configure(self.workerConfig(), number, 3 + number - 1)
         pid = worker.transport.pid
-        self._log.info("worker {worker} started, pid {pid}", worker=number, pid=pid)
+        self._log.info("worker {worker} started, pid {pid}{how}", worker=number, pid=pid, how=how)
+        self.spawnSpare()
+
+    def spawnSpare(self) -> None:
+        """Start a spare worker process, unless there is one."""
+        if self.stopping or self.spare is not None or not self.sockets.fds:
+            return
+        retry = self._restarts.get(0)
+        if retry is not None and retry.active():
+            return  # it failed a moment ago: its back-off decides when to try again
+        self._restarts.pop(0, None)
+        spare = self._start("spare worker", 0, self.spawnSpare)
+        if spare is not None:
+            self.spare = spare
+            self._log.info("spare worker started, pid {pid}", pid=spare.transport.pid)
 
     def _backOff(self, number: int, quick: bool) -> float:
         """The delay before worker C{number} is started again (0 unless it keeps failing)."""
@@ -159,7 +192,9 @@ class WorkerPoolService(Service):
         from timerserver.metrics import combine, retired
 
         number = worker.number
-        if self.workers.get(number) is worker:
+        if worker is self.spare:
+            self.spare = None
+        elif self.workers.get(number) is worker:
             del self.workers[number]
         if worker.lastStats:
             self.retired = combine([self.retired, retired(worker.lastStats)])
@@ -167,21 +202,21 @@ class WorkerPoolService(Service):
         if self.stopping:
             if not isinstance(reason.value, ProcessDone):
                 self._log.warn(
-                    "worker {worker} {status} while stopping",
-                    worker=number,
-                    status=exitStatus(reason),
+                    "{name} {status} while stopping", name=worker.name, status=exitStatus(reason)
                 )
             return
         lived = self.reactor.seconds() - worker.startedAt
         delay = self._backOff(number, quick=lived < HEALTHY_AFTER)
         self._log.warn(
-            "worker {worker} {status} after {lived:.1f}s; restarting it in {delay}s",
-            worker=number,
+            "{name} {status} after {lived:.1f}s; {what} in {delay}s",
+            name=worker.name,
             status=exitStatus(reason),
             lived=lived,
+            what="restarting it" if number else "starting another",
             delay=delay,
         )
-        self._restarts[number] = self.reactor.callLater(delay, self.spawn, number)
+        retry = (lambda: self.spawn(number)) if number else self.spawnSpare
+        self._restarts[number] = self.reactor.callLater(delay, retry)
 
     def metricsSource(self) -> defer.Deferred[Any]:
         """
@@ -228,14 +263,15 @@ class WorkerPoolService(Service):
             call.cancel()
         self._restarts.clear()
         workers = list(self.workers.values())
-        for worker in workers:
+        processes = [*workers, *([self.spare] if self.spare else [])]
+        for worker in processes:
             worker.signal("TERM")
         timeout = self.options["shutdown-timeout"]
-        killer = self.reactor.callLater(timeout + KILL_AFTER, self._killAll, workers)
+        killer = self.reactor.callLater(timeout + KILL_AFTER, self._killAll, processes)
         self.sockets.close()
         done: defer.Deferred[None] = defer.Deferred()
         giveUp = self.reactor.callLater(timeout + GIVE_UP_AFTER, done.callback, None)
-        defer.gatherResults([w.ended for w in workers]).addCallback(
+        defer.gatherResults([w.ended for w in processes]).addCallback(
             lambda _: None if done.called else done.callback(None)
         )
 
@@ -263,5 +299,5 @@ class WorkerPoolService(Service):
     def _killAll(self, workers: list[WorkerProcess]) -> None:
         for worker in workers:
             if not worker.ended.called:
-                self._log.warn("worker {worker} did not stop; killing it", worker=worker.number)
+                self._log.warn("{name} did not stop; killing it", name=worker.name)
                 worker.signal("KILL")

@@ -1,13 +1,15 @@
 """
 One worker process of C{twistd timerserver --workers N}: the same server on
 a listening socket its master hands it, run as
-C{python -m timerserver.worker --number K --fd 3 --family INET}.
+C{python -m timerserver.worker --fds 3,4 --family INET}.
 
 The master talks to it over three pipes, in the messages of
 L{timerserver.messages}, one a line:
 
- - standard input: L{Configure} first (the server's configuration: until
-   it comes, the worker serves nothing), then L{StatsRequest}s; end of file
+ - standard input: L{Configure} first (the server's configuration, the
+   worker's number and which of the listening descriptors it holds is its
+   own: until it comes, the worker serves nothing, which is how the master
+   keeps a spare ready), then L{StatsRequest}s; end of file
    means the master is gone, and the worker shuts down gracefully, so that
    no worker outlives its master;
  - standard output (an L{OutChannel}: non-blocking, bounded): L{LogEvent}s,
@@ -112,7 +114,7 @@ class Control(Protocol):
             self._log.error("malformed message from the master ignored: {why}", why=str(e))
             return
         if isinstance(message, Configure):
-            self.worker.configure(message.config)
+            self.worker.configure(message.config, message.number, message.fd)
         elif isinstance(message, StatsRequest):
             self.worker.answer(message.id)
         else:
@@ -131,21 +133,23 @@ class Worker:
 
     _log = Logger()
 
-    def __init__(
-        self, reactor: Any, channel: OutChannel, fd: int, family: int, number: int = 0
-    ) -> None:
+    def __init__(self, reactor: Any, channel: OutChannel, fds: list[int], family: int) -> None:
         self.reactor = reactor
         self.channel = channel
-        self.fd = fd
+        self.fds = fds
         self.family = family
-        self.number = number
+        self.number = 0
         self.server: TimerServerService | None = None
         self.stopping = False
         self.exitCode = 0
         self._snapshot: tuple[float, dict[str, Any]] | None = None
 
-    def configure(self, config: dict[str, Any]) -> None:
-        """Build the server from C{config} (C{{"argv": [...]}}) and start it, once."""
+    def configure(self, config: dict[str, Any], number: int, fd: int) -> None:
+        """
+        Become worker C{number}: build the server from C{config}
+        (C{{"argv": [...]}}) on descriptor C{fd}, close the other listening
+        descriptors, and start serving.  Once.
+        """
         if self.server is not None or self.stopping:
             self._log.error("a second configuration from the master ignored")
             return
@@ -153,9 +157,15 @@ class Worker:
         try:
             if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
                 raise usage.UsageError(f"configuration without an argv list: {config!r}")
+            if fd not in self.fds:
+                raise usage.UsageError(f"descriptor {fd} is not one of {self.fds}")
+            self.number = number
+            for other in set(self.fds) - {fd}:
+                os.close(other)
+            self.fds = [fd]
             options = WorkerOptions(reactor=self.reactor)
             options.parseOptions(argv)
-            endpoint = AdoptedEndpoint(self.reactor, self.fd, self.family, options)
+            endpoint = AdoptedEndpoint(self.reactor, fd, self.family, options)
             server = makeServer(options, self.reactor, endpoint)
             server.privilegedStartService()
         except (usage.UsageError, SystemExit) as e:
@@ -226,14 +236,14 @@ def _devnull() -> int:
 
 def main(argv: list[str]) -> None:
     """
-    Run worker C{--number} on descriptor C{--fd}; its configuration comes
-    from the master, as the first message on standard input.
+    Run a worker holding the listening descriptors C{--fds}; which one it
+    serves, and how, comes from the master as the first message on standard
+    input.
     """
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m timerserver.worker")
-    parser.add_argument("--number", type=int, required=True)
-    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--fds", required=True, help="listening descriptors, comma-separated")
     parser.add_argument("--family", choices=sorted(FAMILIES), required=True)
     parser.add_argument("--reactor", choices=["default", "asyncio"], default="default")
     args = parser.parse_args(argv)
@@ -247,7 +257,8 @@ def main(argv: list[str]) -> None:
     sys.stdout = sys.stderr  # nothing else may write to the channel's pipe
     globalLogBeginner.beginLoggingTo([ChannelLogObserver(channel)], redirectStandardIO=False)
     useMonotonicTime(reactor)
-    worker = Worker(reactor, channel, args.fd, FAMILIES[args.family], args.number)
+    fds = [int(fd) for fd in args.fds.split(",")]
+    worker = Worker(reactor, channel, fds, FAMILIES[args.family])
     sys.exit(worker.run())
 
 

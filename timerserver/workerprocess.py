@@ -65,9 +65,11 @@ class WorkerProcess(ProcessProtocol):
         self._nextId = 0
         self._asked: tuple[int, list[defer.Deferred[dict[str, Any] | None]]] | None = None
 
-    def configure(self, config: dict[str, Any]) -> None:
-        """Send the worker its configuration: its first message."""
-        self.transport.write(encode(Configure(config)))
+    def configure(self, config: dict[str, Any], number: int, fd: int) -> None:
+        """Make the process worker C{number} on descriptor C{fd}: its first message."""
+        self.number = number
+        self.startedAt = self.pool.reactor.seconds()
+        self.transport.write(encode(Configure(config, number, fd)))
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         lines = (self.buffers.get(childFD, b"") + data).split(b"\n")
@@ -81,7 +83,8 @@ class WorkerProcess(ProcessProtocol):
                 self.outLine(line)
             elif line.strip():
                 self._log.error(
-                    "worker {worker}: {text}",
+                    "{name}: {text}",
+                    name=self.name,
                     worker=self.number,
                     text=line.decode(errors="replace"),
                 )
@@ -118,11 +121,17 @@ class WorkerProcess(ProcessProtocol):
         self.malformed += 1
         if self.malformed <= MALFORMED_LOGGED:
             self._log.error(
-                "worker {worker}: malformed message ignored ({why}){more}",
+                "{name}: malformed message ignored ({why}){more}",
+                name=self.name,
                 worker=self.number,
                 why=why,
                 more=", further ones only counted" if self.malformed == MALFORMED_LOGGED else "",
             )
+
+    @property
+    def name(self) -> str:
+        """How the log names it: C{worker N}, or C{spare worker} before it is configured."""
+        return f"worker {self.number}" if self.number else "spare worker"
 
     def logEvent(self, event: LogEvent) -> None:
         """Re-emit a worker's log event in the master's log, marked with its number."""
@@ -131,7 +140,7 @@ class WorkerProcess(ProcessProtocol):
         except Exception:
             level = LogLevel.info
         text = event.text if event.traceback is None else f"{event.text}\n{event.traceback}"
-        self._log.emit(level, "worker {worker}: {text}", worker=self.number, text=text)
+        self._log.emit(level, "{name}: {text}", name=self.name, worker=self.number, text=text)
 
     def askStats(self, deadline: float) -> defer.Deferred[dict[str, Any] | None]:
         """
