@@ -81,7 +81,8 @@ class Plan:
     postsPerSecond: int = 20
     maxPerPeer: int = 600
     perSource: int = 1000
-    reconnect: str = "1.0:3.0"
+    reconnect: str = "1.0:5.0"
+    """A killed worker's clients reconnect after a random back-off in this range (s)."""
     pinnedKill: int = 1
     """Which kill (counting from 0) is made with the master's file limit pinned."""
     faults: list[tuple[float, str]] = field(default_factory=list)
@@ -111,8 +112,9 @@ def short() -> Plan:
 class Soak:
     """One run of a plan against a fresh server."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, keep: bool = False) -> None:
         self.plan = plan
+        self.keep = keep
         self.events: list[dict[str, Any]] = []
         self.samples: list[dict[str, Any]] = []
         self.kills = 0
@@ -161,7 +163,11 @@ class Soak:
                 if proc.poll() is None:
                     proc.kill()
             self.server.kill()
-            shutil.rmtree(self.work, ignore_errors=True)
+            if self.keep:
+                (self.work / "server.log").write_text(self.server.output)
+                print(f"records and the server's log kept in {self.work}")
+            else:
+                shutil.rmtree(self.work, ignore_errors=True)
         return self.analyse(records, stopAt, exit)
 
     def startClients(self) -> list[subprocess.Popen[str]]:
@@ -297,6 +303,8 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--short", action="store_true", help="the test suite's version")
     parser.add_argument("--json", default="bench/results/chaos.json")
+    parser.add_argument("--keep", action="store_true", help="keep the records and server log")
+    parser.add_argument("--reconnect", default="1.0:5.0", help="reconnect back-off range, s")
     args = parser.parse_args()
     import resource
 
@@ -304,9 +312,9 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     plan = short() if args.short else Plan(
         connections=args.connections, clients=args.clients, interval=args.interval,
-        seconds=args.minutes * 60,
+        seconds=args.minutes * 60, reconnect=args.reconnect,
     )  # fmt: skip
-    result = Soak(plan).run()
+    result = Soak(plan, keep=args.keep).run()
     writeResults(result, args.json)
     from bench.chaosreport import summary
 

@@ -78,6 +78,21 @@ class StoppedMasterTests(WorkerCase):
         self.assertEqual(server.stopFigures()["closed"], 11)
 
 
+class WorkerLogTests(WorkerCase):
+    def test_clientEventsAreRateLimitedInTheWorker(self) -> None:
+        """Refusals are logged by each worker as by a single process: 20 lines per 10 s."""
+        server = self.start("--max-connections", "1")
+        held = [self.connect(server, f"127.0.0.{2 + i}") for i in range(4)]
+        for i in range(200):
+            with connectFrom(server.port, f"127.0.1.{1 + i % 200}") as sock:
+                recvExactly(sock, 13)
+        del held
+        time.sleep(1)
+        refusals = server.output.count("refused connection from")
+        self.assertGreater(refusals, 0)
+        self.assertLessEqual(refusals, 2 * 20)
+
+
 class StoppedWorkerTests(WorkerCase):
     def test_scrapesAnswerWithinTheDeadline(self) -> None:
         server = self.start("--metrics", "tcp:0:interface=127.0.0.1")
