@@ -100,6 +100,7 @@ class SpawnTests(SynchronousTestCase):
         self.assertEqual(two.messages(), [Configure(argv, 2, 4)])
         self.assertEqual(spare.messages(), [])  # it waits, configured as nothing
         self.assertIs(service.spare, spare.proto)
+        self.assertEqual(sorted(service.workers), [1, 2])  # started after the workers
 
     def test_theSpareReplacesADeadWorkerAtOnce(self) -> None:
         service, reactor = pool()

@@ -109,7 +109,6 @@ class WorkerPoolService(Service):
         Service.startService(self)
         for number in range(1, self.count + 1):
             self.spawn(number)
-        self.spawnSpare()
 
     def workerCommand(self) -> list[str]:
         """The command line of a worker process (which worker it is comes later)."""
@@ -166,7 +165,8 @@ class WorkerPoolService(Service):
         worker.configure(self.workerConfig(), number, 3 + number - 1)
         pid = worker.transport.pid
         self._log.info("worker {worker} started, pid {pid}{how}", worker=number, pid=pid, how=how)
-        self.spawnSpare()
+        if len(self.workers) == self.count:
+            self.spawnSpare()  # once every worker runs: they come first
 
     def spawnSpare(self) -> None:
         """Start a spare worker process, unless there is one."""
