@@ -173,6 +173,7 @@ class MetricsHTTP(Protocol):
             lose()
 
     def readConnectionLost(self) -> None:
+        """The client half-closed: it has read its answer, or will send nothing more."""
         self.transport.loseConnection()
 
     def connectionLost(self, reason: object = None) -> None:
@@ -221,6 +222,7 @@ class MetricsHTTPFactory(Factory):
         return proto
 
     def connectionEnded(self) -> None:
+        """One connection fewer: accept again below the limit."""
         self.open -= 1
         if self.open < self.maxConnections:
             self._pause(False)

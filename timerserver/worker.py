@@ -108,6 +108,7 @@ class Control(Protocol):
             self.buffer, self.discarding = b"", True
 
     def lineReceived(self, line: bytes) -> None:
+        """Act on one message; a malformed or unexpected one is logged and ignored."""
         try:
             message = decode(line)
         except MalformedMessage as e:
