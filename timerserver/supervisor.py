@@ -161,6 +161,8 @@ class WorkerPoolService(Service):
             worker, how = self._start(f"worker {number}", number, lambda: self.spawn(number)), ""
             if worker is None:
                 return
+        else:
+            self.failures[0] = 0  # a spare that started and waited: its failures are over
         self.workers[number] = worker
         worker.configure(self.workerConfig(), number, 3 + number - 1)
         pid = worker.transport.pid
