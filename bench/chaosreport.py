@@ -48,6 +48,8 @@ def analyse(soak: Any, records: list[list[Any]], stopAt: float, exit: float) -> 
     resumes: list[float] = []
     welcomes: list[float] = []
     pinnedWelcomes: list[float] = []
+    stoppedWelcomes: list[float] = []
+    stopWindows = [(e["at"], e["continuedAt"]) for e in stops]
     neverWelcomed = 0
     for record in records:
         _, started, welcomed, count, _, closed, gaps = record
@@ -59,7 +61,13 @@ def analyse(soak: Any, records: list[list[Any]], stopAt: float, exit: float) -> 
                 inPinned = any(
                     p["at"] <= started <= p.get("restoredAt", p["at"]) + 2.0 for p in pinned
                 )
-                (pinnedWelcomes if inPinned else welcomes).append(late)
+                # One that connected while a worker was stopped may have met
+                # that worker's socket: it waits for the SIGCONT.
+                inStop = any(a <= welcomed and started <= b for a, b in stopWindows)
+                if inStop:
+                    stoppedWelcomes.append(late)
+                else:
+                    (pinnedWelcomes if inPinned else welcomes).append(late)
         if welcomed is None:
             continue
         stop = stoppedBy(record)
@@ -104,6 +112,13 @@ def analyse(soak: Any, records: list[list[Any]], stopAt: float, exit: float) -> 
         "resumeMax": max(resumes, default=None),
         "reconnections": len(welcomes),
         "welcomeMax": max(welcomes, default=None),
+        "welcomeP50": percentile(welcomes, 0.5),
+        "welcomeP99": percentile(welcomes, 0.99),
+        "welcomeWithin1sShare": sum(w <= WELCOME_WITHIN for w in welcomes) / len(welcomes)
+        if welcomes
+        else None,
+        "reconnectionsWhileAWorkerWasStopped": len(stoppedWelcomes),
+        "stoppedWelcomeMax": max(stoppedWelcomes, default=None),
         "welcomeOver1s": sum(w > WELCOME_WITHIN for w in welcomes),
         "reconnectionsNeverWelcomed": neverWelcomed,
         "pinnedReconnections": len(pinnedWelcomes),
@@ -156,6 +171,14 @@ def analyse(soak: Any, records: list[list[Any]], stopAt: float, exit: float) -> 
     return result
 
 
+def percentile(values: list[float], share: float) -> float | None:
+    """The value below which C{share} of C{values} lie."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+
 def resourceGrowth(samples: list[dict[str, Any]]) -> dict[str, float | None]:
     """
     Growth from the first sample to the last: the master's RSS and
@@ -191,8 +214,11 @@ def summary(r: dict[str, Any]) -> str:
         f" (records with gaps {r['healthyRecordsWithGaps']})",
         f"  stopped worker's clients {r['stoppedWorkerClients']}: resumed within "
         f"{secs(r['resumeMax'])} of SIGCONT",
-        f"  reconnections {r['reconnections']}: welcomed within {secs(r['welcomeMax'])}, "
-        f"over 1 s {r['welcomeOver1s']}, never {r['reconnectionsNeverWelcomed']}",
+        f"  reconnections {r['reconnections']}: welcomed p50 {secs(r['welcomeP50'])}, "
+        f"p99 {secs(r['welcomeP99'])}, max {secs(r['welcomeMax'])}; over 1 s "
+        f"{r['welcomeOver1s']}, never {r['reconnectionsNeverWelcomed']}",
+        f"  reconnections while a worker was stopped {r['reconnectionsWhileAWorkerWasStopped']}"
+        f": welcomed within {secs(r['stoppedWelcomeMax'])} (after its SIGCONT)",
         f"  reconnections while the spawn failed (limit pinned) {r['pinnedReconnections']}: "
         f"welcomed within {secs(r['pinnedWelcomeMax'])}; failed spawns logged "
         f"{r['pinnedSpawnFailures']}",
