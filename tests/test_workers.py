@@ -43,6 +43,7 @@ class WorkerCase(SynchronousTestCase):
 
     def stopAll(self, server: ServerProcess) -> None:
         pids = list(self.workerPids(server).values())
+        pids += [int(p) for p in re.findall(r"spare worker started, pid (\d+)", server.output)]
         server.kill()
         for pid in pids:
             try:
