@@ -121,7 +121,7 @@ def slowReaders(count: int, hold: float, interval: float, reading: bool = False)
         aborted = len(re.findall(r"aborted connection", server.output))
         reader.running = False
         server.stop(timeout=30)
-        skipped = re.search(r"skipped (\d+) messages", server.output)
+        figures = server.stopFigures()
         return {
             "otherClientsRead": reading,
             "slowClients": count,
@@ -133,7 +133,7 @@ def slowReaders(count: int, hold: float, interval: float, reading: bool = False)
             "rssPeakDuring": peak,
             "rssAfter": after,
             "abortedLogLines": aborted,
-            "skippedMessages": int(skipped.group(1)) if skipped else None,
+            "skippedMessages": figures["skipped"],
         }
     finally:
         server.kill()
@@ -170,14 +170,14 @@ def churnRun(cycles: int, processes: int) -> dict[str, Any]:
         time.sleep(2)
         after = process.memory_info().rss
         server.stop(timeout=30)
-        cancelled = re.search(r"cancelled (\d+) timers", server.output)
+        figures = server.stopFigures()
         return {
             "cycles": done,
             "seconds": seconds,
             "rssBefore": before,
             "rssAfter": after,
             "rssChange": (after - before) / before,
-            "pendingTimersAtEnd": int(cancelled.group(1)) if cancelled else None,
+            "pendingTimersAtEnd": figures["cancelled"],
         }
     finally:
         server.kill()

@@ -5,15 +5,18 @@ end-to-end tests and benchmarks.  Everything it starts, it stops.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 WELCOME = b"Welcome to the timer server\r\n"
@@ -25,6 +28,48 @@ TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import
 
 REACTOR = os.environ.get("TIMERSERVER_TEST_REACTOR", "")
 """A twistd reactor name (C{asyncio}) every server under test runs on; empty for the default."""
+
+
+FIGURES = "TIMERSERVER_TEST_FIGURES"
+"""The file that L{figuresObserver} writes the stop figures to."""
+
+
+def figuresObserver() -> Any:
+    """
+    A twistd C{--logger}: the log as twistd writes it (text on standard
+    output), and the C{stopStats} of every event that has them (the stop
+    line's figures) as one JSON object a line to the file C{$FIGURES} names,
+    so that tests read them as data, not from the text.
+    """
+    from twisted.logger import ILogObserver, textFileLogObserver
+    from zope.interface import provider
+
+    text = textFileLogObserver(sys.stdout)
+    path = os.environ.get(FIGURES)
+
+    @provider(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        text(event)
+        figures = event.get("stopStats")
+        if path and isinstance(figures, dict):
+            with open(path, "a") as f:
+                f.write(json.dumps(figures) + "\n")
+
+    return observe
+
+
+_FIGURES_DIR: list[str] = []
+
+
+def _figuresDir() -> str:
+    """A directory for this test run's figures files, removed when it ends."""
+    if not _FIGURES_DIR:
+        import atexit
+        import shutil
+
+        _FIGURES_DIR.append(tempfile.mkdtemp(prefix="timerserver-figures-"))
+        atexit.register(shutil.rmtree, _FIGURES_DIR[0], True)
+    return _FIGURES_DIR[0]
 
 
 def twistdCommand(*args: str) -> list[str]:
@@ -62,8 +107,20 @@ class ServerProcess:
         @param portPattern: the log line that says the server listens; its
             group, if a number, is the port (for a UNIX socket, 0).
         """
+        figures = tempfile.NamedTemporaryFile(prefix="figures-", dir=_figuresDir(), delete=False)
+        figures.close()
+        self.figuresPath = Path(figures.name)
         if command is None:
-            command = twistdCommand("-n", "--pidfile=", "timerserver", "-p", port, *args)
+            command = twistdCommand(
+                "-n",
+                "--pidfile=",
+                "--logger=tests.serverprocess.figuresObserver",
+                "timerserver",
+                "-p",
+                port,
+                *args,
+            )
+        env = {**(env or {}), FIGURES: figures.name}
         self.process = subprocess.Popen(
             command,
             cwd=ROOT,
@@ -88,6 +145,18 @@ class ServerProcess:
     @property
     def output(self) -> str:
         return "".join(self.lines)
+
+    def stopFigures(self) -> dict[str, int]:
+        """
+        The figures of the server's stop line, as data: C{closed},
+        C{cancelled}, C{skipped} (and, for C{--workers}, C{workers} and
+        C{unreported}: how many workers sent none).
+        """
+        lines = self.figuresPath.read_text().splitlines()
+        if not lines:
+            raise AssertionError(f"no stop figures; the server's log:\n{self.output}")
+        figures: dict[str, int] = json.loads(lines[-1])
+        return figures
 
     def waitForLine(self, pattern: str, timeout: float, occurrence: int = 1) -> re.Match[str]:
         """The C{occurrence}th line matching C{pattern}, waiting up to C{timeout}."""

@@ -28,6 +28,7 @@ from tests.serverprocess import (
 from timerserver import TimerQueueCounters, TimerWheel
 from timerserver.factory import TimerServerFactory
 from timerserver.lateness import LatenessHistogram
+from timerserver.reasons import REFUSED
 
 try:
     import treq
@@ -84,7 +85,8 @@ class SnapshotTests(SynchronousTestCase):
             proto.connectionLost(None)  # a: idle closed it; all of them are gone now
         s = snapshot(factory, counters, self.admission)
         self.assertEqual(s["accepted"], 3)
-        self.assertEqual(s["refused"], {"full": 1, "peer": 1, "untrusted": 0})
+        self.assertEqual({k: v for k, v in s["refused"].items() if v}, {"full": 1, "peer": 1})
+        self.assertEqual(set(s["refused"]), set(REFUSED))  # every reason, 0 or not
         self.assertEqual(s["closed"]["idle"], 3)
         self.assertEqual(s["echo_bytes"], 5)
         self.assertEqual(s["periodic"], 9)  # 3 connections x 3 ticks in 1.1 s
@@ -234,7 +236,7 @@ class ScrapeTests(TestCase):
         self.assertEqual(per, {"master", "1", "2"})
         for sock in socks[:10]:
             sock.close()
-        time.sleep(0.5)
+        time.sleep(1.2)  # past the period a snapshot is reused for
         v = yield self.scrape(url)
         self.assertEqual(v[("timerserver_connections_open", ())], 30)
         self.assertEqual(v[("timerserver_connections_closed_total", (("reason", "client"),))], 10)
@@ -246,6 +248,7 @@ class ScrapeTests(TestCase):
         pid = int(re.findall(r"worker 1 started, pid (\d+)", server.output)[-1])
         os.kill(pid, signal.SIGKILL)
         server.waitForLine(r"worker 1 killed by signal 9", 10)
+        time.sleep(1.2)
         v = yield self.scrape(url)
         self.assertEqual(v[("timerserver_connections_accepted_total", ())], 40)
         self.assertLess(v[("timerserver_connections_open", ())], 30)
@@ -301,3 +304,60 @@ class EmptyScrapeTests(SynchronousTestCase):
         }
         self.assertEqual(names["timerserver_connections_open"], 0)
         self.assertEqual(names["timerserver_periodic_lateness_seconds_count"], 0)
+
+
+class CoalescedTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        from timerserver.metrics import Coalesced
+
+        self.clock = Clock()
+        self.pending: list[defer.Deferred[Any]] = []
+        self.source = Coalesced(self.gather, self.clock, period=1.0)
+
+    def gather(self) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+    def test_concurrentScrapesShareOneRound(self) -> None:
+        scrapes = [self.source() for _ in range(100)]
+        self.assertEqual(len(self.pending), 1)
+        self.pending[0].callback("figures")
+        self.assertEqual([self.successResultOf(d) for d in scrapes], ["figures"] * 100)
+
+    def test_aResultIsReusedForAPeriod(self) -> None:
+        self.source()
+        self.pending[0].callback("first")
+        self.clock.advance(0.9)
+        self.assertEqual(self.successResultOf(self.source()), "first")
+        self.assertEqual(len(self.pending), 1)
+        self.clock.advance(0.1)
+        d = self.source()
+        self.assertEqual(len(self.pending), 2)
+        self.pending[1].callback("second")
+        self.assertEqual(self.successResultOf(d), "second")
+        self.assertEqual(self.source.calls, 2)
+
+    def test_aFailureIsSharedButNotKept(self) -> None:
+        scrapes = [self.source() for _ in range(3)]
+        self.pending[0].errback(RuntimeError("no"))
+        for d in scrapes:
+            self.failureResultOf(d, RuntimeError)
+        d = self.source()
+        self.assertEqual(len(self.pending), 2)  # asked again at once
+        self.pending[1].callback("ok")
+        self.assertEqual(self.successResultOf(d), "ok")
+
+    def test_workersUpAndDroppedLinesAreExported(self) -> None:
+        from timerserver.metrics import SnapshotCollector
+
+        total = combine([{"log_lines_dropped": 3}, {"log_lines_dropped": 4}])
+        total["workers_up"] = {"2": 0, "10": 1, "1": 1}
+        samples = [
+            (s.name, s.labels, s.value)
+            for family in SnapshotCollector(total, {}).collect()
+            for s in family.samples
+        ]
+        self.assertIn(("timerserver_log_lines_dropped_total", {}, 7), samples)
+        up = [(labels["worker"], v) for n, labels, v in samples if n == "timerserver_worker_up"]
+        self.assertEqual(up, [("1", 1), ("2", 0), ("10", 1)])

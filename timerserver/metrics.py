@@ -8,11 +8,16 @@ dict, and prometheus-client's exposition functions turn it into the text
 format.
 
 With C{--workers}, the master serves the endpoint: a scrape asks every worker
-for its snapshot over its control pipe and sums them (counters of a worker
-that died are kept from its last answer, so sums do not go backwards).  We
-chose this over prometheus-client's multiprocess mode, which writes every
-increment to a memory-mapped file and needs its directory set up before any
-worker imports it.
+for its snapshot over its control pipe, with a deadline, and sums them
+(counters of a worker that died are kept from its last answer, so sums do
+not go backwards).  We chose this over prometheus-client's multiprocess
+mode, which writes every increment to a memory-mapped file and needs its
+directory set up before any worker imports it.
+
+Scrapes are coalesced (L{Coalesced}): those that arrive while one is being
+gathered share it, and its result is reused for L{SCRAPE_PERIOD} seconds, so
+a flood of scrapes costs each process at most one snapshot (and one reading
+of C{/proc/self}) a period.  The port itself is L{timerserver.metricshttp}.
 
 prometheus-client is optional: C{pip install 'timerserver[metrics]'}.
 """
@@ -24,18 +29,20 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.python.failure import Failure
 
 from timerserver.admission import Admission
 from timerserver.factory import TimerServerFactory
+from timerserver.metricshttp import MetricsHTTPFactory
 from timerserver.monitor import TimerQueueCounters
 from timerserver.reasons import CLOSED, REFUSED
 from timerserver.service import listenOrExit
 
 METRICS_EXTRA = "pip install 'timerserver[metrics]'"
+SCRAPE_PERIOD = 1.0
+"""Seconds a gathered snapshot is reused for."""
 OPERATIONS = {
     "create": "created",
     "set": "set",
@@ -59,8 +66,11 @@ EMPTY: Snapshot = {
     "connections_open": 0, "accepted": 0, "refused": {}, "closed": {}, "periodic": 0,
     "skipped": 0, "echo_bytes": 0, "lateness_bounds": [], "lateness_counts": [],
     "lateness_sum": 0.0, "timers_pending": 0, "operations": {}, "process": {},
+    "log_lines_dropped": 0,
 }  # fmt: skip
 """What a scrape shows when no process has answered yet (all workers restarting)."""
+Source = Callable[[], defer.Deferred[tuple[Snapshot, dict[str, dict[str, float]]]]]
+"""Gives the combined snapshot and each process's own figures, by label."""
 
 
 def processFigures() -> dict[str, float]:
@@ -191,63 +201,107 @@ class SnapshotCollector:
             rss.add_metric([label], figures.get("process_resident_memory_bytes", 0))
         yield cpu
         yield rss
+        yield counter(
+            "log_lines_dropped",
+            "Worker log lines dropped while the master was not reading, or over the line bound.",
+            t["log_lines_dropped"],
+        )
+        if "workers_up" in t:
+            up = GaugeMetricFamily(
+                "timerserver_worker_up",
+                "1 if the worker answered the last scrape in time, 0 if not (or not running).",
+                labels=["worker"],
+            )
+            for worker, value in sorted(t["workers_up"].items(), key=lambda kv: int(kv[0])):
+                up.add_metric([worker], value)
+            yield up
 
 
-Source = Callable[[], defer.Deferred[tuple[Snapshot, dict[str, dict[str, float]]]]]
-"""Gives the combined snapshot and each process's own figures, by label."""
+def render(source: Source) -> Callable[[str], defer.Deferred[tuple[str, bytes]]]:
+    """
+    The metrics of C{source} in the format the scraper's C{Accept} header
+    asks for; the text of a result is made once per format.
+    """
+    made: dict[str, tuple[Any, str, bytes]] = {}
 
-
-class MetricsResource(Resource):
-    """C{GET /metrics}: the snapshot from C{source}, in the format the scraper accepts."""
-
-    isLeaf = True
-
-    def __init__(self, source: Source) -> None:
-        Resource.__init__(self)
-        self.source = source
-
-    def render_GET(self, request: Request) -> Any:
-        """Answer with the metrics once the source has them."""
+    def rendered(accept: str) -> defer.Deferred[tuple[str, bytes]]:
         from prometheus_client import CollectorRegistry
         from prometheus_client.exposition import choose_encoder
 
-        accept = request.getHeader("Accept") or ""
         encoder, contentType = choose_encoder(accept)
 
-        def write(result: tuple[Snapshot, dict[str, dict[str, float]]]) -> None:
+        def encode(result: tuple[Snapshot, dict[str, dict[str, float]]]) -> tuple[str, bytes]:
+            last = made.get(contentType)
+            if last is not None and last[0] is result:
+                return contentType, last[2]
             registry = CollectorRegistry(auto_describe=False)
             registry.register(SnapshotCollector(*result))
-            request.setHeader(b"Content-Type", contentType.encode("ascii"))
-            request.write(encoder(registry))
-            request.finish()
+            made[contentType] = (result, contentType, encoder(registry))
+            return contentType, made[contentType][2]
 
-        def failed(failure: Any) -> None:
-            request.setResponseCode(500)
-            request.write(f"# scrape failed: {failure.getErrorMessage()}\n".encode())
-            request.finish()
+        return source().addCallback(encode)
 
-        self.source().addCallbacks(write, failed)
-        return NOT_DONE_YET
+    return rendered
+
+
+class Coalesced:
+    """
+    C{source}, called at most once a C{period}: a call while one is pending
+    shares its result, and a result is reused for C{period} seconds.
+    """
+
+    def __init__(self, source: Source, clock: IReactorTime, period: float = SCRAPE_PERIOD) -> None:
+        self.source = source
+        self.clock = clock
+        self.period = period
+        self.calls = 0
+        self._result: tuple[float, Any] | None = None
+        self._waiting: list[defer.Deferred[Any]] | None = None
+
+    def __call__(self) -> defer.Deferred[Any]:
+        now = self.clock.seconds()
+        if self._result is not None and now - self._result[0] < self.period:
+            return defer.succeed(self._result[1])
+        d: defer.Deferred[Any] = defer.Deferred()
+        if self._waiting is not None:
+            self._waiting.append(d)
+            return d
+        self._waiting = [d]
+        self.calls += 1
+        defer.maybeDeferred(self.source).addBoth(self._gathered)
+        return d
+
+    def _gathered(self, result: Any) -> None:
+        waiting, self._waiting = self._waiting or [], None
+        if not isinstance(result, Failure):
+            self._result = (self.clock.seconds(), result)
+        for d in waiting:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
 
 
 class MetricsService(Service):
-    """Serves L{MetricsResource} at C{/metrics} on C{endpoint}."""
+    """Serves the metrics of C{source} (coalesced) at C{/metrics} on C{endpoint}."""
 
     _log = Logger()
     _port: IListeningPort | None = None
 
-    def __init__(self, endpoint: Any, description: str, source: Source) -> None:
+    def __init__(
+        self, endpoint: Any, description: str, source: Source, reactor: Any = None
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
         self.endpoint = endpoint
         self.description = description
-        root = Resource()
-        root.putChild(b"metrics", MetricsResource(source))
-        self.site = Site(root)
-        self.site.noisy = False
-        self.site.log = lambda request: None  # type: ignore[method-assign]  # no line per scrape
+        self.source = Coalesced(source, reactor)
+        self.factory = MetricsHTTPFactory(render(self.source), reactor)
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
-        self._port = listenOrExit(self.endpoint, self.site, f"--metrics {self.description}")
+        self._port = listenOrExit(self.endpoint, self.factory, f"--metrics {self.description}")
+        self.factory.port = self._port
         self._log.info("metrics on {address}/metrics", address=self._port.getHost())
 
     def stopService(self) -> defer.Deferred[None]:

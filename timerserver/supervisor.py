@@ -4,19 +4,30 @@ L{WorkerPoolService}: the master of C{twistd timerserver --workers N}.
 The master listens on C{--port} (L{WorkerSockets}: a socket per worker for
 TCP, one shared socket otherwise; a port in use is one line before any
 worker starts), never accepts, and hands each of N worker processes
-(C{timerserver.worker}) its listening socket as descriptor 3.
+(C{timerserver.worker}) its listening socket as descriptor 3 and its
+configuration as its first message (L{timerserver.messages}).
 
 It supervises them: a worker that exits is logged with its status and
-replaced at once; one that dies again within L{HEALTHY_AFTER} seconds of its
-start is restarted after a back-off (0.5 s, doubling to 30 s), not in a
-tight loop.  On stop it sends SIGTERM to every worker (each runs the
-graceful shutdown), waits for them, and logs one stop line that sums
-theirs.  A worker's log lines reach the master's log marked with its number.
+replaced at once by the spare, a worker process kept started (imports done,
+every listening descriptor held) but not configured, so that a replacement
+serves within milliseconds rather than the seconds a Python process takes
+to start on a busy machine; another spare is started at once.  A worker that
+dies again within L{HEALTHY_AFTER} seconds of its start, or whose spawn fails
+(EMFILE, ENOMEM, fork or exec), is restarted after a back-off (0.5 s,
+doubling to 30 s), not in a tight loop.  A worker is recorded only once its
+spawn succeeded.  On stop it sends SIGTERM to
+every worker (each runs the graceful shutdown), kills those still running
+L{KILL_AFTER} seconds past the shutdown timeout (stopped, wedged), stops
+waiting L{GIVE_UP_AFTER} seconds past it whatever happens, and logs one
+stop line that sums the workers' L{StopFigures}.
+
+A scrape asks every worker for its figures with a deadline (L{SCRAPE_DEADLINE});
+one that misses it contributes its last answer and is shown as down.
+Dead workers' counters are folded into one running sum.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -25,20 +36,23 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IProcessTransport
-from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from timerserver.config import ServerConfig
+from timerserver.workerprocess import WorkerProcess
 from timerserver.workersockets import WorkerSockets
 
 HEALTHY_AFTER = 5.0
 """A worker that ran this long before it died is replaced at once."""
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
-KILL_GRACE = 5.0
+KILL_AFTER = 3.0
 """Seconds past the shutdown timeout before a worker that will not stop is killed."""
+GIVE_UP_AFTER = 4.5
+"""Seconds past the shutdown timeout after which the master stops waiting for any worker."""
+SCRAPE_DEADLINE = 1.0
+"""Seconds a worker has to answer a scrape."""
 STOP_FIELDS = ("closed", "cancelled", "skipped")
 
 
@@ -52,113 +66,36 @@ def exitStatus(reason: Failure) -> str:
     return str(value)
 
 
-class WorkerProcess(ProcessProtocol):
-    """One worker: relays its log, answers, and tells the pool when it ends."""
-
-    _log = Logger()
-    transport: IProcessTransport  # set by spawnProcess before anything is read
-
-    def __init__(self, pool: WorkerPoolService, number: int) -> None:
-        self.pool = pool
-        self.number = number
-        self.buffers = {1: b"", 2: b""}
-        self.startedAt = pool.reactor.seconds()
-        self.ended: defer.Deferred[None] = defer.Deferred()
-        self.stopStats: dict[str, int] | None = None
-        self.waiting: list[defer.Deferred[dict[str, Any]]] = []
-        self.lastStats: dict[str, Any] | None = None
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        lines = (self.buffers.get(childFD, b"") + data).split(b"\n")
-        self.buffers[childFD] = lines.pop()
-        for line in lines:
-            if childFD == 1:
-                self.outLine(line)
-            elif line.strip():
-                self._log.error(
-                    "worker {worker}: {text}",
-                    worker=self.number,
-                    text=line.decode(errors="replace"),
-                )
-
-    def outLine(self, line: bytes) -> None:
-        """Handle one line of the worker's standard output: a reply or a log event."""
-        try:
-            message = json.loads(line)
-        except ValueError:
-            message = None
-        if not isinstance(message, dict):
-            self._log.info(
-                "worker {worker}: {text}", worker=self.number, text=line.decode(errors="replace")
-            )
-        elif "stats" in message:
-            self.lastStats = message["stats"]
-            waiting, self.waiting = self.waiting, []
-            for d in waiting:
-                d.callback(message["stats"])
-        else:
-            self.logEvent(eventFromJSON(line.decode()))
-
-    def logEvent(self, event: dict[str, Any]) -> None:
-        """Re-emit a worker's log event in the master's log, marked with its number."""
-        stats = event.get("stopStats")
-        if isinstance(stats, dict):
-            self.stopStats = stats
-        text = formatEvent(event)
-        failure = event.get("log_failure")
-        if failure is not None:
-            text += "\n" + failure.getTraceback()
-        level = event.get("log_level")
-        self._log.emit(
-            level if isinstance(level, type(LogLevel.info)) else LogLevel.info,
-            "worker {worker}: {text}",
-            worker=self.number,
-            text=text,
-        )
-
-    def askStats(self) -> defer.Deferred[dict[str, Any]]:
-        """The worker's counters, as it reports them on request."""
-        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
-        self.waiting.append(d)
-        self.transport.write(b"stats\n")
-        return d
-
-    def signal(self, name: str) -> None:
-        """Send the worker signal C{name} (C{"TERM"}, C{"KILL"}), if it still runs."""
-        try:
-            self.transport.signalProcess(name)
-        except Exception:
-            pass  # already gone
-
-    def processEnded(self, reason: Failure) -> None:
-        for d in self.waiting:
-            d.errback(reason)
-        self.waiting = []
-        self.pool.workerEnded(self, reason)
-        self.ended.callback(None)
-
-
 class WorkerPoolService(Service):
     """
-    Listens as C{config.listener} says, runs C{config.workers} worker
-    processes on its socket, replaces those that die, and stops them all
-    gracefully.
+    Listens as C{config.listener} says, runs C{config.workers} worker processes on its
+    socket, replaces those that die, and stops them all gracefully.
 
     @ivar workers: the running workers by number (1 to N).
+    @ivar retired: the counters of every worker that died, summed.
+    @ivar stopFigures: after stop, the summed L{StopFigures} of the workers,
+        and how many workers there were and how many sent none.
     """
 
     _log = Logger()
 
-    def __init__(self, config: ServerConfig, reactor: Any) -> None:
+    def __init__(
+        self, config: ServerConfig, reactor: Any, scrapeDeadline: float = SCRAPE_DEADLINE
+    ) -> None:
         self.config = config
         self.reactor = reactor
+        self.scrapeDeadline = scrapeDeadline
         self.count = config.workers
         self.workers: dict[int, WorkerProcess] = {}
+        self.spare: WorkerProcess | None = None
+        """A started, unconfigured worker process, ready to replace any worker."""
         self.failures: dict[int, int] = {}
         self.stopping = False
         self._restarts: dict[int, Any] = {}
-        self.retired: list[dict[str, Any]] = []
-        """The last counters of workers that died, kept in the metrics' sums."""
+        self.retired: dict[str, Any] = {}
+        self.linesDropped = 0
+        """Worker output lines the master dropped (over the length bound), dead workers'."""
+        self.stopFigures: dict[str, int] | None = None
         self.sockets = WorkerSockets(config.listener, reactor, self.count)
 
     def privilegedStartService(self) -> None:
@@ -176,85 +113,154 @@ class WorkerPoolService(Service):
         for number in range(1, self.count + 1):
             self.spawn(number)
 
-    def spawn(self, number: int) -> None:
-        """Start worker C{number} on the listening socket."""
-        self._restarts.pop(number, None)
-        if self.stopping or not self.sockets.fds:
-            return
+    def workerCommand(self) -> list[str]:
+        """The command line of a worker process (which worker it is comes later)."""
+        args = [sys.executable, "-m", "timerserver.worker"]
+        if "asyncio" in type(self.reactor).__module__:
+            args += ["--reactor", "asyncio"]  # the workers run on the master's reactor
+        fds = ",".join(str(3 + i) for i in range(self.count))
+        return [*args, "--fds", fds]
+
+    def workerConfig(self) -> dict[str, Any]:
+        """What every worker is configured with (its L{Configure} message)."""
+        return self.config.toData()
+
+    def _start(self, label: str, key: int, retry: Any) -> WorkerProcess | None:
+        """
+        Spawn a worker process holding every listening socket, or log one
+        line and call C{retry} after the back-off of C{key}.
+        """
         package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package, env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
-        args = [sys.executable, "-m", "timerserver.worker", "--number", str(number)]
-        if "asyncio" in type(self.reactor).__module__:
-            args += ["--reactor", "asyncio"]  # the workers run on the master's reactor
-        args += ["--fd", "3", "--config", json.dumps(self.config.toData())]
-        worker = WorkerProcess(self, number)
+        childFDs: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+        childFDs.update({3 + i: fd for i, fd in enumerate(self.sockets.fds)})
+        worker = WorkerProcess(self, 0)
+        try:
+            self.reactor.spawnProcess(
+                worker, sys.executable, self.workerCommand(), env=env, childFDs=childFDs
+            )
+        except Exception as e:  # EMFILE, ENOMEM, EAGAIN: fork, pipe or exec failed
+            delay = self._backOff(key, quick=True)
+            self._log.error(
+                "{label} could not be started: {why}; retrying in {delay}s",
+                label=label,
+                why=str(e) or type(e).__name__,
+                delay=delay,
+            )
+            self._restarts[key] = self.reactor.callLater(delay, retry)
+            return None
+        return worker
+
+    def spawn(self, number: int) -> None:
+        """Make worker C{number}: the spare if one is ready, else a new process."""
+        self._restarts.pop(number, None)
+        if self.stopping or not self.sockets.fds:
+            return
+        worker, how = self.spare, " (the spare)"
+        self.spare = None
+        if worker is None:
+            worker, how = self._start(f"worker {number}", number, lambda: self.spawn(number)), ""
+            if worker is None:
+                return
+        else:
+            self.failures[0] = 0  # a spare that started and waited: its failures are over
         self.workers[number] = worker
-        self.reactor.spawnProcess(
-            worker,
-            sys.executable,
-            args,
-            env=env,
-            childFDs={0: "w", 1: "r", 2: "r", 3: self.sockets.fds[number - 1]},
-        )
-        pid = worker.transport.pid if worker.transport else None
-        self._log.info("worker {worker} started, pid {pid}", worker=number, pid=pid)
+        worker.configure(self.workerConfig(), number, 3 + number - 1)
+        pid = worker.transport.pid
+        self._log.info("worker {worker} started, pid {pid}{how}", worker=number, pid=pid, how=how)
+        if len(self.workers) == self.count:
+            self.spawnSpare()  # once every worker runs: they come first
+
+    def spawnSpare(self) -> None:
+        """Start a spare worker process, unless there is one."""
+        if self.stopping or self.spare is not None or not self.sockets.fds:
+            return
+        retry = self._restarts.get(0)
+        if retry is not None and retry.active():
+            return  # it failed a moment ago: its back-off decides when to try again
+        self._restarts.pop(0, None)
+        spare = self._start("spare worker", 0, self.spawnSpare)
+        if spare is not None:
+            self.spare = spare
+            self._log.info("spare worker started, pid {pid}", pid=spare.transport.pid)
+
+    def _backOff(self, number: int, quick: bool) -> float:
+        """The delay before worker C{number} is started again (0 unless it keeps failing)."""
+        failures = self.failures.get(number, 0) + 1 if quick else 0
+        self.failures[number] = failures
+        return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 2)) if failures >= 2 else 0.0
 
     def workerEnded(self, worker: WorkerProcess, reason: Failure) -> None:
         """Log how C{worker} ended and, unless stopping, start its replacement."""
+        from timerserver.metrics import combine, retired
+
         number = worker.number
-        if self.workers.get(number) is worker:
+        if worker is self.spare:
+            self.spare = None
+        elif self.workers.get(number) is worker:
             del self.workers[number]
         if worker.lastStats:
-            from timerserver.metrics import retired
-
-            self.retired.append(retired(worker.lastStats))
+            self.retired = combine([self.retired, retired(worker.lastStats)])
+        self.linesDropped += worker.linesDropped
         if self.stopping:
+            if not isinstance(reason.value, ProcessDone):
+                self._log.warn(
+                    "{name} {status} while stopping", name=worker.name, status=exitStatus(reason)
+                )
             return
         lived = self.reactor.seconds() - worker.startedAt
-        quick = self.failures.get(number, 0) + 1 if lived < HEALTHY_AFTER else 0
-        self.failures[number] = quick
-        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (quick - 2)) if quick >= 2 else 0.0
+        delay = self._backOff(number, quick=lived < HEALTHY_AFTER)
         self._log.warn(
-            "worker {worker} {status} after {lived:.1f}s; restarting it in {delay}s",
-            worker=number,
+            "{name} {status} after {lived:.1f}s; {what} in {delay}s",
+            name=worker.name,
             status=exitStatus(reason),
             lived=lived,
+            what="restarting it" if number else "starting another",
             delay=delay,
         )
-        self._restarts[number] = self.reactor.callLater(delay, self.spawn, number)
+        retry = (lambda: self.spawn(number)) if number else self.spawnSpare
+        self._restarts[number] = self.reactor.callLater(delay, retry)
 
     def metricsSource(self) -> defer.Deferred[Any]:
         """
-        The metrics' source: every running worker's snapshot, asked for now,
-        summed with the master's own process figures and the retired workers'.
+        The metrics' source: every running worker's figures, asked for now
+        and answered within the scrape deadline (or its last answer), summed
+        with the master's own process figures and the dead workers'.
         """
+        workers = sorted(self.workers.items())
+        asks = [w.askStats(self.scrapeDeadline) for _, w in workers]
+        return defer.gatherResults(asks).addCallback(self._summed, workers)
+
+    def _summed(
+        self, answers: list[dict[str, Any] | None], workers: list[tuple[int, WorkerProcess]]
+    ) -> Any:
         from timerserver.metrics import combine, processFigures
 
-        workers = sorted(self.workers.items())
-        # A worker that dies before it answers is left out of this scrape;
-        # its last answer is in self.retired by then.
-        asks = [w.askStats().addErrback(lambda _: None) for _, w in workers]
-
-        def summed(answers: list[dict[str, Any] | None]) -> Any:
-            master = processFigures()
-            processes = {"master": master}
-            live = []
-            for (number, _), answer in zip(workers, answers, strict=True):
-                if answer is not None:
-                    processes[str(number)] = answer.get("process", {})
-                    live.append(answer)
-            total = combine([*live, *self.retired, {"process": master}])
-            return total, processes
-
-        return defer.gatherResults(asks).addCallback(summed)
+        master = processFigures()
+        processes = {"master": master}
+        up = {str(number): 0 for number in range(1, self.count + 1)}
+        live = []
+        dropped = self.linesDropped
+        for (number, worker), answer in zip(workers, answers, strict=True):
+            up[str(number)] = int(answer is not None)
+            figures = answer if answer is not None else worker.lastStats
+            dropped += worker.linesDropped
+            if figures is not None:
+                processes[str(number)] = figures.get("process", {})
+                live.append(figures)
+        mine = {"process": master, "log_lines_dropped": dropped}
+        total = combine([*live, self.retired, mine])
+        total["workers_up"] = up
+        return total, processes
 
     def stopService(self) -> defer.Deferred[None]:
         """
         Stop every worker gracefully (SIGTERM: goodbye, shutdown timeout,
-        timers cancelled), kill those still running well after the shutdown
-        timeout, and log one stop line that sums theirs.
+        timers cancelled), kill those still running L{KILL_AFTER} seconds
+        past the shutdown timeout, stop waiting L{GIVE_UP_AFTER} seconds past
+        it, and log one stop line that sums the workers' stop figures.
         """
         Service.stopService(self)
         self.stopping = True
@@ -262,35 +268,41 @@ class WorkerPoolService(Service):
             call.cancel()
         self._restarts.clear()
         workers = list(self.workers.values())
-        for worker in workers:
+        processes = [*workers, *([self.spare] if self.spare else [])]
+        for worker in processes:
             worker.signal("TERM")
-        killer = self.reactor.callLater(
-            self.config.shutdownTimeout + KILL_GRACE, self._killAll, workers
-        )
+        timeout = self.config.shutdownTimeout
+        killer = self.reactor.callLater(timeout + KILL_AFTER, self._killAll, processes)
         self.sockets.close()
-        d = defer.gatherResults([w.ended for w in workers])
+        done: defer.Deferred[None] = defer.Deferred()
+        giveUp = self.reactor.callLater(timeout + GIVE_UP_AFTER, done.callback, None)
+        defer.gatherResults([w.ended for w in processes]).addCallback(
+            lambda _: None if done.called else done.callback(None)
+        )
 
         def stopped(_: object) -> None:
-            if killer.active():
-                killer.cancel()
-            totals = dict.fromkeys(STOP_FIELDS, 0)
-            for worker in workers:
-                for field in STOP_FIELDS:
-                    totals[field] += int((worker.stopStats or {}).get(field, 0))
+            for call in (killer, giveUp):
+                if call.active():
+                    call.cancel()
+            figures = [w.stopFigures for w in workers]
+            totals = {f: sum(getattr(s, f) for s in figures if s) for f in STOP_FIELDS}
+            missing = sum(1 for s in figures if s is None)
+            self.stopFigures = {**totals, "workers": len(workers), "unreported": missing}
             self._log.info(
                 "timerserver stopped listening on {description} and its {count} workers; "
                 "closed {closed} connections, cancelled {cancelled} timers, "
-                "skipped {skipped} messages to slow clients",
+                "skipped {skipped} messages to slow clients{unreported}",
                 description=self.config.listener.description,
                 count=len(workers),
-                stopStats=totals,
+                stopStats=self.stopFigures,
+                unreported=f" ({missing} workers sent no figures)" if missing else "",
                 **totals,
             )
 
-        return d.addCallback(stopped)
+        return done.addCallback(stopped)
 
     def _killAll(self, workers: list[WorkerProcess]) -> None:
         for worker in workers:
             if not worker.ended.called:
-                self._log.warn("worker {worker} did not stop; killing it", worker=worker.number)
+                self._log.warn("{name} did not stop; killing it", name=worker.name)
                 worker.signal("KILL")

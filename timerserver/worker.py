@@ -1,77 +1,156 @@
 """
 One worker process of C{twistd timerserver --workers N}: the same server on
 a listening socket its master hands it, run as
-C{python -m timerserver.worker --number K --fd 3 --config JSON}, where JSON
-is the master's L{ServerConfig} as data.
+C{python -m timerserver.worker --fds 3,4}.
 
-The master talks to it over three pipes:
+The master talks to it over three pipes, in the messages of
+L{timerserver.messages}, one a line:
 
- - standard input: one command a line (C{stats}: reply with the counters);
-   end of file means the master is gone, and the worker shuts down
-   gracefully, so that no worker outlives its master;
- - standard output: one JSON object a line, either a log event
-   (C{twisted.logger}'s JSON form) or a reply (C{{"stats": {...}}});
- - standard error: anything else (a crash before logging started).
+ - standard input: L{Configure} first (the server's configuration, the
+   worker's number and which of the listening descriptors it holds is its
+   own: until it comes, the worker serves nothing, which is how the master
+   keeps a spare ready), then L{StatsRequest}s; end of file
+   means the master is gone, and the worker shuts down gracefully, so that
+   no worker outlives its master;
+ - standard output (an L{OutChannel}: non-blocking, bounded): L{LogEvent}s,
+   L{StatsAnswer}s and, last, L{StopFigures};
+ - standard error: anything else (a crash before logging started, a bad
+   configuration), one line.
 
 SIGTERM and SIGINT run the graceful shutdown, once, however many arrive.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import signal
 import sys
-from typing import Any, TextIO
+from typing import Any
 
-from twisted.internet import stdio
-from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
-from twisted.protocols.basic import LineOnlyReceiver
+from twisted.internet import defer, stdio
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger, globalLogBeginner
 from twisted.python import usage
 
 from timerserver.clock import useMonotonicTime
 from timerserver.config import ServerConfig
+from timerserver.messages import (
+    MAX_LINE,
+    Configure,
+    MalformedMessage,
+    StatsAnswer,
+    StatsRequest,
+    StopFigures,
+    decode,
+)
 from timerserver.service import TimerServerService, buildServer
+from timerserver.workerchannel import ChannelLogObserver, OutChannel
 
 
-class Control(LineOnlyReceiver):
-    """The master's commands on standard input."""
+class Control(Protocol):
+    """The master's messages on standard input, one a line."""
 
-    delimiter = b"\n"
+    _log = Logger()
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
+        self.buffer = b""
+        self.discarding = False
+
+    def dataReceived(self, data: bytes) -> None:
+        lines = (self.buffer + data).split(b"\n")
+        self.buffer = lines.pop()
+        for line in lines:
+            if self.discarding:
+                self.discarding = False
+            else:
+                self.lineReceived(line)
+        if len(self.buffer) > MAX_LINE:
+            self._log.error("message from the master over {limit} bytes ignored", limit=MAX_LINE)
+            self.buffer, self.discarding = b"", True
 
     def lineReceived(self, line: bytes) -> None:
-        if line.strip() == b"stats":
-            self.worker.reply({"stats": self.worker.stats()})
+        """Act on one message; a malformed or unexpected one is logged and ignored."""
+        try:
+            message = decode(line)
+        except MalformedMessage as e:
+            self._log.error("malformed message from the master ignored: {why}", why=str(e))
+            return
+        if isinstance(message, Configure):
+            self.worker.configure(message.config, message.number, message.fd)
+        elif isinstance(message, StatsRequest):
+            self.worker.answer(message.id)
+        else:
+            self._log.error("unexpected {kind} message from the master ignored", kind=message.TYPE)
 
     def connectionLost(self, reason: object = None) -> None:
         self.worker.stop()  # the master is gone
 
 
+STATS_PERIOD = 1.0
+"""A snapshot (and its reading of /proc/self) is reused for this long."""
+
+
 class Worker:
-    """Runs one server until told to stop, then exits."""
+    """Waits for its configuration, runs one server until told to stop, then exits."""
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, server: TimerServerService, out: TextIO) -> None:
+    def __init__(self, reactor: Any, channel: OutChannel, fds: list[int]) -> None:
         self.reactor = reactor
-        self.server = server
-        self.out = out
+        self.channel = channel
+        self.fds = fds
+        self.number = 0
+        self.server: TimerServerService | None = None
         self.stopping = False
+        self.exitCode = 0
+        self._snapshot: tuple[float, dict[str, Any]] | None = None
+
+    def configure(self, config: dict[str, Any], number: int, fd: int) -> None:
+        """
+        Become worker C{number}: build the server from C{config} (the
+        master's L{ServerConfig} as data) on descriptor C{fd}, close the other
+        listening descriptors, and start serving.  Once.
+        """
+        if self.server is not None or self.stopping:
+            self._log.error("a second configuration from the master ignored")
+            return
+        try:
+            settings = ServerConfig.fromData(config)
+            if fd not in self.fds:
+                raise usage.UsageError(f"descriptor {fd} is not one of {self.fds}")
+            self.number = number
+            for other in set(self.fds) - {fd}:
+                os.close(other)
+            self.fds = [fd]
+            server = buildServer(settings, self.reactor, fd=fd)
+            server.privilegedStartService()
+        except (usage.UsageError, ValueError, TypeError, SystemExit) as e:
+            # The master checked the same options: something changed since
+            # (a certificate removed, say).  One line, and the master backs off.
+            sys.stderr.write(f"{e}\n")
+            sys.stderr.flush()
+            self.exitCode = 1
+            self.stop()
+            return
+        self.server = server
+        server.startService()  # type: ignore[no-untyped-call]
 
     def stats(self) -> dict[str, Any]:
-        """What the master's metrics sum: this worker's L{snapshot}."""
-        if self.server.monitor is None:
-            return {}
+        """What the master's metrics sum: this worker's L{snapshot}, at most one a period."""
         from timerserver.metrics import snapshot
 
-        return snapshot(self.server.factory, self.server.monitor, self.server.admission)
+        server = self.server
+        if server is None or server.monitor is None:
+            return {"log_lines_dropped": self.channel.droppedTotal}
+        now = self.reactor.seconds()
+        if self._snapshot is None or now - self._snapshot[0] >= STATS_PERIOD:
+            self._snapshot = (now, snapshot(server.factory, server.monitor, server.admission))
+        return {**self._snapshot[1], "log_lines_dropped": self.channel.droppedTotal}
 
-    def reply(self, message: dict[str, Any]) -> None:
-        """Write C{message} to the master as one JSON line."""
-        self.out.write(json.dumps(message) + "\n")
-        self.out.flush()
+    def answer(self, id: int) -> None:
+        """Answer the master's stats request C{id}."""
+        self.channel.send(StatsAnswer(id, self.stats()))
 
     def stop(self) -> None:
         """Stop the reactor (once): the graceful shutdown runs before it stops."""
@@ -79,51 +158,64 @@ class Worker:
             self.stopping = True
             self.reactor.stop()
 
-    def run(self) -> None:
-        """Start the server, take commands from the master, run until stopped."""
+    def _shutdown(self) -> defer.Deferred[None] | None:
+        """The server's graceful shutdown, then its figures to the master."""
+        server = self.server
+        if server is None or not server.running:
+            return None
+
+        def report(_: object) -> None:
+            figures = server.stopStats or {}
+            self.channel.send(
+                StopFigures(
+                    closed=int(figures.get("closed", 0)),
+                    cancelled=int(figures.get("cancelled", 0)),
+                    skipped=int(figures.get("skipped", 0)),
+                )
+            )
+
+        return server.stopService().addCallback(report)
+
+    def run(self) -> int:
+        """Take messages from the master, run until stopped; the exit status."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.reactor.callFromThread(self.stop))
-        self.server.privilegedStartService()
-        self.server.startService()  # type: ignore[no-untyped-call]
-        self.reactor.addSystemEventTrigger("before", "shutdown", self.server.stopService)
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
         stdio.StandardIO(Control(self), stdout=_devnull(), reactor=self.reactor)  # type: ignore[call-arg]
         self.reactor.run(installSignalHandlers=False)
+        self.channel.drain(2.0)  # the stop figures and last lines, if the master reads
+        return self.exitCode
 
 
 def _devnull() -> int:
-    import os
-
     return os.open(os.devnull, os.O_WRONLY)
 
 
 def main(argv: list[str]) -> None:
-    """Run worker C{--number} on descriptor C{--fd} with the server options after C{--}."""
+    """
+    Run a worker holding the listening descriptors C{--fds}; which one it
+    serves, and how, comes from the master as the first message on standard
+    input.
+    """
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m timerserver.worker")
-    parser.add_argument("--number", type=int, required=True)
-    parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--fds", required=True, help="listening descriptors, comma-separated")
     parser.add_argument("--reactor", choices=["default", "asyncio"], default="default")
     args = parser.parse_args(argv)
     if args.reactor == "asyncio":
         from twisted.internet import asyncioreactor
 
         asyncioreactor.install()
-    out = sys.stdout  # replies and log events share it, one JSON object a line
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(out, "")], redirectStandardIO=False)
     from twisted.internet import reactor
 
+    channel = OutChannel(reactor, sys.stdout.fileno())
+    sys.stdout = sys.stderr  # nothing else may write to the channel's pipe
+    globalLogBeginner.beginLoggingTo([ChannelLogObserver(channel)], redirectStandardIO=False)
     useMonotonicTime(reactor)
-    try:
-        config = ServerConfig.fromData(json.loads(args.config))
-        server = buildServer(config, reactor, fd=args.fd)
-    except (usage.UsageError, ValueError) as e:
-        # The master checked the same options: something changed since
-        # (a certificate removed, say).  One line, and the master backs off.
-        sys.stderr.write(f"{e}\n")
-        sys.exit(1)
-    Worker(reactor, server, out).run()
+    fds = [int(fd) for fd in args.fds.split(",")]
+    worker = Worker(reactor, channel, fds)
+    sys.exit(worker.run())
 
 
 if __name__ == "__main__":

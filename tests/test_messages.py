@@ -1,0 +1,90 @@
+"""The master/worker messages: every type round-trips, and bad lines are refused."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from timerserver.messages import (
+    MAX_LINE,
+    Configure,
+    LogEvent,
+    MalformedMessage,
+    StatsAnswer,
+    StatsRequest,
+    StopFigures,
+    decode,
+    encode,
+)
+
+
+class RoundTripTests(SynchronousTestCase):
+    def test_everyType(self) -> None:
+        for message in (
+            Configure({"argv": ["--interval", "0.5", "--message", "a\nb"]}, 2, 4),
+            StatsRequest(7),
+            StatsAnswer(7, {"accepted": 3, "refused": {"full": 1}}),
+            LogEvent("info", "worker says\nhello", None),
+            LogEvent("error", "oops", "Traceback (most recent call last):\n..."),
+            StopFigures(closed=10, cancelled=12, skipped=0),
+        ):
+            line = encode(message)
+            self.assertEqual(line.count(b"\n"), 1, line)  # one line, whatever the text holds
+            self.assertTrue(line.endswith(b"\n"))
+            self.assertEqual(decode(line), message)
+            self.assertEqual(decode(line.rstrip(b"\n")), message)
+
+    def test_optionalFieldMayBeLeftOut(self) -> None:
+        self.assertEqual(decode(b'{"type":"log","level":"info","text":"x"}'), LogEvent("info", "x"))
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.text(), st.integers(0, 2**53), st.integers(0, 2**53), st.integers(0, 2**53))
+    def test_anyTextAndFigures(self, text: str, a: int, b: int, c: int) -> None:
+        self.assertEqual(decode(encode(LogEvent("warn", text))), LogEvent("warn", text))
+        self.assertEqual(decode(encode(StopFigures(a, b, c))), StopFigures(a, b, c))
+
+
+class MalformedTests(SynchronousTestCase):
+    def assertMalformed(self, line: bytes, why: str) -> None:
+        e = self.assertRaises(MalformedMessage, decode, line)
+        self.assertIn(why, str(e))
+
+    def test_notJSON(self) -> None:
+        self.assertMalformed(b"stats", "not JSON")
+        self.assertMalformed(b"\xff\xfe{", "not JSON")
+        self.assertMalformed(b'{"type": "log"', "not JSON")
+
+    def test_notAnObject(self) -> None:
+        self.assertMalformed(b"[1, 2]", "not a JSON object")
+        self.assertMalformed(b"42", "not a JSON object")
+
+    def test_unknownOrMissingType(self) -> None:
+        self.assertMalformed(b'{"type": "reboot"}', "no known message type")
+        self.assertMalformed(b'{"id": 1}', "no known message type")
+        self.assertMalformed(b'{"type": ["log"]}', "no known message type")
+
+    def test_missingField(self) -> None:
+        self.assertMalformed(b'{"type": "stop-figures", "closed": 1, "cancelled": 2}', "skipped")
+
+    def test_unknownField(self) -> None:
+        self.assertMalformed(b'{"type": "stats-request", "id": 1, "extra": 2}', "extra")
+
+    def test_wrongTypes(self) -> None:
+        for line in (
+            {"type": "stats-request", "id": "1"},
+            {"type": "stats-request", "id": True},
+            {"type": "stats-request", "id": 1.5},
+            {"type": "stats-answer", "id": 1, "stats": [1]},
+            {"type": "log", "level": "info", "text": None},
+            {"type": "log", "level": "info", "text": "x", "traceback": 3},
+            {"type": "configure", "config": "argv", "number": 1, "fd": 3},
+            {"type": "configure", "config": {}, "number": "1", "fd": 3},
+        ):
+            self.assertRaises(MalformedMessage, decode, json.dumps(line).encode())
+
+    def test_tooLong(self) -> None:
+        line = encode(LogEvent("info", "x" * MAX_LINE))
+        self.assertMalformed(line, "over")

@@ -1,0 +1,339 @@
+"""
+The master's supervision, driven by task.Clock and a fake process reactor:
+failed spawns, the stop deadline, scrape deadlines, and what a worker can
+send it (malformed messages, lines without end).
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from timerserver.config import ServerConfig
+from timerserver.listener import Listener
+from timerserver.messages import (
+    MAX_LINE,
+    Configure,
+    LogEvent,
+    StatsAnswer,
+    StatsRequest,
+    StopFigures,
+    decode,
+    encode,
+)
+from timerserver.supervisor import (
+    BACKOFF_FIRST,
+    BACKOFF_MAX,
+    GIVE_UP_AFTER,
+    KILL_AFTER,
+    WorkerPoolService,
+)
+from timerserver.workerprocess import MALFORMED_LOGGED, WorkerProcess
+
+
+class FakeProcess:
+    def __init__(self, reactor: ProcessReactor, proto: WorkerProcess, pid: int) -> None:
+        self.reactor = reactor
+        self.proto = proto
+        self.pid = pid
+        self.written = b""
+        self.signals: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def messages(self) -> list[Any]:
+        return [decode(line) for line in self.written.splitlines()]
+
+    def signalProcess(self, name: str) -> None:
+        if self.pid is None:
+            raise OSError("already gone")
+        self.signals.append(name)
+
+    def end(self, reason: Failure | None = None) -> None:
+        self.pid = None  # type: ignore[assignment]
+        self.proto.processEnded(reason or Failure(ProcessDone(0)))
+
+
+class ProcessReactor(Clock):
+    """A Clock that spawns fake processes, or fails to with C{self.failure}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.processes: list[FakeProcess] = []
+        self.failure: Exception | None = None
+
+    def spawnProcess(self, proto: WorkerProcess, *args: Any, **kwargs: Any) -> FakeProcess:
+        if self.failure is not None:
+            raise self.failure
+        process = FakeProcess(self, proto, 1000 + len(self.processes))
+        self.processes.append(process)
+        proto.makeConnection(process)  # type: ignore[arg-type]
+        return process
+
+
+def config(workers: int = 2, shutdownTimeout: float = 5.0) -> ServerConfig:
+    return ServerConfig(
+        listener=Listener.parse("tcp:0:interface=127.0.0.1"),
+        interval=0.5,
+        workers=workers,
+        shutdownTimeout=shutdownTimeout,
+    )
+
+
+CONFIG = config().toData()
+
+
+def pool(workers: int = 2, shutdownTimeout: float = 5.0) -> tuple[WorkerPoolService, Any]:
+    reactor = ProcessReactor()
+    service = WorkerPoolService(config(workers, shutdownTimeout), reactor)
+    service.sockets.fds = [10 + i for i in range(workers)]
+    return service, reactor
+
+
+class SpawnTests(SynchronousTestCase):
+    def test_configurationIsTheFirstMessage(self) -> None:
+        service, reactor = pool()
+        service.startService()
+        self.assertEqual(sorted(service.workers), [1, 2])
+        one, two, spare = reactor.processes
+        self.assertEqual(one.messages(), [Configure(CONFIG, 1, 3)])
+        self.assertEqual(two.messages(), [Configure(CONFIG, 2, 4)])
+        self.assertEqual(spare.messages(), [])  # it waits, configured as nothing
+        self.assertIs(service.spare, spare.proto)
+        self.assertEqual(sorted(service.workers), [1, 2])  # started after the workers
+
+    def test_theSpareReplacesADeadWorkerAtOnce(self) -> None:
+        service, reactor = pool()
+        service.startService()
+        one, _, spare = reactor.processes
+        one.end(Failure(ProcessTerminated(signal=9)))
+        reactor.advance(0)
+        self.assertIs(service.workers[1], spare.proto)
+        self.assertEqual(spare.messages(), [Configure(CONFIG, 1, 3)])
+        [fresh] = reactor.processes[3:]  # and another spare is started
+        self.assertIs(service.spare, fresh.proto)
+        self.assertEqual(fresh.messages(), [])
+
+    def test_aDeadSpareIsReplacedWithBackOff(self) -> None:
+        service, reactor = pool(workers=1)
+        service.startService()
+        delays = []
+        for _ in range(3):
+            reactor.processes[-1].end(Failure(ProcessTerminated(signal=9)))
+            [call] = reactor.getDelayedCalls()
+            delays.append(call.getTime() - reactor.seconds())
+            reactor.advance(call.getTime() - reactor.seconds())
+        self.assertEqual(delays, [0.0, BACKOFF_FIRST, 2 * BACKOFF_FIRST])
+        self.assertEqual(service.workers[1].transport, reactor.processes[0])  # untouched
+
+    def test_failedSpawnIsRetriedWithBackOffAndRecordsNothing(self) -> None:
+        service, reactor = pool(workers=1)
+        reactor.failure = OSError(errno.EMFILE, "Too many open files")
+        logged: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        service.startService()
+        self.assertEqual((service.workers, service.spare), ({}, None))
+        delays = []
+        for _ in range(4):
+            call = service._restarts[1]
+            delays.append(call.getTime() - reactor.seconds())
+            reactor.advance(call.getTime() - reactor.seconds())
+        self.assertEqual(delays, [0.0, BACKOFF_FIRST, 2 * BACKOFF_FIRST, 4 * BACKOFF_FIRST])
+        self.assertEqual((service.workers, service.spare), ({}, None))
+        lines = [e for e in logged if "could not be started" in e.get("log_format", "")]
+        mine = [e for e in lines if e["label"] == "worker 1"]
+        self.assertEqual(len(mine), 5)  # one line per attempt, no traceback
+        self.assertNotIn("log_failure", mine[0])
+        self.assertIn("Too many open files", mine[0]["why"])
+        reactor.failure = None  # the descriptors are back
+        reactor.advance(BACKOFF_MAX)
+        self.assertEqual(list(service.workers), [1])
+        self.assertIsNotNone(service.spare)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_quickDeathsBackOffAndAHealthyRunResets(self) -> None:
+        service, reactor = pool(workers=1)
+        service.startService()
+        delays = []
+        for _ in range(3):
+            service.workers[1].transport.end(Failure(ProcessTerminated(signal=9)))
+            [call] = reactor.getDelayedCalls()
+            delays.append(call.getTime() - reactor.seconds())
+            reactor.advance(call.getTime() - reactor.seconds())
+        self.assertEqual(delays, [0.0, BACKOFF_FIRST, 2 * BACKOFF_FIRST])
+        reactor.advance(60)
+        service.workers[1].transport.end(Failure(ProcessTerminated(signal=9)))
+        [call] = reactor.getDelayedCalls()
+        self.assertEqual(call.getTime(), reactor.seconds())
+
+
+class StopTests(SynchronousTestCase):
+    def test_sumsTheWorkersStopFigures(self) -> None:
+        service, reactor = pool()
+        service.startService()
+        d = service.stopService()
+        one, two, spare = reactor.processes
+        for process, closed in zip((one, two), (3, 4), strict=True):
+            self.assertEqual(process.signals, ["TERM"])
+            process.proto.childDataReceived(1, encode(StopFigures(closed, closed + 1, 1)))
+            process.end()
+        self.assertNoResult(d)  # the spare is waited for too
+        self.assertEqual(spare.signals, ["TERM"])
+        spare.end()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(
+            service.stopFigures,
+            {"closed": 7, "cancelled": 9, "skipped": 2, "workers": 2, "unreported": 0},
+        )
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_wedgedWorkersAreKilledAndTheStopEndsByItsDeadline(self) -> None:
+        service, reactor = pool(shutdownTimeout=5.0)
+        service.startService()
+        stuck, gone, spare = reactor.processes
+        d = service.stopService()
+        gone.end()
+        spare.end()
+        reactor.advance(5.0 + KILL_AFTER)
+        self.assertEqual(stuck.signals, ["TERM", "KILL"])
+        self.assertNoResult(d)
+        reactor.advance(GIVE_UP_AFTER - KILL_AFTER)  # even a kill that did not end it
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(service.stopFigures["unreported"], 2)  # type: ignore[index]
+        self.assertLess(5.0 + GIVE_UP_AFTER, 5.0 + 5.0)
+
+    def test_stopWithNoWorkerRunning(self) -> None:
+        """Every worker in back-off, or never spawned: the stop ends at once."""
+        service, reactor = pool()
+        reactor.failure = OSError(errno.ENOMEM, "Cannot allocate memory")
+        service.startService()
+        d = service.stopService()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_noRestartWhileStopping(self) -> None:
+        service, reactor = pool(workers=1)
+        service.startService()
+        service.stopService()
+        for process in reactor.processes:
+            process.end(Failure(ProcessTerminated(signal=15)))
+        self.assertEqual(len(reactor.processes), 2)  # the worker and the spare, no other
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+class ScrapeTests(SynchronousTestCase):
+    def answer(self, process: FakeProcess, stats: dict[str, Any]) -> None:
+        [*_, request] = process.messages()
+        process.proto.childDataReceived(1, encode(StatsAnswer(request.id, stats)))
+
+    def test_aWorkerThatMissesTheDeadlineGivesItsLastAnswer(self) -> None:
+        service, reactor = pool()
+        service.startService()
+        one, two, _ = reactor.processes
+        d = service.metricsSource()
+        self.answer(one, {"accepted": 5})
+        self.answer(two, {"accepted": 7})
+        total, _ = self.successResultOf(d)
+        self.assertEqual((total["accepted"], total["workers_up"]), (12, {"1": 1, "2": 1}))
+        d = service.metricsSource()
+        self.answer(one, {"accepted": 6})
+        self.assertNoResult(d)  # worker 2 is stopped
+        reactor.advance(service.scrapeDeadline)
+        total, _ = self.successResultOf(d)
+        self.assertEqual((total["accepted"], total["workers_up"]), (13, {"1": 1, "2": 0}))
+        # Still unanswered: no second request is queued for it.
+        d = service.metricsSource()
+        self.assertEqual(sum(isinstance(m, StatsRequest) for m in two.messages()), 2)
+        self.answer(one, {"accepted": 6})
+        self.answer(two, {"accepted": 9})  # it woke up
+        total, _ = self.successResultOf(d)
+        self.assertEqual((total["accepted"], total["workers_up"]), (15, {"1": 1, "2": 1}))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_deadWorkersAreFoldedIntoOneSum(self) -> None:
+        service, reactor = pool(workers=1)
+        service.startService()
+        for accepted in (5, 7, 11):
+            d = service.metricsSource()
+            self.answer(service.workers[1].transport, {"accepted": accepted, "connections_open": 2})
+            self.successResultOf(d)
+            service.workers[1].transport.end(Failure(ProcessTerminated(signal=9)))
+            reactor.advance(60)
+        self.assertEqual(service.retired["accepted"], 23)
+        self.assertEqual(service.retired["connections_open"], 0)
+        d = service.metricsSource()
+        self.answer(service.workers[1].transport, {"accepted": 1, "connections_open": 2})
+        total, _ = self.successResultOf(d)
+        self.assertEqual((total["accepted"], total["connections_open"]), (24, 2))
+
+    def test_aWorkerThatDiesMidScrape(self) -> None:
+        service, reactor = pool(workers=1)
+        service.startService()
+        d = service.metricsSource()
+        service.workers[1].transport.end(Failure(ProcessTerminated(signal=9)))
+        total, _ = self.successResultOf(d)
+        self.assertEqual(total["workers_up"], {"1": 0})
+        reactor.advance(60)  # its replacement; no timer of the scrape is left
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+class WorkerOutputTests(SynchronousTestCase):
+    def worker(self) -> tuple[WorkerProcess, list[dict[str, Any]]]:
+        service, _ = pool(workers=1)
+        service.startService()
+        logged: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        return service.workers[1], logged
+
+    def test_logEventsAreReEmittedWithTheWorkersNumber(self) -> None:
+        worker, logged = self.worker()
+        worker.childDataReceived(1, encode(LogEvent("warn", "hello {not a field}"))[:10])
+        worker.childDataReceived(1, encode(LogEvent("warn", "hello {not a field}"))[10:])
+        [event] = logged
+        self.assertEqual(event["text"], "hello {not a field}")
+        self.assertEqual((event["worker"], event["log_level"].name), (1, "warn"))
+
+    def test_malformedMessagesAreLoggedAFewTimesAndIgnored(self) -> None:
+        worker, logged = self.worker()
+        for line in (b"not json", b"[1]", b'{"type": "stats-answer", "id": "x", "stats": {}}'):
+            worker.childDataReceived(1, line + b"\n")
+        worker.childDataReceived(1, encode(Configure(CONFIG, 1, 3)))  # only the master
+        worker.childDataReceived(1, b"\xff\xfe\n" * 50)
+        self.assertEqual(worker.malformed, 54)
+        self.assertEqual(len(logged), MALFORMED_LOGGED)
+        self.assertIsNone(worker.lastStats)
+        worker.childDataReceived(1, encode(StopFigures(1, 2, 3)))  # and it still listens
+        self.assertEqual(worker.stopFigures, StopFigures(1, 2, 3))
+
+    def test_linesOverTheBoundAreDroppedAndCounted(self) -> None:
+        worker, logged = self.worker()
+        chunk = b"x" * 65536
+        for _ in range(MAX_LINE // len(chunk) * 3):  # a line of 768 KiB, no end yet
+            worker.childDataReceived(1, chunk)
+            self.assertLessEqual(len(worker.buffers[1]), MAX_LINE + len(chunk))
+        worker.childDataReceived(1, b"tail\n" + encode(StopFigures(1, 2, 3)))
+        worker.childDataReceived(2, b"e" * (MAX_LINE + 1) + b"\nshort error\n")
+        self.assertEqual(worker.linesDropped, 2)
+        self.assertEqual(worker.stopFigures, StopFigures(1, 2, 3))
+        self.assertEqual([e["text"] for e in logged], ["short error"])
+
+    def test_deadline(self) -> None:
+        """A scrape's Deferred never errs, whatever the worker does."""
+        worker, _ = self.worker()
+        d = worker.askStats(1.0)
+        worker.processEnded(Failure(ProcessDone(0)))
+        self.assertIsNone(self.successResultOf(d))
+        self.assertIsInstance(d, defer.Deferred)

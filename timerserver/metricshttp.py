@@ -1,0 +1,236 @@
+"""
+The metrics port's HTTP: C{GET} and C{HEAD} of C{/metrics}, and nothing a
+client sends can hold more than a small fixed amount of the master.
+
+twisted.web's C{Site} spools a request body to a temporary file before any
+resource sees it and switches its idle timeout off while a request is being
+answered; a scrape port needs neither.  Here:
+
+ - a request's head must arrive within L{REQUEST_TIMEOUT} seconds and hold
+   at most L{MAX_HEAD} bytes (else 408 / 431);
+ - a path other than C{/metrics} is 404, a method other than C{GET} or
+   C{HEAD} is 405, a declared body 413: all answered as soon as the head is
+   read, and the body is never buffered (what the client sends after it is
+   read and thrown away for at most L{LINGER} seconds or L{LINGER_BYTES},
+   so that it gets the answer rather than a reset, then the connection is
+   aborted);
+ - at most L{MAX_CONNECTIONS} connections are served at once (and those the
+   port accepted in the same turn): past that the port stops accepting, and
+   the kernel's listen queue holds the rest until one ends (a flood of
+   scrapes waits rather than fails; give C{--metrics} a C{backlog=} for
+   floods larger than 50);
+ - an answer not ready within C{answerTimeout} is 503; a scraper that goes
+   away before its answer leaves nothing behind (no write, no error logged).
+
+Every answer closes its connection (C{Connection: close}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+REQUEST_TIMEOUT = 5.0
+MAX_HEAD = 8192
+MAX_CONNECTIONS = 16
+LINGER = 1.0
+LINGER_BYTES = 64 * 1024
+ANSWER_TIMEOUT = 3.0
+
+Render = Callable[[str], defer.Deferred[tuple[str, bytes]]]
+"""Given the Accept header, the content type and body of the metrics."""
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class MetricsHTTP(Protocol):
+    """
+    One connection to the metrics port: one request, one answer.
+
+    @ivar state: C{"head"} (reading the request), C{"rendering"} (waiting
+        for the metrics), C{"done"} (answered, lingering until closed).
+    """
+
+    factory: MetricsHTTPFactory
+    transport: ITCPTransport  # set by makeConnection
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.state = "head"
+        self.gone = False
+        self.discarded = 0
+        self._timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self._setTimer(REQUEST_TIMEOUT, self._timedOut)
+
+    def _setTimer(self, seconds: float, call: Callable[[], object]) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self.factory.clock.callLater(seconds, call)
+
+    def _timedOut(self) -> None:
+        if self.state == "head":
+            self.respond(408, b"")
+        elif self.state == "rendering":
+            self.respond(503, b"# the metrics were not ready in time\n")
+        else:
+            self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state != "head":
+            self.discarded += len(data)  # a body we refused, or what follows a request
+            if self.discarded > LINGER_BYTES:
+                self.transport.abortConnection()
+            return
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 and len(self.buffer) <= MAX_HEAD:
+            return
+        if end < 0 or end > MAX_HEAD:
+            self.respond(431, b"")
+            return
+        head, rest = self.buffer[:end], self.buffer[end + 4 :]
+        self.buffer, self.discarded = b"", len(rest)
+        self.requestReceived(head)
+
+    def requestReceived(self, head: bytes) -> None:
+        """Answer the request whose head (request line and headers) is C{head}."""
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            self.respond(400, b"")
+            return
+        method, target = parts[0], parts[1]
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon:
+                self.respond(400, b"")
+                return
+            headers[name.strip().lower()] = value.strip()
+        if target.split(b"?", 1)[0] != b"/metrics":
+            self.respond(404, b"")
+        elif method not in (b"GET", b"HEAD"):
+            self.respond(405, b"", [(b"Allow", b"GET, HEAD")])
+        elif headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers:
+            self.respond(413, b"")
+        else:
+            self.render(method == b"HEAD", headers.get(b"accept", b"").decode("latin-1"))
+
+    def render(self, head: bool, accept: str) -> None:
+        """Render the metrics; answer with them unless the scraper went away first."""
+        self.state = "rendering"
+        self._setTimer(self.factory.answerTimeout, self._timedOut)
+
+        def write(result: tuple[str, bytes]) -> None:
+            contentType, body = result
+            self.respond(200, body, [(b"Content-Type", contentType.encode("latin-1"))], head)
+
+        def failed(failure: Failure) -> None:
+            self.factory.log.failure("metrics scrape failed", failure)
+            self.respond(500, b"# scrape failed\n")
+
+        self.factory.render(accept).addCallbacks(write, failed)
+
+    def respond(
+        self,
+        code: int,
+        body: bytes,
+        headers: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, bytes]] = (),
+        head: bool = False,
+    ) -> None:
+        """Write the answer (once) and close, letting the client read it first."""
+        if self.gone or self.state == "done":
+            return  # the scraper went away, or was answered already (503)
+        self.state = "done"
+        self.factory.answers[code] = self.factory.answers.get(code, 0) + 1
+        lines = [b"HTTP/1.1 %d %s" % (code, REASONS[code].encode())]
+        lines += [b"%s: %s" % h for h in headers]
+        lines += [b"Content-Length: %d" % len(body), b"Connection: close", b"", b""]
+        self.transport.write(b"\r\n".join(lines) + (b"" if head else body))
+        self._setTimer(LINGER, self._timedOut)
+        lose = getattr(self.transport, "loseWriteConnection", None)
+        if lose is None:
+            self.transport.loseConnection()
+        else:
+            lose()
+
+    def readConnectionLost(self) -> None:
+        """The client half-closed: it has read its answer, or will send nothing more."""
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.gone = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.factory.connectionEnded()
+
+
+class MetricsHTTPFactory(Factory):
+    """
+    Builds L{MetricsHTTP} connections, at most L{MAX_CONNECTIONS} at once:
+    past that it pauses C{port} (set once listening) until one ends.
+    """
+
+    noisy = False
+    log = Logger()
+
+    def __init__(
+        self,
+        render: Render,
+        clock: IReactorTime,
+        maxConnections: int = MAX_CONNECTIONS,
+        answerTimeout: float = ANSWER_TIMEOUT,
+    ) -> None:
+        self.render = render
+        self.clock = clock
+        self.maxConnections = maxConnections
+        self.answerTimeout = answerTimeout
+        self.open = 0
+        self.answers: dict[int, int] = {}
+        """How many answers of each status code were written."""
+        self.port: Any = None
+        self._paused = False
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        # Past the limit only within the turn that reached it: the port
+        # accepts a batch per turn, and closing those would reset scrapers
+        # that the next turn could serve.
+        self.open += 1
+        if self.open >= self.maxConnections:
+            self._pause(True)
+        proto = MetricsHTTP()
+        proto.factory = self
+        return proto
+
+    def connectionEnded(self) -> None:
+        """One connection fewer: accept again below the limit."""
+        self.open -= 1
+        if self.open < self.maxConnections:
+            self._pause(False)
+
+    def _pause(self, paused: bool) -> None:
+        if paused == self._paused or self.port is None:
+            return
+        method = getattr(self.port, "stopReading" if paused else "startReading", None)
+        if method is not None:
+            self._paused = paused
+            method()
