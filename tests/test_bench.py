@@ -1,0 +1,58 @@
+"""
+The README's benchmark commands for the front door and churn, run small: they
+work and write figures that add up (their real figures come from full runs).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.serverprocess import ROOT
+
+
+def runBench(*args: str, timeout: float = 120) -> dict[str, object]:
+    path = Path(tempfile.mkdtemp(prefix="timerserver-bench-")) / "result.json"
+    subprocess.run(
+        [sys.executable, "-m", *args, "--json", str(path)],
+        cwd=ROOT, check=True, timeout=timeout, capture_output=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        result: dict[str, object] = json.loads(path.read_text())
+    finally:
+        shutil.rmtree(path.parent)
+    return result
+
+
+class BenchTests(SynchronousTestCase):
+    def test_attack(self) -> None:
+        result = runBench(
+            "bench.attack", "--modes", "haproxy", "--attacks", "garbage", "--duration", "2",
+            "--readers", "20", "--no-cost", "--settle", "1",
+        )  # fmt: skip
+        [server] = result["servers"]  # type: ignore[misc, index]
+        rows = {row["attack"]: row for row in server["rows"]}
+        self.assertEqual(set(rows), {"none", "garbage"})
+        for row in rows.values():
+            readers = row["readers"]
+            self.assertGreater(readers["expected"], 0)
+            self.assertEqual(readers["received"], readers["expected"])
+            self.assertEqual(row["tracebacks"], 0)
+        attacker = rows["garbage"]["attacker"]
+        self.assertGreater(attacker["opened"], 0)
+        self.assertEqual(attacker["closedByServer"], attacker["opened"])
+        self.assertEqual(server["tracebacksInWholeLog"], 0)
+
+    def test_churn(self) -> None:
+        result = runBench("bench.churn", "--cycles", "400", "--rounds", "2")
+        figures = result["defaults"]
+        for name in ("baseline", "timerserver (defaults)"):
+            self.assertEqual(figures[name]["cycles"], 400)  # type: ignore[index]
+            self.assertGreater(figures[name]["cpu_us_per_cycle"], 0)  # type: ignore[index]
+        self.assertGreater(figures["ratio"]["cpu"], 0)  # type: ignore[index]
