@@ -79,7 +79,8 @@ class Plan:
     scrapeSeconds: float = 10.0
     scrapesPerSecond: int = 100
     postsPerSecond: int = 20
-    maxPerPeer: int = 600
+    maxPerPeer: int = 1000
+    """Per worker: no load client is refused (an address holds perSource in all)."""
     perSource: int = 1000
     reconnect: str = "1.0:5.0"
     """A killed worker's clients reconnect after a random back-off in this range (s)."""
@@ -103,7 +104,7 @@ def short() -> Plan:
     return Plan(
         connections=300, clients=2, interval=0.5, seconds=22.0, warmup=2.0,
         workerStop=2.0, masterStop=2.0, scrapeSeconds=2.0, scrapesPerSecond=20,
-        postsPerSecond=5, maxPerPeer=60, perSource=100, reconnect="0.3:1.0", pinnedKill=1,
+        postsPerSecond=5, maxPerPeer=100, perSource=100, reconnect="0.3:1.0", pinnedKill=1,
         faults=[(1.0, "sample"), (2.0, "stop-worker"), (6.0, "kill"), (9.0, "stop-master"),
                 (13.0, "scrapes"), (16.0, "kill"), (21.0, "sample")],
     )  # fmt: skip
