@@ -28,14 +28,14 @@ from collections import Counter
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IProtocolFactory
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from timerserver import reasons
 from timerserver.eventlog import EventLog
 from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
-from timerserver.layer import Layer, halfCloseableTwin, over
+from timerserver.layer import Layer, LayerFactory, halfCloseableTwin, over
 
 BUSY = b"Server busy\r\n"
 
@@ -50,7 +50,7 @@ class Busy(Protocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
 
-class Admission(Factory):
+class Admission(LayerFactory):
     """
     Admits sockets for C{wrappedFactory} (the layers above: PROXY, TLS, the
     server) and counts them until they close.
@@ -73,8 +73,6 @@ class Admission(Factory):
     @ivar closed: sockets that closed before reaching the protocol, by reason.
     """
 
-    noisy = False
-
     def __init__(
         self,
         wrappedFactory: IProtocolFactory,
@@ -87,7 +85,7 @@ class Admission(Factory):
         trusted: tuple[Network, ...] | None = None,
         busy: bool = True,
     ) -> None:
-        self.wrappedFactory = wrappedFactory
+        LayerFactory.__init__(self, wrappedFactory)
         self.queue = queue
         self.events = events
         self.maxConnections = maxConnections
@@ -101,16 +99,6 @@ class Admission(Factory):
         self.handshaking: set[Gate] = set()
         self.refused: Counter[str] = Counter()
         self.closed: Counter[str] = Counter()
-
-    def logPrefix(self) -> str:
-        inner = self.wrappedFactory
-        return inner.logPrefix() if hasattr(inner, "logPrefix") else type(inner).__name__
-
-    def doStart(self) -> None:
-        self.wrappedFactory.doStart()
-
-    def doStop(self) -> None:
-        self.wrappedFactory.doStop()
 
     def buildProtocol(self, addr: IAddress) -> Protocol | Gate | None:  # type: ignore[override]
         """At accept: a L{Gate} for an admitted socket, else a refusal."""

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IProtocolFactory
-from twisted.internet.protocol import Factory
-
-from timerserver.layer import Layer
+from timerserver.layer import Layer, LayerFactory
 
 MAX_RECORD = 5 + 2**14 + 2048
 """A TLS record's header and the longest body a record may have (TLSCiphertext)."""
@@ -59,24 +56,7 @@ class ClientHelloLayer(Layer):
         self._pending = None
 
 
-class ClientHelloFactory(Factory):
+class ClientHelloFactory(LayerFactory):
     """Puts a L{ClientHelloLayer} under each of C{wrappedFactory}'s (TLS) connections."""
 
-    noisy = False
-
-    def __init__(self, wrappedFactory: IProtocolFactory) -> None:
-        self.wrappedFactory = wrappedFactory
-
-    def doStart(self) -> None:
-        self.wrappedFactory.doStart()
-
-    def doStop(self) -> None:
-        self.wrappedFactory.doStop()
-
-    def logPrefix(self) -> str:
-        inner = self.wrappedFactory
-        return inner.logPrefix() if hasattr(inner, "logPrefix") else type(inner).__name__
-
-    def buildProtocol(self, addr: Any) -> ClientHelloLayer | None:
-        wrapped = self.wrappedFactory.buildProtocol(addr)
-        return None if wrapped is None else ClientHelloLayer(wrapped)
+    layer = ClientHelloLayer

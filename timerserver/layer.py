@@ -24,9 +24,11 @@ from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableProtocol,
     IProtocol,
+    IProtocolFactory,
     IPushProducer,
     ITransport,
 )
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -148,3 +150,34 @@ def over(cls: type[L], wrappedProtocol: Any) -> type[L]:
     if twin is not None and IHalfCloseableProtocol.providedBy(wrappedProtocol):
         return cast("type[L]", twin)
     return cls
+
+
+class LayerFactory(Factory):
+    """
+    Puts a L{layer} under each of C{wrappedFactory}'s connections (its
+    half-closeable twin where the protocol above takes a half-close).
+    """
+
+    noisy = False
+    layer: type[Layer] = Layer
+    suffix = ""
+    """Added to the wrapped factory's log prefix."""
+
+    def __init__(self, wrappedFactory: IProtocolFactory) -> None:
+        self.wrappedFactory = wrappedFactory
+
+    def doStart(self) -> None:
+        self.wrappedFactory.doStart()
+
+    def doStop(self) -> None:
+        self.wrappedFactory.doStop()
+
+    def logPrefix(self) -> str:
+        """The wrapped factory's log prefix, and L{suffix}."""
+        inner = self.wrappedFactory
+        prefix = inner.logPrefix() if hasattr(inner, "logPrefix") else type(inner).__name__
+        return f"{prefix}{self.suffix}"
+
+    def buildProtocol(self, addr: Any) -> Any:
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        return None if wrapped is None else over(self.layer, wrapped)(wrapped)

@@ -31,12 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import INegotiated, IProtocolFactory
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import INegotiated
 
 from timerserver import reasons
 from timerserver.admission import gateOf
-from timerserver.layer import Layer, halfCloseableTwin, over
+from timerserver.layer import Layer, LayerFactory, halfCloseableTwin
 
 V1_PREFIX = b"PROXY "
 V1_MAX = 107
@@ -242,25 +241,8 @@ class ProxyHeaderLayer(Layer):
         return self.transport.getHost()
 
 
-class ProxyHeaderFactory(Factory):
+class ProxyHeaderFactory(LayerFactory):
     """Puts a L{ProxyHeaderLayer} under each of C{wrappedFactory}'s connections."""
 
-    noisy = False
-
-    def __init__(self, wrappedFactory: IProtocolFactory) -> None:
-        self.wrappedFactory = wrappedFactory
-
-    def doStart(self) -> None:
-        self.wrappedFactory.doStart()
-
-    def doStop(self) -> None:
-        self.wrappedFactory.doStop()
-
-    def logPrefix(self) -> str:
-        inner = self.wrappedFactory
-        prefix = inner.logPrefix() if hasattr(inner, "logPrefix") else type(inner).__name__
-        return f"{prefix} (PROXY)"
-
-    def buildProtocol(self, addr: Any) -> ProxyHeaderLayer | None:
-        wrapped = self.wrappedFactory.buildProtocol(addr)
-        return None if wrapped is None else over(ProxyHeaderLayer, wrapped)(wrapped)
+    layer = ProxyHeaderLayer
+    suffix = " (PROXY)"
