@@ -27,7 +27,7 @@ import ipaddress
 from collections import Counter
 from typing import Any
 
-from twisted.internet.interfaces import IAddress, IProtocolFactory
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -45,9 +45,11 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class Busy(Protocol):
     """Tells a refused plain TCP client C{Server busy} and closes."""
 
+    transport: Any  # the socket's, from makeConnection on
+
     def connectionMade(self) -> None:
-        self.transport.write(BUSY)  # type: ignore[union-attr]
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self.transport.write(BUSY)
+        self.transport.loseConnection()
 
 
 class Admission(LayerFactory):
@@ -100,7 +102,7 @@ class Admission(LayerFactory):
         self.refused: Counter[str] = Counter()
         self.closed: Counter[str] = Counter()
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | Gate | None:  # type: ignore[override]
+    def buildProtocol(self, addr: Any) -> Protocol | Gate | None:
         """At accept: a L{Gate} for an admitted socket, else a refusal."""
         host: str | None = getattr(addr, "host", None)
         if self.trusted is not None and host is not None and not self._isTrusted(host):
