@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import helpers
-from tests.test_proxyheader import v1
+from tests.proxyheaders import v1
 from timerserver import TimerQueueCounters, TimerWheel
 from timerserver.admission import BUSY, Busy, Gate
 from timerserver.factory import TimerServerFactory
