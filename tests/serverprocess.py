@@ -262,6 +262,11 @@ def sendWhileReading(sock: socket.socket, payload: bytes, timeout: float = 30) -
     received = b""
     deadline = time.monotonic() + timeout
     while len(received.replace(MESSAGE, b"")) < len(payload) and time.monotonic() < deadline:
-        received += sock.recv(1 << 20)
+        try:
+            received += sock.recv(1 << 20)
+        except BlockingIOError:
+            # A TLS socket written from the other thread can find its read
+            # wanting more (Python 3.13 says so with EAGAIN): read again.
+            time.sleep(0.001)
     sender.join(10)
     return received.replace(MESSAGE, b"")
