@@ -26,14 +26,14 @@ TRUSTED = tuple(ipaddress.ip_network(n) for n in parseTrusted("10.0.0.0/8"))
 
 
 class Harness:
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, maxPerPeer: int = 0, **options: Any) -> None:
         self.clock = Clock()
         self.counters = TimerQueueCounters()
         self.factory = TimerServerFactory(
             TimerWheel(self.clock, monitor=self.counters), reactor=self.clock, **options
         )
         self.admission = helpers.admission(
-            self.factory, proxy=True, handshakeTimeout=5.0, trusted=TRUSTED
+            self.factory, proxy=True, handshakeTimeout=5.0, trusted=TRUSTED, maxPerPeer=maxPerPeer
         )
         self.logged: list[tuple[str, object, str]] = []
         self.factory.events.event = lambda *a: self.logged.append(a)  # type: ignore[method-assign]
@@ -184,7 +184,7 @@ class ProxyLayerTests(SynchronousTestCase):
 
     def test_headerInPiecesThenWelcomeWithTheClientsAddress(self) -> None:
         for header in (v1("192.0.2.7"), v2("192.0.2.7")):
-            h = Harness()
+            h = Harness(maxPerPeer=2)
             proto, transport = h.connect()
             for i in range(len(header)):
                 proto.dataReceived(header[i : i + 1])

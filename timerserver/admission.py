@@ -71,6 +71,7 @@ class Admission(LayerFactory):
 
     @ivar open: sockets open now, in any stage.
     @ivar accepted: sockets admitted since start.
+    @ivar perPeer: sockets open now by address, kept only with C{maxPerPeer}.
     @ivar refused: sockets refused, by reason.
     @ivar closed: sockets that closed before reaching the protocol, by reason.
     """
@@ -109,7 +110,8 @@ class Admission(LayerFactory):
             return self._refuse(addr, reasons.UNTRUSTED, "not a trusted proxy (--proxy-from)")
         if self.maxConnections is not None and self.open >= self.maxConnections:
             return self._refuse(addr, reasons.FULL, "server full")
-        peer = host if self.trusted is None else None  # behind a proxy: the header's
+        # Behind a proxy, the header's address is counted instead (claimPeer).
+        peer = host if self.trusted is None and self.maxPerPeer else None
         if peer is not None and not self._peerRoom(peer):
             return self._refuse(addr, reasons.PEER, "too many from host")
         wrapped = self.wrappedFactory.buildProtocol(addr)
@@ -133,7 +135,7 @@ class Admission(LayerFactory):
         )
 
     def _peerRoom(self, peer: str) -> bool:
-        return not self.maxPerPeer or self.perPeer.get(peer, 0) < self.maxPerPeer
+        return self.perPeer.get(peer, 0) < self.maxPerPeer
 
     def _refuse(self, addr: object, reason: str, why: str) -> Protocol | None:
         self.refused[reason] += 1
@@ -204,6 +206,8 @@ class Gate(Layer):
         (C{False}): with C{busy}, C{Server busy} and a close, else an abort.
         """
         admission = self.admission
+        if not admission.maxPerPeer:
+            return True  # no limit: nothing to count
         peer: str = address.host
         if not admission._peerRoom(peer):
             admission.refused[reasons.PEER] += 1

@@ -50,10 +50,11 @@ class ClientHelloLayer(Layer):
             self.wrappedProtocol.dataReceived(pending)
 
     def connectionLost(self, reason: Any = None) -> None:
-        self.connected = 0
         if self._pending is None:
-            self.wrappedProtocol.connectionLost(reason)
-        self._pending = None
+            Layer.connectionLost(self, reason)
+        else:
+            self.connected = 0
+            self._pending = None
 
 
 class ClientHelloFactory(LayerFactory):

@@ -69,6 +69,10 @@ class Layer:
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.connected = 0
         self.wrappedProtocol.connectionLost(reason)
+        # The protocol above holds this layer as its transport: break the
+        # cycle (as ProtocolWrapper does), so the connection is freed at once
+        # rather than by the garbage collector.
+        self.wrappedProtocol = None
 
     def readConnectionLost(self) -> None:
         """The peer half-closed (called only on a half-closeable twin)."""

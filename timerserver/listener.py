@@ -290,6 +290,12 @@ def _flushingTLS() -> type[Any]:
             self._aggregator.flush()
             super()._shutdownTLS()  # type: ignore[no-untyped-call]
 
+        def connectionLost(self, reason: Any) -> None:
+            super().connectionLost(reason)
+            # Twisted keeps the protocol as its producer: a cycle that only
+            # the garbage collector would free.
+            self._producer = None
+
     return FlushingTLSTransport
 
 

@@ -31,6 +31,10 @@ from zope.interface import implementer
 from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
 
 
+def _closed(late: float, skipped: int) -> None:
+    """The function of a closed L{Periodic}."""
+
+
 @implementer(ITimer)
 class Periodic:
     """
@@ -94,6 +98,9 @@ class Periodic:
         handle, self._handle = self._handle, None
         if handle is not None:
             self.queue.destroyTimer(handle)
+        # The function is usually a method of whoever holds this Periodic:
+        # drop it, so that the pair is freed at once, not by the collector.
+        self.function = _closed
 
     def onTimer(self, userData: object) -> None:
         interval = self.interval

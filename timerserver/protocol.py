@@ -28,7 +28,7 @@ from timerserver.eventlog import EventLog
 from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
 from timerserver.lateness import LatenessHistogram
 from timerserver.periodic import Periodic
-from timerserver.transport import isFlushed, writeNow
+from timerserver.transport import closeNow, isFlushed, writeNow
 
 # What the watchdog is armed for: the userData of its onTimer calls.
 IDLE = "idle"
@@ -159,8 +159,11 @@ class TimerServerProtocol(Protocol):
     def readConnectionLost(self) -> None:
         """
         The client half-closed: stop the periodic message, and close once
-        everything echoed so far has been written.
+        everything echoed so far has been written (at once if nothing is
+        queued).
         """
+        if self.started and not self.closing and closeNow(self._out):
+            return
         self.close(grace=self.factory.stallTimeout, reason=reasons.CLIENT)
 
     def writeConnectionLost(self) -> None:

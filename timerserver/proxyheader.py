@@ -213,10 +213,11 @@ class ProxyHeaderLayer(Layer):
             self.wrappedProtocol.dataReceived(rest)
 
     def connectionLost(self, reason: Any = None) -> None:
-        self.connected = 0
         self._reader = None
         if self.info is not None:
-            self.wrappedProtocol.connectionLost(reason)
+            Layer.connectionLost(self, reason)
+        else:
+            self.connected = 0
 
     def readConnectionLost(self) -> None:
         if self.info is not None:

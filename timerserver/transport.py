@@ -1,6 +1,6 @@
 """
 L{writeNow}: write to a TCP transport the way asyncio does, sending at once
-when nothing is queued.
+when nothing is queued; L{closeNow}: close one with nothing queued at once.
 
 Twisted's C{transport.write} always queues: it registers the socket for
 writability, sends on the next reactor turn and unregisters, which costs two
@@ -13,9 +13,13 @@ handling stay Twisted's own.
 
 from __future__ import annotations
 
+from errno import ENOBUFS
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import error, tcp
+from twisted.python.failure import Failure
+
+_DONE = Failure(error.ConnectionDone())
 
 
 def writeNow(transport: Any, data: bytes) -> None:
@@ -34,9 +38,14 @@ def writeNow(transport: Any, data: bytes) -> None:
     ):
         try:
             sent = transport.socket.send(data)
-        except OSError:
-            # EAGAIN, EINTR, or a failing connection: write() queues the data
-            # and the reactor finds out about the connection in its own way.
+        except (BlockingIOError, InterruptedError):
+            sent = 0  # write() queues it all
+        except OSError as e:
+            if e.errno != ENOBUFS:
+                # Reset or broken: nothing written can arrive any more.  The
+                # socket reads as closed, so the reactor closes the connection
+                # on its next turn, with nothing queued to flush first.
+                return
             sent = 0
         if sent == len(data):
             return
@@ -55,3 +64,18 @@ def isFlushed(transport: Any) -> bool:
         and not getattr(transport, "_tempDataLen", 1)
         and transport.offset == len(transport.dataBuffer)
     )
+
+
+def closeNow(transport: Any) -> bool:
+    """
+    Close C{transport} in this turn if it is a TCP server connection with
+    nothing left to write, as Twisted closes a connection whose protocol
+    does not take a half-close when the client's FIN arrives; whether it did.
+
+    C{loseConnection} would instead register the socket for writing, wait a
+    reactor turn to flush an empty buffer, and only then close.
+    """
+    if not isFlushed(transport) or not transport.connected:
+        return False
+    transport.connectionLost(_DONE)
+    return True
