@@ -30,7 +30,9 @@ from typing import Any
 from twisted.internet import endpoints
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.protocol import connectionDone
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 DEFAULT_BACKLOG = 4096
 """Linux's own cap (C{net.core.somaxconn}) since 5.4; the kernel lowers a larger
@@ -290,7 +292,7 @@ def _flushingTLS() -> type[Any]:
             self._aggregator.flush()
             super()._shutdownTLS()  # type: ignore[no-untyped-call]
 
-        def connectionLost(self, reason: Any) -> None:
+        def connectionLost(self, reason: Failure = connectionDone) -> None:
             super().connectionLost(reason)
             # Twisted keeps the protocol as its producer: a cycle that only
             # the garbage collector would free.
