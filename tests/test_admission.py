@@ -5,6 +5,8 @@ stage; refusals before a byte is read; the handshake deadline.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 from hypothesis import given, settings
@@ -221,6 +223,39 @@ class HandshakeTests(SynchronousTestCase):
         third, t3 = h.accept(port=3)
         third.dataReceived(v1("192.0.2.8"))
         self.assertFalse(t3.disconnected)
+
+
+class FreedTests(SynchronousTestCase):
+    """
+    A closed connection's objects are freed by reference counting, the
+    moment it closes: none is left for the garbage collector, whose full
+    passes cost time in proportion to every object the server holds.
+    """
+
+    def assertFreedWhenLost(self, h: Harness, first: bytes = b"") -> None:
+        gate, transport = h.accept()
+        if first:
+            gate.dataReceived(first)
+        [server] = h.factory.connections
+        refs = [weakref.ref(gate), weakref.ref(server), weakref.ref(server.transport)]
+        gc.disable()
+        self.addCleanup(gc.enable)
+        transport.unregisterProducer()  # the socket lets its producer go when it closes
+        helpers.lose(gate)
+        del gate, server, transport
+        self.assertEqual([ref() for ref in refs], [None] * len(refs))
+
+    def test_plain(self) -> None:
+        self.assertFreedWhenLost(Harness(maxPerPeer=5))
+
+    def test_behindAProxy(self) -> None:
+        h = Harness(proxy=True, handshakeTimeout=5.0, trusted=LOCAL, maxPerPeer=5)
+        self.assertFreedWhenLost(h, v1("192.0.2.7"))
+
+    def test_withAnIdleTimeout(self) -> None:
+        h = Harness()
+        h.factory.idleTimeout = 30.0
+        self.assertFreedWhenLost(h, b"echo")  # the echo arms the watchdog
 
 
 class TrustedTests(SynchronousTestCase):

@@ -1,16 +1,22 @@
-"""writeNow over real loopback TCP: same bytes, same order, same backpressure."""
+"""
+writeNow over real loopback TCP: same bytes, same order, same backpressure;
+closing at once with closeNow.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor
-from twisted.internet.interfaces import IPushProducer
+import socket
+import struct
+
+from twisted.internet import defer, error, protocol, reactor, task
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from timerserver.transport import isFlushed, writeNow
+from timerserver.transport import closeNow, isFlushed, writeNow
 
 
 @implementer(IPushProducer)
@@ -152,3 +158,100 @@ class OtherTransportTests(SynchronousTestCase):
         writeNow(transport, b"one")
         writeNow(transport, b"two")
         self.assertEqual(transport.value(), b"onetwo")
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloseable(protocol.Protocol):
+    """Closes with closeNow when the client half-closes; records what happens."""
+
+    def __init__(self) -> None:
+        self.events: list[object] = []
+        self.ready: defer.Deferred[HalfCloseable] = defer.Deferred()
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.ready.callback(self)
+
+    def readConnectionLost(self) -> None:
+        self.events.append("readConnectionLost")
+        self.events.append(("closeNow", closeNow(self.transport)))
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.events.append(type(reason.value))
+        self.lost.callback(None)
+
+
+class CloseNowTests(TestCase):
+    @defer.inlineCallbacks
+    def accept(self) -> Any:
+        server = HalfCloseable()
+        port = reactor.listenTCP(
+            0, protocol.Factory.forProtocol(lambda: server), interface="127.0.0.1"
+        )
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        yield server.ready
+        return server, client
+
+    @defer.inlineCallbacks
+    def test_finWithNothingQueuedClosesInTheSameTurn(self) -> Any:
+        server, client = yield self.accept()
+        client.shutdown(socket.SHUT_WR)
+        yield server.lost
+        yield task.deferLater(reactor, 0, lambda: None)  # closeNow returned
+        self.assertEqual(
+            server.events, ["readConnectionLost", error.ConnectionDone, ("closeNow", True)]
+        )
+        client.settimeout(5)
+        self.assertEqual(client.recv(10), b"")  # the server's FIN
+
+    @defer.inlineCallbacks
+    def test_somethingQueuedIsNotClosed(self) -> Any:
+        server, client = yield self.accept()
+        big = b"x" * (16 * 1024 * 1024)
+        writeNow(server.transport, big)  # more than the socket takes
+        client.shutdown(socket.SHUT_WR)
+        while not server.events:
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(server.events, ["readConnectionLost", ("closeNow", False)])
+        self.assertTrue(server.transport.connected)
+        server.transport.loseConnection()
+        client.setblocking(False)
+        received = 0
+        for _ in range(1000):
+            try:
+                chunk = client.recv(1 << 20)
+            except BlockingIOError:
+                yield task.deferLater(reactor, 0.01, lambda: None)
+                continue
+            if not chunk:
+                break
+            received += len(chunk)
+        self.assertEqual(received, len(big))
+        yield server.lost
+
+    def test_otherTransportsAreNotClosed(self) -> None:
+        transport = StringTransport()
+        self.assertFalse(closeNow(transport))
+        self.assertTrue(transport.connected)
+
+    @defer.inlineCallbacks
+    def test_writeToAResetSocketQueuesNothing(self) -> Any:
+        """
+        Data for a socket the client reset can never arrive: it is not kept
+        for a flush, and the reactor closes the connection on the read side.
+        """
+        server, client = yield self.accept()
+        server.transport.stopReading()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        yield task.deferLater(reactor, 0.1, lambda: None)  # the RST arrives
+        writeNow(server.transport, b"welcome")
+        self.assertTrue(isFlushed(server.transport))
+        server.transport.startReading()
+        yield server.lost
+        self.assertIn(server.events[-1], (error.ConnectionDone, error.ConnectionLost))
