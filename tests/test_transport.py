@@ -5,10 +5,9 @@ closing at once with closeNow.
 
 from __future__ import annotations
 
-from typing import Any
-
 import socket
 import struct
+from typing import Any
 
 from twisted.internet import defer, error, protocol, reactor, task
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
