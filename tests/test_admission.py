@@ -55,13 +55,26 @@ class Harness:
 
 class PlainTests(SynchronousTestCase):
     def test_admittedSocketsReachTheServerAtOnce(self) -> None:
+        """Plain TCP with no per-address limit: no gate, the server's own set counts."""
         h = Harness(maxConnections=2)
+        proto, transport = h.accept()
+        self.assertIsInstance(proto, TimerServerProtocol)
+        self.assertIs(proto.transport, transport)
+        self.assertEqual(transport.value(), b"hi\r\n")
+        self.assertEqual((h.admission.open, h.admission.gated, h.admission.accepted), (1, 0, 1))
+        self.assertEqual(h.admission.handshaking, set())
+        helpers.lose(proto)
+        self.assertEqual((h.admission.open, h.admission.accepted), (0, 1))
+
+    def test_aPerAddressLimitNeedsAGate(self) -> None:
+        h = Harness(maxConnections=2, maxPerPeer=1)
         gate, transport = h.accept()
         self.assertIsInstance(gate, Gate)
         self.assertIsInstance(gate.wrappedProtocol, TimerServerProtocol)
         self.assertEqual(transport.value(), b"hi\r\n")
-        self.assertEqual((h.admission.open, h.admission.accepted), (1, 1))
-        self.assertEqual(h.admission.handshaking, set())
+        self.assertEqual((h.admission.open, h.admission.gated), (1, 1))
+        helpers.lose(gate)
+        self.assertEqual((h.admission.open, h.admission.gated), (0, 0))
 
     def test_overTheLimitIsToldBusyAndClosed(self) -> None:
         h = Harness(maxConnections=2)
@@ -75,7 +88,7 @@ class PlainTests(SynchronousTestCase):
         self.assertEqual([kind for kind, *_ in h.logged], ["refused"])
         helpers.lose(a)
         again, transport = h.accept(port=4)
-        self.assertIsInstance(again, Gate)
+        self.assertIsInstance(again, TimerServerProtocol)
         self.assertFalse(transport.disconnecting)
         self.assertEqual(h.admission.open, 2)
 
@@ -246,6 +259,9 @@ class FreedTests(SynchronousTestCase):
         self.assertEqual([ref() for ref in refs], [None] * len(refs))
 
     def test_plain(self) -> None:
+        self.assertFreedWhenLost(Harness())
+
+    def test_plainWithAGate(self) -> None:
         self.assertFreedWhenLost(Harness(maxPerPeer=5))
 
     def test_behindAProxy(self) -> None:

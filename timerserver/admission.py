@@ -13,7 +13,11 @@ Each admitted socket gets a L{Gate}: a thin layer that passes everything
 through, and that aborts the socket if the layers above it (PROXY header,
 TLS) have not delivered it to the protocol within C{handshakeTimeout}.  The
 abort is on the socket itself: over TLS, C{loseConnection} would wait for a
-handshake that never comes.
+handshake that never comes.  A socket with no handshake and no per-address
+limit to keep (plain TCP without C{maxPerPeer}) needs none of that: it goes
+straight to the protocol, and is counted among the wrapped factory's
+C{connections} (the server's own set), so that nothing stands between the
+socket and the protocol.
 
 A refused plain TCP client is told C{Server busy}; a refused TLS or PROXY
 socket is closed without a word, since answering it would mean a handshake
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from collections.abc import Sized
 from typing import Any
 
 from twisted.internet.interfaces import IProtocolFactory
@@ -69,7 +74,7 @@ class Admission(LayerFactory):
         or C{None} for anyone.
     @param busy: tell refused clients C{Server busy} (plain TCP only).
 
-    @ivar open: sockets open now, in any stage.
+    @ivar gated: sockets open now that have a L{Gate}.
     @ivar accepted: sockets admitted since start.
     @ivar perPeer: sockets open now by address, kept only with C{maxPerPeer}.
     @ivar refused: sockets refused, by reason.
@@ -96,15 +101,28 @@ class Admission(LayerFactory):
         self.handshakeTimeout = handshakeTimeout
         self.trusted = trusted
         self.busy = busy
-        self.open = 0
+        self.gated = 0
+        # Where no socket needs a gate, the server's own set counts them.
+        self._direct: Sized | None = None
+        if handshakeTimeout is None and not maxPerPeer:
+            self._direct = getattr(wrappedFactory, "connections", None)
         self.accepted = 0
         self.perPeer: dict[str, int] = {}
         self.handshaking: set[Gate] = set()
         self.refused: Counter[str] = Counter()
         self.closed: Counter[str] = Counter()
 
-    def buildProtocol(self, addr: Any) -> Protocol | Gate | None:
-        """At accept: a L{Gate} for an admitted socket, else a refusal."""
+    @property
+    def open(self) -> int:
+        """Sockets open now, in any stage."""
+        direct = self._direct
+        return self.gated if direct is None else self.gated + len(direct)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """
+        At accept: a L{Gate} over the protocol of an admitted socket (the
+        protocol itself where it needs no gate), else a refusal.
+        """
         host: str | None = getattr(addr, "host", None)
         if self.trusted is not None and host is not None and not self._isTrusted(host):
             return self._refuse(addr, reasons.UNTRUSTED, "not a trusted proxy (--proxy-from)")
@@ -118,6 +136,8 @@ class Admission(LayerFactory):
         if wrapped is None:
             return None
         self.accepted += 1
+        if self._direct is not None:
+            return wrapped
         gate = over(Gate, wrapped)(self, wrapped)
         if peer is not None:
             gate.claimPeer(addr)
@@ -171,7 +191,7 @@ class Gate(Layer):
 
     def connectionMade(self) -> None:
         admission = self.admission
-        admission.open += 1
+        admission.gated += 1
         timeout = admission.handshakeTimeout
         if timeout is not None:
             admission.handshaking.add(self)
@@ -181,7 +201,7 @@ class Gate(Layer):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         admission = self.admission
-        admission.open -= 1
+        admission.gated -= 1
         if self.peer is not None:
             left = admission.perPeer[self.peer] - 1
             if left:

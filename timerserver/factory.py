@@ -126,7 +126,7 @@ class TimerServerFactory(Factory):
         """Count a started C{proto} out."""
         self.connections.discard(proto)
         self.closed[proto.closeReason or reasons.CLIENT] += 1
-        if not self.connections:
+        if not self.connections and (self._allClosed or self._abortCall is not None):
             if self._abortCall is not None:
                 self._abortCall.cancel()
                 self._abortCall = None

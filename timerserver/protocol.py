@@ -26,6 +26,7 @@ from timerserver import reasons
 from timerserver.admission import Gate, gateOf
 from timerserver.eventlog import EventLog
 from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
+from timerserver.layer import Layer
 from timerserver.lateness import LatenessHistogram
 from timerserver.periodic import Periodic
 from timerserver.transport import closeNow, isFlushed, writeNow
@@ -113,18 +114,24 @@ class TimerServerProtocol(Protocol):
         """Greet the client and start its timers; its handshake deadline is off."""
         factory = self.factory
         transport = self.transport
-        gate = gateOf(transport)
-        if gate is not None:
-            gate.established()
-        # Plain TCP writes go straight to the socket (writeNow), under the gate.
-        self._out = transport.transport if isinstance(transport, Gate) else transport
+        self._out = transport
+        if isinstance(transport, Layer):
+            gate = gateOf(transport)
+            if gate is not None:
+                gate.established()
+            if isinstance(transport, Gate):
+                # Plain TCP writes go straight to the socket (writeNow), under the gate.
+                self._out = transport.transport
         self.started = True
         factory.started(self)
         queue = factory.queue
         self._periodic = Periodic(queue, factory.interval, self._tick, factory.clock)
         transport.registerProducer(self, True)
         if factory.welcome:
-            self._write(factory.welcome)
+            # Queued for the reactor's next turn, as Twisted writes, not sent
+            # at once: a client that has already gone (a health check, a port
+            # scan) is seen closing first and costs no send.
+            self._out.write(factory.welcome)
         self._periodic.start()
         self._armIdle()
 
