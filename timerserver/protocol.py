@@ -26,8 +26,8 @@ from timerserver import reasons
 from timerserver.admission import Gate, gateOf
 from timerserver.eventlog import EventLog
 from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
-from timerserver.layer import Layer
 from timerserver.lateness import LatenessHistogram
+from timerserver.layer import Layer
 from timerserver.periodic import Periodic
 from timerserver.transport import closeNow, isFlushed, writeNow
 
