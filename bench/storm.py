@@ -9,6 +9,7 @@ C{--backlog 50} (Twisted's own default) side by side.  Bounded in time;
 everything it starts, it stops.
 
     python -m bench.storm [--clients 10000] [--in-flight 1000] [--deadline 20]
+        [--client asyncio|uvloop|raw]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import time
 from typing import Any
 
+import psutil
 from hdrh.histogram import HdrHistogram
 
 from bench.results import writeResults
@@ -106,14 +108,20 @@ async def storm(port: int, clients: int, inFlight: int, deadline: float) -> dict
 
 
 def _stormProcess(
-    port: int, clients: int, inFlight: int, deadline: float, fast: bool
+    port: int, clients: int, inFlight: int, deadline: float, kind: str
 ) -> dict[str, Any]:
-    if fast:
+    began = time.process_time()
+    if kind == "raw":
+        from bench import rawstorm
+
+        result = rawstorm.storm(port, clients, inFlight, deadline, SOURCES, WELCOME)
+    elif kind == "uvloop":
         import uvloop
 
         result = uvloop.run(storm(port, clients, inFlight, deadline))
     else:
         result = asyncio.run(storm(port, clients, inFlight, deadline))
+    result["cpu"] = time.process_time() - began
     result["histogram"] = result.pop("_histogram").encode()
     return result
 
@@ -125,17 +133,20 @@ def run(
     inFlight: int,
     deadline: float,
     processes: int,
-    fast: bool = False,
+    kind: str = "asyncio",
 ) -> dict[str, Any]:
     """Storm a server started with C{args} from C{processes} client processes."""
     server = ServerProcess(*args, "--max-connections", str(clients + 100))
     try:
+        serverProcess = psutil.Process(server.pid)
+        before = sum(serverProcess.cpu_times()[:2])
         with multiprocessing.Pool(processes) as pool:
             parts = pool.starmap(
                 _stormProcess,
-                [(server.port, clients // processes, inFlight // processes, deadline, fast)]
+                [(server.port, clients // processes, inFlight // processes, deadline, kind)]
                 * processes,
             )
+        serverCpu = sum(serverProcess.cpu_times()[:2]) - before
     finally:
         server.stop(timeout=60)
     histogram = HdrHistogram(1, 600_000_000, 3)
@@ -149,6 +160,8 @@ def run(
         "noWelcome": sum(p["noWelcome"] for p in parts),
         "failedToConnect": sum(p["failedToConnect"] for p in parts),
         "seconds": max(p["seconds"] for p in parts),
+        "serverCpuSeconds": round(serverCpu, 2),
+        "clientCpuSeconds": round(sum(p["cpu"] for p in parts), 2),
         "welcomeMs": {
             "p50": histogram.get_value_at_percentile(50) / 1000,
             "p99": histogram.get_value_at_percentile(99) / 1000,
@@ -167,8 +180,13 @@ def main() -> None:
         "--backlogs", default="50", help="also run with these --backlog values (comma-separated)"
     )
     parser.add_argument(
-        "--uvloop", action="store_true", help="clients on uvloop: a faster, harsher storm"
+        "--client",
+        choices=("asyncio", "uvloop", "raw"),
+        default="asyncio",
+        help="the clients: asyncio; uvloop (faster, harsher); raw (one epoll each, the "
+        "leanest: the storm then measures the server, not the clients)",
     )
+    parser.add_argument("--uvloop", action="store_true", help="the same as --client uvloop")
     parser.add_argument("--json", default="bench/results/storm.json")
     args = parser.parse_args()
     import resource
@@ -180,13 +198,14 @@ def main() -> None:
     servers = [("defaults", [])] + [
         (f"--backlog {n}", ["--backlog", n]) for n in args.backlogs.split(",") if n
     ]
+    kind = "uvloop" if args.uvloop else args.client
     results = [
-        run(label, extra, args.clients, args.in_flight, args.deadline, args.processes, args.uvloop)
+        run(label, extra, args.clients, args.in_flight, args.deadline, args.processes, kind)
         for label, extra in servers
     ]
     print(
         f"\n{'server':16}{'clients':>8}{'welcomed':>10}{'none':>7}"
-        f"{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'server CPU':>12}{'client CPU':>12}"
     )
     for r in results:
         w = r["welcomeMs"]
@@ -194,6 +213,7 @@ def main() -> None:
             f"{r['server']:16}{r['clients']:>8}{r['welcomed']:>10}"
             f"{r['noWelcome'] + r['failedToConnect']:>7}"
             f"{w['p50']:>9.1f}{w['p99']:>9.1f}{w['max']:>9.1f}"
+            f"{r['serverCpuSeconds']:>11.2f}s{r['clientCpuSeconds']:>11.2f}s"
         )
     writeResults(results, args.json)
 

@@ -1,5 +1,5 @@
 """
-The README's benchmark commands for the front door and churn, run small: they
+The README's benchmark commands for the front door, churn and storms, run small: they
 work and write figures that add up (their real figures come from full runs).
 """
 
@@ -56,3 +56,14 @@ class BenchTests(SynchronousTestCase):
             self.assertEqual(figures[name]["cycles"], 400)  # type: ignore[index]
             self.assertGreater(figures[name]["cpu_us_per_cycle"], 0)  # type: ignore[index]
         self.assertGreater(figures["ratio"]["cpu"], 0)  # type: ignore[index]
+
+    def test_stormWithEachClient(self) -> None:
+        for client in ("asyncio", "raw"):
+            [row] = runBench(  # type: ignore[misc]
+                "bench.storm", "--clients", "200", "--in-flight", "50", "--backlogs", "",
+                "--client", client,
+            )  # fmt: skip
+            self.assertEqual((row["clients"], row["welcomed"]), (200, 200), client)
+            self.assertEqual(row["noWelcome"] + row["failedToConnect"], 0, client)
+            self.assertGreater(row["welcomeMs"]["p99"], 0, client)
+            self.assertGreater(row["serverCpuSeconds"], 0, client)
