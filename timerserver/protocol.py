@@ -128,10 +128,7 @@ class TimerServerProtocol(Protocol):
         self._periodic = Periodic(queue, factory.interval, self._tick, factory.clock)
         transport.registerProducer(self, True)
         if factory.welcome:
-            # Queued for the reactor's next turn, as Twisted writes, not sent
-            # at once: a client that has already gone (a health check, a port
-            # scan) is seen closing first and costs no send.
-            self._out.write(factory.welcome)
+            self._write(factory.welcome)
         self._periodic.start()
         self._armIdle()
 
