@@ -10,6 +10,7 @@ server: CPU per cycle (from /proc, user + system) and RSS growth over the
 cycles; and the ratios to the baseline.
 
     python -m bench.churn [--cycles 20000] [--rounds 10] [--variants defaults,idle,metrics]
+        [--closes mixed|rst|fin]
 """
 
 from __future__ import annotations
@@ -37,17 +38,23 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def cycles(port: int, count: int) -> None:
-    """C{count} connect/close cycles: even ones reset, odd ones closed."""
+CLOSES = ("mixed", "rst", "fin")
+
+
+def cycles(port: int, count: int, closes: str = "mixed") -> None:
+    """
+    C{count} connect/close cycles: with C{closes} "mixed", even ones reset
+    and odd ones closed; else all reset ("rst") or all closed ("fin").
+    """
     for i in range(count):
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        if i % 2 == 0:
+        if closes == "rst" or (closes == "mixed" and i % 2 == 0):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
         sock.close()
 
 
-def run(port: int, count: int) -> None:
-    process = multiprocessing.Process(target=cycles, args=(port, count))
+def run(port: int, count: int, closes: str) -> None:
+    process = multiprocessing.Process(target=cycles, args=(port, count, closes))
     process.start()
     process.join(300)
     if process.is_alive():
@@ -68,9 +75,9 @@ class Server:
         self.cpu = 0.0
         self.cycles = 0
 
-    def round(self, count: int) -> None:
+    def round(self, count: int, closes: str) -> None:
         before = cpu(self.ps)
-        run(self.process.port, count)
+        run(self.process.port, count, closes)
         time.sleep(0.3)  # the last closes reach the server
         self.cpu += cpu(self.ps) - before
         self.cycles += count
@@ -87,21 +94,21 @@ def baseline() -> ServerProcess:
     return ServerProcess(command=command, portPattern=r"baseline listening on .*port=(\d+)")
 
 
-def measure(variant: str, total: int, rounds: int) -> dict[str, Any]:
+def measure(variant: str, total: int, rounds: int, closes: str = "mixed") -> dict[str, Any]:
     servers = [
         Server("baseline", baseline()),
         Server(f"timerserver ({variant})", ServerProcess(*VARIANTS[variant])),
     ]
     try:
         for server in servers:
-            server.round(500)  # warm-up: imports, first allocations
+            server.round(500, closes)  # warm-up: imports, first allocations
         start = {s.name: s.rss() for s in servers}
         for s in servers:
             s.cpu, s.cycles = 0.0, 0
         per = max(1, total // rounds)
         for _ in range(rounds):
             for server in servers:
-                server.round(per)
+                server.round(per, closes)
         result = {}
         for s in servers:
             result[s.name] = {
@@ -125,11 +132,17 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--variants", default="defaults")
+    parser.add_argument(
+        "--closes",
+        choices=CLOSES,
+        default="mixed",
+        help="how the client closes: half reset and half FIN (mixed), or all one way",
+    )
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "churn.json"))
     args = parser.parse_args()
     results = {}
     for variant in args.variants.split(","):
-        result = measure(variant, args.cycles, args.rounds)
+        result = measure(variant, args.cycles, args.rounds, args.closes)
         results[variant] = result
         for name, figures in result.items():
             if name == "ratio":

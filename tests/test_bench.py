@@ -50,12 +50,13 @@ class BenchTests(SynchronousTestCase):
         self.assertEqual(server["tracebacksInWholeLog"], 0)
 
     def test_churn(self) -> None:
-        result = runBench("bench.churn", "--cycles", "400", "--rounds", "2")
-        figures = result["defaults"]
-        for name in ("baseline", "timerserver (defaults)"):
-            self.assertEqual(figures[name]["cycles"], 400)  # type: ignore[index]
-            self.assertGreater(figures[name]["cpu_us_per_cycle"], 0)  # type: ignore[index]
-        self.assertGreater(figures["ratio"]["cpu"], 0)  # type: ignore[index]
+        for closes in ("mixed", "fin"):
+            result = runBench("bench.churn", "--cycles", "400", "--rounds", "2", "--closes", closes)
+            figures = result["defaults"]
+            for name in ("baseline", "timerserver (defaults)"):
+                self.assertEqual(figures[name]["cycles"], 400)  # type: ignore[index]
+                self.assertGreater(figures[name]["cpu_us_per_cycle"], 0)  # type: ignore[index]
+            self.assertGreater(figures["ratio"]["cpu"], 0)  # type: ignore[index]
 
     def test_stormWithEachClient(self) -> None:
         for client in ("asyncio", "raw"):
