@@ -153,7 +153,7 @@ class Worker:
         """
         server = self.server
         if server is not None and server.running:
-            self.channel.send(Load(server.admission.open), droppable=True)
+            self.channel.send(Load(max(0, server.admission.open)), droppable=True)
 
     def stats(self) -> dict[str, Any]:
         """What the master's metrics sum: this worker's L{snapshot}, at most one a period."""
