@@ -10,7 +10,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from timerserver.messages import (
     MAX_LINE,
+    MAX_LOAD,
     Configure,
+    Load,
     LogEvent,
     MalformedMessage,
     StatsAnswer,
@@ -30,6 +32,8 @@ class RoundTripTests(SynchronousTestCase):
             LogEvent("info", "worker says\nhello", None),
             LogEvent("error", "oops", "Traceback (most recent call last):\n..."),
             StopFigures(closed=10, cancelled=12, skipped=0),
+            Load(0),
+            Load(19368),
         ):
             line = encode(message)
             self.assertEqual(line.count(b"\n"), 1, line)  # one line, whatever the text holds
@@ -84,6 +88,22 @@ class MalformedTests(SynchronousTestCase):
             {"type": "configure", "config": {}, "number": "1", "fd": 3},
         ):
             self.assertRaises(MalformedMessage, decode, json.dumps(line).encode())
+
+    def test_load(self) -> None:
+        self.assertEqual(encode(Load(7)), b'{"type":"load","open":7}\n')
+        for line in (
+            {"type": "load"},
+            {"type": "load", "open": "7"},
+            {"type": "load", "open": 7.0},
+            {"type": "load", "open": None},
+            {"type": "load", "open": False},
+            {"type": "load", "open": 7, "closed": 1},
+        ):
+            self.assertRaises(MalformedMessage, decode, json.dumps(line).encode())
+        for count in (-1, MAX_LOAD, 10**400):
+            line = b'{"type":"load","open":%d}' % count
+            self.assertMalformed(line, "out of range")
+        self.assertRaises(MalformedMessage, Load, -1)  # nor can one be made
 
     def test_tooLong(self) -> None:
         line = encode(LogEvent("info", "x" * MAX_LINE))

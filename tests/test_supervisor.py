@@ -1,7 +1,7 @@
 """
 The master's supervision, driven by task.Clock and a fake process reactor:
-failed spawns, the stop deadline, scrape deadlines, and what a worker can
-send it (malformed messages, lines without end).
+failed spawns, the stop deadline, scrape deadlines, what a worker can send
+it (malformed messages, lines without end), and steering by its load.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from timerserver.listener import Listener
 from timerserver.messages import (
     MAX_LINE,
     Configure,
+    Load,
     LogEvent,
     StatsAnswer,
     StatsRequest,
@@ -27,6 +28,7 @@ from timerserver.messages import (
     decode,
     encode,
 )
+from timerserver.steering import MIN_INTERVAL as STEER_INTERVAL
 from timerserver.supervisor import (
     BACKOFF_FIRST,
     BACKOFF_MAX,
@@ -337,3 +339,83 @@ class WorkerOutputTests(SynchronousTestCase):
         worker.processEnded(Failure(ProcessDone(0)))
         self.assertIsNone(self.successResultOf(d))
         self.assertIsInstance(d, defer.Deferred)
+
+
+class SteeringTests(SynchronousTestCase):
+    """Workers' L{Load} reports steer new connections toward the emptier ones."""
+
+    def pool(self, workers: int = 2) -> tuple[WorkerPoolService, Any, list[list[int]]]:
+        service, reactor = pool(workers)
+        attached: list[list[int]] = []
+
+        def attachTo(shares: list[int]) -> bool:
+            attached.append(shares)
+            return True
+
+        service.steering.attachTo = attachTo
+        service.startService()
+        return service, reactor, attached
+
+    def load(self, process: FakeProcess, count: int) -> None:
+        process.proto.childDataReceived(1, encode(Load(count)))
+
+    def test_loadReportsSteer(self) -> None:
+        service, reactor, attached = self.pool()
+        one, two, _ = reactor.processes
+        self.assertEqual(attached[-1], [500, 500])  # both started, with nothing yet
+        reactor.advance(STEER_INTERVAL)
+        self.load(one, 900)
+        self.load(two, 700)  # too soon after the last: the next report decides
+        self.assertEqual(service.steering.counts, [900, 700])
+        self.assertEqual(attached[-1], [45, 955])  # 0 + 45 : 900 + 45
+        reactor.advance(STEER_INTERVAL)
+        self.load(one, 900)
+        self.assertEqual(attached[-1], [222, 778])  # 0 + 80 : 200 + 80
+        self.assertEqual(reactor.getDelayedCalls(), [])  # the master keeps no timer for it
+
+    def test_aDeadWorkersSlotIsSteeredToItsReplacement(self) -> None:
+        service, reactor, attached = self.pool()
+        one, two, spare = reactor.processes
+        reactor.advance(STEER_INTERVAL)
+        self.load(one, 5000)
+        reactor.advance(STEER_INTERVAL)
+        self.load(two, 5000)
+        self.assertEqual(attached[-1], [500, 500])
+        one.end(Failure(ProcessTerminated(signal=9)))
+        self.assertEqual(attached[-1], [0, 1000])  # until the spare takes its socket
+        reactor.advance(0)
+        self.assertIs(service.workers[1], spare.proto)
+        self.assertEqual(attached[-1], [955, 45])  # 5,000 + 250 : 0 + 250
+        self.load(one, 7)  # a dead worker's last words change nothing
+        self.assertEqual(service.steering.counts, [0, 5000])
+
+    def test_theSpareAndAStoppingPoolAreNotSteeredBy(self) -> None:
+        service, reactor, attached = self.pool()
+        one, _, spare = reactor.processes
+        reactor.advance(STEER_INTERVAL)
+        self.load(spare, 100)  # not configured: it serves nothing
+        self.assertEqual(service.steering.counts, [0, 0])
+        service.stopService()
+        before = list(attached)
+        reactor.advance(STEER_INTERVAL)
+        self.load(one, 100)
+        one.end(Failure(ProcessTerminated(signal=15)))
+        self.assertEqual(attached, before)
+
+    def test_withoutSocketsOfItsOwnTheHashStays(self) -> None:
+        """unix: and systemd: endpoints: one shared socket, one line, no error."""
+        service, reactor = pool()
+        logged: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        service.startService()
+        one, two, _ = reactor.processes
+        for count in (10, 1000, 5):
+            reactor.advance(STEER_INTERVAL)
+            self.load(one, count)
+            self.load(two, 0)
+        lines = [e for e in logged if "not steered" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertTrue(service.steering.refused)

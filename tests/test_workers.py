@@ -11,6 +11,7 @@ import resource
 import signal
 import socket
 import time
+from collections.abc import Callable
 
 import psutil
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -71,6 +72,21 @@ class WorkerCase(SynchronousTestCase):
             if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
         )
 
+    def ownedBy(self, sock: socket.socket, pid: int) -> bool:
+        local = sock.getsockname()
+        return any(
+            c.raddr and (c.raddr.ip, c.raddr.port) == local
+            for c in psutil.Process(pid).net_connections(kind="tcp")
+        )
+
+    def peersOf(self, pid: int) -> set[tuple[str, int]]:
+        """The client addresses of worker C{pid}'s connections."""
+        return {
+            (c.raddr.ip, c.raddr.port)
+            for c in psutil.Process(pid).net_connections(kind="tcp")
+            if c.raddr
+        }
+
     def waitGone(self, pids: list[int], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -128,13 +144,6 @@ class WorkerTests(WorkerCase):
         fresh = self.connect(server)
         self.assertEqual(recvExactly(fresh, len(WELCOME)), WELCOME)
 
-    def ownedBy(self, sock: socket.socket, pid: int) -> bool:
-        local = sock.getsockname()
-        return any(
-            c.raddr and (c.raddr.ip, c.raddr.port) == local
-            for c in psutil.Process(pid).net_connections(kind="tcp")
-        )
-
     def test_sigtermSaysGoodbyeEverywhereAndLeavesNoProcess(self) -> None:
         server = self.start("--interval", "5")
         socks = [self.connect(server, f"127.0.0.{2 + i}") for i in range(10)]
@@ -177,6 +186,78 @@ class WorkerTests(WorkerCase):
         self.assertNotIn("worker 2 exited", server.output)  # untouched
         self.assertIn("worker 1: --port: cannot use", server.output)  # one line, no traceback
         self.assertNotIn("Traceback", server.output)
+
+
+class SteeringTests(WorkerCase):
+    def test_newConnectionsGoToTheEmptierWorker(self) -> None:
+        """
+        Connections pile up on worker 1 (worker 2's are closed); once the
+        workers' load reports reach the master, new connections go mostly
+        to worker 2, where the hash would split them evenly.
+        """
+        server = self.start("--interval", "5")
+        pids = self.workerPids(server)
+        socks = [self.connect(server, f"127.0.0.{2 + i % 50}") for i in range(200)]
+        for sock in socks:
+            self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+        two = self.peersOf(pids[2])
+        for sock in socks:
+            if sock.getsockname() in two:
+                sock.close()
+        piled = self.served(pids[1], server.port)
+        self.assertGreater(piled, 50)
+        self.waitFor(lambda: self.served(pids[2], server.port) == 0, 5)
+        time.sleep(2.0)  # reports every 0.5 s; the master steers at most twice a second
+        if "not steered" in server.output:
+            raise SkipTest("the kernel refuses SO_ATTACH_REUSEPORT_CBPF here")
+        fresh = [self.connect(server, f"127.0.0.{2 + i % 50}") for i in range(100)]
+        for sock in fresh:
+            self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+        toTwo = self.served(pids[2], server.port)
+        toOne = self.served(pids[1], server.port) - piled
+        self.assertEqual(toOne + toTwo, 100)
+        self.assertGreaterEqual(toTwo, 75, (toOne, toTwo))  # about 90 expected; the hash: 50
+        self.assertNotIn("Traceback", server.output)
+
+    def waitFor(self, condition: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                self.fail(f"not true within {timeout}s")
+            time.sleep(0.05)
+
+
+class LoadReportTests(SynchronousTestCase):
+    """A worker's load report: its admission's count, droppable, only while it serves."""
+
+    def test_reportsTheOpenCountAsDroppable(self) -> None:
+        from twisted.internet.task import Clock
+
+        from timerserver.messages import Load
+        from timerserver.worker import Worker
+
+        sent: list[tuple[object, bool]] = []
+
+        class Channel:
+            droppedTotal = 0
+
+            def send(self, message: object, droppable: bool = False) -> bool:
+                sent.append((message, droppable))
+                return True
+
+        class Server:
+            running = True
+
+            class admission:
+                open = 42
+
+        worker = Worker(Clock(), Channel(), [3])  # type: ignore[arg-type]
+        worker.reportLoad()  # not configured yet: nothing
+        worker.server = Server()  # type: ignore[assignment]
+        worker.reportLoad()
+        Server.running = False  # shutting down: nothing
+        worker.reportLoad()
+        self.assertEqual(sent, [(Load(42), True)])
 
 
 class WorkerEndpointTests(WorkerCase):

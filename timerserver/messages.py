@@ -6,7 +6,8 @@ Every message is one line of JSON (an object whose C{"type"} names it),
 ended by a newline; JSON escapes newlines inside strings, so a line is
 always a whole message.  The master writes L{Configure} (always first) and
 L{StatsRequest} to a worker's standard input; the worker writes
-L{LogEvent}, L{StatsAnswer} and L{StopFigures} to its standard output.
+L{LogEvent}, L{Load}, L{StatsAnswer} and L{StopFigures} to its standard
+output.
 
 L{decode} checks every field: a line that is not a message of a known type
 with fields of the right types raises L{MalformedMessage}, so that neither
@@ -76,6 +77,25 @@ class LogEvent:
     traceback: str | None = None
 
 
+MAX_LOAD = 2**31
+"""More connections than a process can hold: a L{Load} at or over it is malformed."""
+
+
+@dataclass(frozen=True)
+class Load:
+    """
+    Worker to master, every half second: how many connections (sockets in
+    any stage) it holds now, which the master steers new connections by.
+    """
+
+    TYPE: ClassVar[str] = "load"
+    open: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.open < MAX_LOAD:
+            raise MalformedMessage(f"{self.TYPE}: field 'open' is {self.open}, out of range")
+
+
 @dataclass(frozen=True)
 class StopFigures:
     """Worker to master, last: what its graceful shutdown did."""
@@ -86,9 +106,9 @@ class StopFigures:
     skipped: int
 
 
-Message = Configure | StatsRequest | StatsAnswer | LogEvent | StopFigures
+Message = Configure | StatsRequest | StatsAnswer | LogEvent | Load | StopFigures
 TYPES: dict[str, type[Any]] = {
-    kind.TYPE: kind for kind in (Configure, StatsRequest, StatsAnswer, LogEvent, StopFigures)
+    kind.TYPE: kind for kind in (Configure, StatsRequest, StatsAnswer, LogEvent, Load, StopFigures)
 }
 _CHECKS: dict[str, tuple[type, ...]] = {
     "dict[str, Any]": (dict,),
@@ -109,7 +129,8 @@ def decode(line: bytes) -> Message:
     The message on C{line} (with or without its newline).
 
     @raise MalformedMessage: not JSON, not an object, an unknown type, a
-        missing or unknown field, or a field of the wrong type.
+        missing or unknown field, a field of the wrong type, or a value out
+        of its range.
     """
     if len(line) > MAX_LINE:
         raise MalformedMessage(f"line of {len(line)} bytes, over {MAX_LINE}")

@@ -21,6 +21,10 @@ L{KILL_AFTER} seconds past the shutdown timeout (stopped, wedged), stops
 waiting L{GIVE_UP_AFTER} seconds past it whatever happens, and logs one
 stop line that sums the workers' L{StopFigures}.
 
+Each worker reports how many connections it holds every half second
+(L{Load}); the master steers new connections toward the emptier workers by
+them (L{Steering}).
+
 A scrape asks every worker for its figures with a deadline (L{SCRAPE_DEADLINE});
 one that misses it contributes its last answer and is shown as down.
 Dead workers' counters are folded into one running sum.
@@ -40,6 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from timerserver.config import ServerConfig
+from timerserver.steering import Steering
 from timerserver.workerprocess import WorkerProcess
 from timerserver.workersockets import WorkerSockets
 
@@ -97,6 +102,7 @@ class WorkerPoolService(Service):
         """Worker output lines the master dropped (over the length bound), dead workers'."""
         self.stopFigures: dict[str, int] | None = None
         self.sockets = WorkerSockets(config.listener, reactor, self.count)
+        self.steering = Steering(self.count, self.sockets.steer, reactor.seconds)
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
@@ -168,6 +174,7 @@ class WorkerPoolService(Service):
             self.failures[0] = 0  # a spare that started and waited: its failures are over
         self.workers[number] = worker
         worker.configure(self.workerConfig(), number, 3 + number - 1)
+        self.steering.started(number - 1)
         pid = worker.transport.pid
         self._log.info("worker {worker} started, pid {pid}{how}", worker=number, pid=pid, how=how)
         if len(self.workers) == self.count:
@@ -197,9 +204,10 @@ class WorkerPoolService(Service):
         from timerserver.metrics import combine, retired
 
         number = worker.number
+        running = self.workers.get(number) is worker
         if worker is self.spare:
             self.spare = None
-        elif self.workers.get(number) is worker:
+        elif running:
             del self.workers[number]
         if worker.lastStats:
             self.retired = combine([self.retired, retired(worker.lastStats)])
@@ -210,6 +218,8 @@ class WorkerPoolService(Service):
                     "{name} {status} while stopping", name=worker.name, status=exitStatus(reason)
                 )
             return
+        if running:
+            self.steering.ended(number - 1)
         lived = self.reactor.seconds() - worker.startedAt
         delay = self._backOff(number, quick=lived < HEALTHY_AFTER)
         self._log.warn(
@@ -222,6 +232,11 @@ class WorkerPoolService(Service):
         )
         retry = (lambda: self.spawn(number)) if number else self.spawnSpare
         self._restarts[number] = self.reactor.callLater(delay, retry)
+
+    def workerLoad(self, worker: WorkerProcess, count: int) -> None:
+        """Worker C{worker} holds C{count} connections: steer by it, if it still runs."""
+        if not self.stopping and worker.number and self.workers.get(worker.number) is worker:
+            self.steering.report(worker.number - 1, count)
 
     def metricsSource(self) -> defer.Deferred[Any]:
         """

@@ -13,7 +13,9 @@ L{timerserver.messages}, one a line:
    means the master is gone, and the worker shuts down gracefully, so that
    no worker outlives its master;
  - standard output (an L{OutChannel}: non-blocking, bounded): L{LogEvent}s,
-   L{StatsAnswer}s and, last, L{StopFigures};
+   a L{Load} every L{LOAD_PERIOD} seconds once configured (the master
+   steers new connections by them), L{StatsAnswer}s and, last,
+   L{StopFigures};
  - standard error: anything else (a crash before logging started, a bad
    configuration), one line.
 
@@ -27,7 +29,7 @@ import signal
 import sys
 from typing import Any
 
-from twisted.internet import defer, stdio
+from twisted.internet import defer, stdio, task
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, globalLogBeginner
 from twisted.python import usage
@@ -37,6 +39,7 @@ from timerserver.config import ServerConfig
 from timerserver.messages import (
     MAX_LINE,
     Configure,
+    Load,
     MalformedMessage,
     StatsAnswer,
     StatsRequest,
@@ -89,6 +92,8 @@ class Control(Protocol):
 
 STATS_PERIOD = 1.0
 """A snapshot (and its reading of /proc/self) is reused for this long."""
+LOAD_PERIOD = 0.5
+"""Seconds between two L{Load} reports."""
 
 
 class Worker:
@@ -105,6 +110,7 @@ class Worker:
         self.stopping = False
         self.exitCode = 0
         self._snapshot: tuple[float, dict[str, Any]] | None = None
+        self._reporting: task.LoopingCall | None = None
 
     def configure(self, config: dict[str, Any], number: int, fd: int) -> None:
         """
@@ -135,6 +141,19 @@ class Worker:
             return
         self.server = server
         server.startService()  # type: ignore[no-untyped-call]
+        self._reporting = task.LoopingCall(self.reportLoad)
+        self._reporting.clock = self.reactor
+        self._reporting.start(LOAD_PERIOD, now=True)
+
+    def reportLoad(self) -> None:
+        """
+        Tell the master how many connections this worker holds: a count, not a
+        snapshot, sent as droppable as a log line (never waited for: the
+        next one follows within L{LOAD_PERIOD}).
+        """
+        server = self.server
+        if server is not None and server.running:
+            self.channel.send(Load(max(0, server.admission.open)), droppable=True)
 
     def stats(self) -> dict[str, Any]:
         """What the master's metrics sum: this worker's L{snapshot}, at most one a period."""
@@ -160,6 +179,8 @@ class Worker:
 
     def _shutdown(self) -> defer.Deferred[None] | None:
         """The server's graceful shutdown, then its figures to the master."""
+        if self._reporting is not None and self._reporting.running:
+            self._reporting.stop()
         server = self.server
         if server is None or not server.running:
             return None

@@ -1,8 +1,8 @@
 """
 L{WorkerProcess}: the master's side of one worker process.  It reads the
 worker's messages (L{timerserver.messages}) and re-emits its log lines
-marked with its number, asks it for its figures with a deadline, and tells
-the pool when it ends.
+marked with its number, passes its load reports to the pool, asks it for its
+figures with a deadline, and tells the pool when it ends.
 
 Nothing a worker writes can grow the master or raise in it: a line longer
 than L{MAX_LINE} is dropped (and counted), a malformed message is logged
@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from timerserver.messages import (
     MAX_LINE,
     Configure,
+    Load,
     LogEvent,
     MalformedMessage,
     StatsAnswer,
@@ -104,6 +105,8 @@ class WorkerProcess(ProcessProtocol):
             return
         if isinstance(message, LogEvent):
             self.logEvent(message)
+        elif isinstance(message, Load):
+            self.pool.workerLoad(self, message.open)
         elif isinstance(message, StatsAnswer):
             self.lastStats = message.stats
             if self._asked is not None and self._asked[0] == message.id:

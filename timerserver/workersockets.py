@@ -14,18 +14,25 @@ its socket's backlog for the new worker instead of being refused.
 
 Other endpoints (C{unix:}, C{systemd:}) are listened on through Twisted as
 a single server would, and their one socket is shared by every worker.
+
+L{WorkerSockets.steer} replaces the hash with a weighted choice of socket
+(L{timerserver.steering}): the group's sockets are indexed in the order
+they were listened on, which is the workers' order.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from typing import Any, cast
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 
+from timerserver import steering
 from timerserver.listener import FAMILIES, Listener
 from timerserver.service import listenOrExit
 
@@ -49,6 +56,8 @@ class WorkerSockets:
     @ivar address: where it listens, as Twisted prints an address.
     """
 
+    _log = Logger()
+
     def __init__(self, listener: Listener, reactor: Any, count: int) -> None:
         self.listener = listener
         self.reactor = reactor
@@ -58,6 +67,7 @@ class WorkerSockets:
         self.address: object = None
         self._sockets: list[socket.socket] = []
         self._port: IListeningPort | None = None
+        self._steerRefused = False
 
     @property
     def perWorker(self) -> bool:
@@ -101,6 +111,34 @@ class WorkerSockets:
             "TCP", host, port
         )
         self.fds = [sock.fileno() for sock in self._sockets]
+
+    def steer(self, weights: Sequence[float]) -> bool:
+        """
+        Send new connections to worker K's socket in proportion to
+        C{weights[K - 1]}.  Whether the kernel took it: where it cannot
+        (one shared socket, not Linux, an old kernel), one line is logged,
+        once, and the hash stays.
+
+        @raise ValueError: bad weights (as L{steering.program}).
+        """
+        code = steering.program(weights)
+        if len(weights) != self.count:
+            raise ValueError(f"{len(weights)} weights for {self.count} workers")
+        if self._steerRefused:
+            return False
+        try:
+            if not self._sockets:
+                raise OSError(f"{self.description} is one socket shared by every worker")
+            steering.attach(self._sockets[0], code)
+        except OSError as e:
+            self._steerRefused = True
+            self._log.info(
+                "new connections are not steered to the emptier workers "
+                "(the kernel spreads them by address): {why}",
+                why=e.strerror or str(e),
+            )
+            return False
+        return True
 
     def close(self) -> None:
         """Stop listening (the workers' own descriptors close with them)."""

@@ -1,0 +1,289 @@
+"""
+Steering new connections: the BPF program built from weights, the weights
+built from counts, when L{Steering} re-attaches, and a real C{SO_REUSEPORT}
+group on loopback that follows the program.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from timerserver import steering
+from timerserver.listener import Listener
+from timerserver.steering import (
+    MIN_INTERVAL,
+    SCALE,
+    STALE_AFTER,
+    Steering,
+    attach,
+    program,
+    shares,
+    weights,
+)
+from timerserver.workersockets import WorkerSockets
+
+RAND = 0xFFFFF000 + 56
+
+
+def instructions(code: bytes) -> list[tuple[int, int, int, int]]:
+    return [struct.unpack("=HBBI", code[i : i + 8]) for i in range(0, len(code), 8)]
+
+
+def run(code: bytes, rand: int) -> int:
+    """Interpret the ladder the way the kernel would, for C{ld rand} = C{rand}."""
+    a, pc = 0, 0
+    insns = instructions(code)
+    while True:
+        op, jt, jf, k = insns[pc]
+        if op == 0x20 and k == RAND:
+            a = rand
+        elif op == 0x94:
+            a %= k
+        elif op == 0x35:
+            pc += jt if a >= k else jf
+        elif op == 0x06:
+            return k
+        else:
+            raise AssertionError(f"unexpected opcode {op:#x}")
+        pc += 1
+
+
+class ProgramTests(SynchronousTestCase):
+    def test_ladder(self) -> None:
+        self.assertEqual(
+            instructions(program([1, 1, 2])),
+            [
+                (0x20, 0, 0, RAND),  # ld rand
+                (0x94, 0, 0, SCALE),  # mod #1000
+                (0x35, 1, 0, 250),  # jge #250, skip the ret
+                (0x06, 0, 0, 0),  # ret #0
+                (0x35, 1, 0, 500),
+                (0x06, 0, 0, 1),
+                (0x06, 0, 0, 2),  # the rest: the last socket
+            ],
+        )
+
+    def test_oneWorker(self) -> None:
+        self.assertEqual(
+            instructions(program([3])), [(0x20, 0, 0, RAND), (0x94, 0, 0, SCALE), (0x06, 0, 0, 0)]
+        )
+
+    def test_everyRandomValueGoesWhereTheSharesSay(self) -> None:
+        code = program([0, 3, 1, 0])
+        chosen = [run(code, r) for r in range(SCALE)]
+        self.assertEqual([chosen.count(i) for i in range(4)], [0, 750, 250, 0])
+        self.assertEqual(run(code, 2**32 - 1), chosen[(2**32 - 1) % SCALE])
+
+    def test_sharesSumToTheScale(self) -> None:
+        self.assertEqual(shares([1, 1, 1]), [334, 333, 333])
+        self.assertEqual(shares([1, 0]), [1000, 0])
+        self.assertEqual(sum(shares([0.1, 7, 13.5, 2e6])), SCALE)
+
+    def test_badWeightsAreRefused(self) -> None:
+        for bad in ([], [0, 0], [1, -1], [float("nan"), 1], [float("inf"), 1]):
+            self.assertRaises(ValueError, program, bad)
+
+
+class WeightTests(SynchronousTestCase):
+    def test_theEmptierGetsMore(self) -> None:
+        self.assertEqual(weights([100, 100]), [10.0, 10.0])
+        self.assertEqual(weights([0, 1000]), [1050.0, 50.0])  # the floor: a tenth of the mean
+        self.assertEqual(weights([0, 0]), [1.0, 1.0])  # at least 1
+
+    def test_slotsWithoutAWorkerGetNothing(self) -> None:
+        self.assertEqual(weights([None, 500]), [0.0, 50.0])
+        self.assertEqual(weights([None, None]), [1.0, 1.0])  # nobody runs: uniform
+
+
+class SteeringTests(SynchronousTestCase):
+    def steering(self, count: int = 2) -> tuple[Steering, Clock, list[list[int]]]:
+        clock = Clock()
+        attached: list[list[int]] = []
+
+        def attachTo(shares: list[int]) -> bool:
+            attached.append(shares)
+            return True
+
+        return Steering(count, attachTo, clock.seconds), clock, attached
+
+    def test_balancedWorkersAreNotReSteered(self) -> None:
+        steer, clock, attached = self.steering()
+        steer.report(0, 1000)
+        steer.report(1, 1010)  # too soon after the first: waits for the next report
+        self.assertEqual(attached, [[1000, 0]])  # for a moment, only worker 1 ran
+        for count in range(4):
+            clock.advance(MIN_INTERVAL)
+            steer.report(0, 1000 + count)
+            steer.report(1, 1010)
+        self.assertEqual(attached, [[1000, 0], [524, 476]])  # then a few thousandths: kept
+
+    def test_startedAndEndedSteerAtOnce(self) -> None:
+        steer, _, attached = self.steering()
+        steer.started(0)
+        steer.started(1)
+        steer.report(1, 1000)  # too soon after the last: waits for the next report
+        steer.ended(1)
+        steer.started(1)  # its spare: at once, not half a second later
+        self.assertEqual(attached, [[1000, 0], [500, 500], [1000, 0], [500, 500]])
+
+    def test_followsTheCountsAtMostTwiceASecond(self) -> None:
+        steer, clock, attached = self.steering()
+        steer.started(0)
+        steer.started(1)
+        clock.advance(MIN_INTERVAL)
+        steer.report(1, 9000)
+        self.assertEqual(attached[2:], [[955, 45]])  # 9,000 + 450 : 0 + 450 (the floor)
+        clock.advance(0.1)
+        steer.report(0, 5000)  # a change, but too soon: kept for the next report
+        self.assertEqual(len(attached), 3)
+        clock.advance(MIN_INTERVAL)
+        steer.report(1, 9000)
+        self.assertEqual(attached[-1], [870, 130])  # 4,000 + 700 : 0 + 700
+        clock.advance(MIN_INTERVAL)
+        steer.report(0, 5010)  # within a few thousandths: not re-attached
+        self.assertEqual(len(attached), 4)
+        self.assertEqual(steer.attaches, 4)
+
+    def test_aDeadWorkersSlotGetsNothing(self) -> None:
+        steer, _, attached = self.steering(3)
+        for slot in range(3):
+            steer.started(slot)
+        steer.ended(1)
+        self.assertEqual(attached[-1], [500, 0, 500])
+        steer.report(0, 100)
+        steer.report(2, 100)
+        steer.started(1)  # the spare took its socket, with no connection yet
+        self.assertEqual(attached[-1], [56, 889, 55])  # 6.7 : 100 + 6.7 : 6.7
+
+    def test_aSilentWorkerGetsNothing(self) -> None:
+        steer, clock, attached = self.steering()
+        steer.report(0, 100)
+        steer.report(1, 100)
+        clock.advance(STALE_AFTER + 0.1)
+        steer.report(0, 100)  # worker 2 stopped reporting (SIGSTOP, wedged)
+        self.assertEqual(attached, [[1000, 0]])
+
+    def test_aRefusalIsFinal(self) -> None:
+        clock = Clock()
+        calls: list[list[int]] = []
+
+        def refuse(shares: list[int]) -> bool:
+            calls.append(shares)
+            return False
+
+        steer = Steering(2, refuse, clock.seconds)
+        steer.report(0, 0)
+        steer.report(1, 500)
+        clock.advance(10)
+        steer.report(1, 900)
+        self.assertEqual(len(calls), 1)
+        self.assertTrue(steer.refused)
+
+
+def reusePortGroup(count: int) -> list[socket.socket]:
+    """C{count} listening sockets on one loopback port with C{SO_REUSEPORT}, in order."""
+    socks: list[socket.socket] = []
+    port = 0
+    for _ in range(count):
+        sock = socket.socket()
+        socks.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", port))
+        port = sock.getsockname()[1]
+        sock.listen(256)
+        sock.setblocking(False)
+    return socks
+
+
+class LoopbackTests(SynchronousTestCase):
+    """The kernel follows the program: each socket's accept queue tells where clients went."""
+
+    def setUp(self) -> None:
+        self.socks = reusePortGroup(2)
+        for sock in self.socks:
+            self.addCleanup(sock.close)
+        self.port = self.socks[0].getsockname()[1]
+
+    def attachOrSkip(self, weights: list[float]) -> None:
+        try:
+            attach(self.socks[0], program(weights))
+        except OSError as e:
+            raise SkipTest(f"the kernel refuses SO_ATTACH_REUSEPORT_CBPF: {e}") from None
+
+    def connectAndCount(self, clients: int = 50) -> list[int]:
+        """Connect C{clients}, then how many each socket's accept queue holds."""
+        opened = []
+        for _ in range(clients):
+            client = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            opened.append(client)
+            self.addCleanup(client.close)
+        counts = []
+        for sock in self.socks:
+            accepted = 0
+            while accepted <= clients:
+                try:
+                    conn, _ = sock.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                accepted += 1
+            counts.append(accepted)
+        return counts
+
+    def test_allGoWhereTheWeightIs(self) -> None:
+        self.attachOrSkip([1, 0])
+        self.assertEqual(self.connectAndCount(), [50, 0])
+        self.attachOrSkip([0, 1])  # replaced, not added to
+        self.assertEqual(self.connectAndCount(), [0, 50])
+
+    def test_workerSocketsSteer(self) -> None:
+        listener = Listener.parse("tcp:0:interface=127.0.0.1")
+        sockets = WorkerSockets(listener, Clock(), 2)
+        sockets.listen()
+        self.addCleanup(sockets.close)
+        self.socks, self.port = sockets._sockets, sockets.address.port  # type: ignore[attr-defined]
+        if not sockets.steer([0, 1]):
+            raise SkipTest("the kernel refuses SO_ATTACH_REUSEPORT_CBPF")
+        self.assertEqual(self.connectAndCount(), [0, 50])
+        self.assertRaises(ValueError, sockets.steer, [1, 1, 1])
+        self.assertRaises(ValueError, sockets.steer, [-1, 1])
+
+
+class RefusedTests(SynchronousTestCase):
+    def logged(self) -> list[dict[str, Any]]:
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return events
+
+    def test_aSharedSocketIsOneLineOnce(self) -> None:
+        sockets = WorkerSockets(Listener.parse("tcp:0:interface=127.0.0.1"), Clock(), 2)
+        sockets.fds = [10, 10]  # as for unix: and systemd: endpoints: no socket of its own
+        events = self.logged()
+        self.assertFalse(sockets.steer([1, 0]))
+        self.assertFalse(sockets.steer([0, 1]))
+        [event] = events
+        self.assertIn("not steered", event["log_format"])
+        self.assertIn("shared", event["why"])
+
+    def test_theKernelRefusing(self) -> None:
+        def refuse(sock: socket.socket, code: bytes) -> None:
+            raise OSError(92, "Protocol not available")
+
+        self.patch(steering, "attach", refuse)
+        listener = Listener.parse("tcp:0:interface=127.0.0.1")
+        sockets = WorkerSockets(listener, Clock(), 2)
+        sockets.listen()
+        self.addCleanup(sockets.close)
+        events = self.logged()
+        self.assertFalse(sockets.steer([1, 0]))
+        self.assertFalse(sockets.steer([1, 0]))
+        [event] = events
+        self.assertEqual(event["why"], "Protocol not available")

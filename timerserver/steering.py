@@ -1,0 +1,215 @@
+"""
+Steering new connections toward the emptier workers of C{--workers N}.
+
+The kernel spreads a C{SO_REUSEPORT} group's connections by a hash of their
+addresses, blind to how many each worker holds.  When a worker is killed its
+clients reconnect spread over every socket, so the survivors accumulate
+connections: in the chaos soak one of 2 workers came to hold 19,368 of
+20,000, and its death sent 19,000 clients back at once.  A classic BPF
+program attached to the group (C{SO_ATTACH_REUSEPORT_CBPF}) picks the socket
+instead: a random number below 1,000, then a ladder of thresholds, one per
+worker, so that worker I gets C{shares[i]} thousandths of new connections.
+A return value past the group falls back to the hash; where the kernel
+refuses the program, the hash stays.
+
+The weights (L{weights}) come from each worker's count of open connections,
+reported every 0.5 s::
+
+    w_i = (max_count - count_i) + floor     floor = max(1, mean / 10)
+
+for a running worker, 0 for a slot without one (uniform if none runs).
+The deficit term sends new connections to whoever is below the fullest, in
+proportion to how far below, so the counts converge instead of following
+the hash; balanced workers get equal weights (random, like the hash).  The
+floor keeps every running worker taking a share, so that one whose count
+is understated (its accept queue and the last half second are not in its
+report) is not flooded, and it damps the loop that the reports' lag would
+otherwise swing.  A simulation of the chaos soak (2 workers, 20,000
+clients, one killed every 30 s, its clients back within 1-3 s, reports
+0.5 s apart and 0.3-1 s behind) put at most 18,442 connections on the
+killed worker with the hash, 11,775-13,307 with this floor; a floor of a
+hundredth of the mean did better with fresh reports (10,513) and worse
+with late ones, a quarter worse with both.
+
+A worker silent for L{STALE_AFTER} seconds (stopped, wedged, its reports
+dropped) counts as not running: new connections go to the others until it
+reports again.
+
+L{Steering} re-attaches the program only when a share moved by more than
+L{THRESHOLD} thousandths, and at most once per L{MIN_INTERVAL} seconds: the
+kernel copies the program (a few dozen instructions) at each attach.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+import struct
+import sys
+from collections.abc import Callable, Sequence
+
+SO_ATTACH_REUSEPORT_CBPF = 51
+"""C{setsockopt} option (Linux 4.5+): a classic BPF program picks the socket of the group."""
+
+SCALE = 1000
+"""The random number's range: shares are in thousandths."""
+THRESHOLD = 20
+"""Thousandths a share must move by before the program is replaced."""
+MIN_INTERVAL = 0.5
+"""Seconds between two attaches at least."""
+STALE_AFTER = 2.0
+"""Seconds without a report after which a worker gets no new connections."""
+
+_SKF_AD_RANDOM = 0xFFFFF000 + 56  # SKF_AD_OFF + SKF_AD_RANDOM
+_LD_W_ABS = 0x00 | 0x00 | 0x20  # BPF_LD | BPF_W | BPF_ABS
+_ALU_MOD_K = 0x04 | 0x90 | 0x00  # BPF_ALU | BPF_MOD | BPF_K
+_JGE_K = 0x05 | 0x30 | 0x00  # BPF_JMP | BPF_JGE | BPF_K
+_RET_K = 0x06 | 0x00  # BPF_RET | BPF_K
+_INSN = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
+
+
+def shares(weights: Sequence[float]) -> list[int]:
+    """
+    C{weights} as thousandths that sum to L{SCALE} (largest remainders).
+
+    @raise ValueError: no weights, a negative or non-finite one, or all zero.
+    """
+    if not weights:
+        raise ValueError("no workers to steer to")
+    if any(not (0 <= w < float("inf")) for w in weights):
+        raise ValueError(f"weights must be finite and non-negative: {list(weights)}")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("every weight is 0")
+    exact = [w * SCALE / total for w in weights]
+    result = [int(x) for x in exact]
+    byRemainder = sorted(range(len(exact)), key=lambda i: result[i] - exact[i])
+    for i in byRemainder[: SCALE - sum(result)]:
+        result[i] += 1
+    return result
+
+
+def program(weights: Sequence[float]) -> bytes:
+    """
+    The classic BPF program (an array of C{struct sock_filter}) that sends a
+    new connection to socket I of the group with probability proportional to
+    C{weights[i]}::
+
+        ld rand; mod #1000; jge #c0, +1; ret #0; jge #c1, +1; ret #1; ... ret #n-1
+
+    where C{c_i} is the sum of the first I+1 shares.
+
+    @raise ValueError: as L{shares}.
+    """
+    parts = shares(weights)
+    code = [(_LD_W_ABS, 0, 0, _SKF_AD_RANDOM), (_ALU_MOD_K, 0, 0, SCALE)]
+    cumulative = 0
+    for index, share in enumerate(parts[:-1]):
+        cumulative += share
+        code += [(_JGE_K, 1, 0, cumulative), (_RET_K, 0, 0, index)]
+    code.append((_RET_K, 0, 0, len(parts) - 1))
+    return b"".join(_INSN.pack(*insn) for insn in code)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def attach(sock: socket.socket, code: bytes) -> None:
+    """
+    Attach C{code} (from L{program}) to the C{SO_REUSEPORT} group of
+    C{sock}, replacing any program it had.
+
+    @raise OSError: the kernel refused it (not Linux, before 4.5, not a
+        reuseport socket).
+    """
+    if not sys.platform.startswith("linux"):
+        raise OSError(f"SO_ATTACH_REUSEPORT_CBPF is Linux only, not {sys.platform}")
+    buffer = ctypes.create_string_buffer(code, len(code))
+    fprog = _SockFprog(len(code) // _INSN.size, ctypes.addressof(buffer))
+    # The kernel copies the instructions during the call: buffer may go after it.
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, bytes(fprog))
+
+
+def weights(counts: Sequence[int | None]) -> list[float]:
+    """
+    Each slot's weight from its worker's open connections (C{None}: no
+    worker runs in that slot), as the module docstring explains.
+    """
+    running = [c for c in counts if c is not None]
+    if not running:
+        return [1.0] * len(counts)
+    fullest = max(running)
+    floor = max(1.0, sum(running) / len(running) / 10)
+    return [0.0 if c is None else float(fullest - c) + floor for c in counts]
+
+
+class Steering:
+    """
+    The latest count of each slot's worker, and the program that follows them.
+
+    @param attachTo: steers the group by these weights (L{WorkerSockets.steer}),
+        returning whether the kernel took the program; after a refusal
+        nothing more is tried.
+    @param seconds: the clock that bounds how often it attaches.
+    @ivar counts: per slot (0 to N-1), the worker's open connections, or
+        C{None} while no worker runs there.
+    @ivar reported: per slot, when its count was reported.
+    @ivar current: the shares attached, or C{None} while the hash decides.
+    """
+
+    def __init__(
+        self, count: int, attachTo: Callable[[list[int]], bool], seconds: Callable[[], float]
+    ) -> None:
+        self.counts: list[int | None] = [None] * count
+        self.reported: list[float] = [0.0] * count
+        self.attachTo = attachTo
+        self.seconds = seconds
+        self.current: list[int] | None = None
+        self.attaches = 0
+        self.refused = False
+        self._lastAttach: float | None = None
+
+    def started(self, slot: int) -> None:
+        """A fresh worker runs in C{slot} (it holds no connection yet): steer at once."""
+        self.counts[slot] = 0
+        self.reported[slot] = self.seconds()
+        self.update(now=True)
+
+    def ended(self, slot: int) -> None:
+        """No worker runs in C{slot} now: steer at once."""
+        self.counts[slot] = None
+        self.update(now=True)
+
+    def report(self, slot: int, count: int) -> None:
+        """The worker of C{slot} holds C{count} connections."""
+        self.counts[slot] = count
+        self.reported[slot] = self.seconds()
+        self.update()
+
+    def update(self, now: bool = False) -> None:
+        """
+        Attach the program the counts ask for, if it differs enough and, unless
+        C{now} (a worker started or ended: rare, and bounded by the restart
+        back-off), L{MIN_INTERVAL} has passed since the last attach.
+        """
+        if self.refused:
+            return
+        time = self.seconds()
+        live = [
+            None if abs(time - when) > STALE_AFTER else count
+            for count, when in zip(self.counts, self.reported, strict=True)
+        ]
+        wanted = shares(weights(live))
+        current = self.current or shares([1.0] * len(self.counts))  # the hash: about even
+        if max(abs(a - b) for a, b in zip(wanted, current, strict=True)) <= THRESHOLD:
+            return
+        last = self._lastAttach
+        if not now and last is not None and abs(time - last) < MIN_INTERVAL:
+            return  # the next report (within 0.5 s) tries again
+        self._lastAttach = time
+        if not self.attachTo(wanted):
+            self.refused = True
+            return
+        self.current = wanted
+        self.attaches += 1
