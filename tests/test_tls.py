@@ -120,6 +120,15 @@ class TLSTests(SynchronousTestCase):
             self.certs.connect(server.port, context=context)
         self.assertServing(server)
 
+    def test_aServedConnectionOutlivesTheHandshakeTimeout(self) -> None:
+        server = self.start("--handshake-timeout", "0.5", "--interval", "60")
+        sock = self.connect(server)
+        self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+        time.sleep(1.5)
+        sock.sendall(b"still here")
+        self.assertEqual(recvExactly(sock, 10), b"still here")
+        self.assertNotIn("no TLS handshake", server.output)
+
     def test_shutdownSaysGoodbyeOverTLS(self) -> None:
         server = self.start()
         sock = self.connect(server)

@@ -11,6 +11,7 @@ from bisect import bisect_left
 from typing import Any
 from typing import Protocol as Structural
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
@@ -27,7 +28,6 @@ from timerserver.admission import Gate, gateOf
 from timerserver.eventlog import EventLog
 from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
 from timerserver.lateness import LatenessHistogram
-from timerserver.layer import Layer
 from timerserver.periodic import Periodic
 from timerserver.transport import closeNow, isFlushed, writeNow
 
@@ -115,7 +115,7 @@ class TimerServerProtocol(Protocol):
         factory = self.factory
         transport = self.transport
         self._out = transport
-        if isinstance(transport, Layer):
+        if type(transport) is not tcp.Server:  # under a gate, PROXY or TLS
             gate = gateOf(transport)
             if gate is not None:
                 gate.established()
