@@ -54,7 +54,7 @@ def admission(factory: Any, *, proxy: bool = False, **options: Any) -> Any:
 
     inner = ProxyHeaderFactory(factory) if proxy else factory
     options.setdefault("busy", not proxy)
-    return Admission(inner, factory.queue, factory.events, **options)
+    return Admission(inner, factory.queue, factory.events, served=factory.connections, **options)
 
 
 def server(gate: Any) -> Any:

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests import helpers
 from tests.proxyheaders import v1
 from timerserver import TimerQueueCounters, TimerWheel
-from timerserver.admission import BUSY, Busy, Gate
+from timerserver.admission import BUSY, Admission, Busy, Gate
 from timerserver.factory import TimerServerFactory
 from timerserver.listener import parseTrusted
 from timerserver.protocol import TimerServerProtocol
@@ -65,6 +65,18 @@ class PlainTests(SynchronousTestCase):
         self.assertEqual(h.admission.handshaking, set())
         helpers.lose(proto)
         self.assertEqual((h.admission.open, h.admission.accepted), (0, 1))
+
+    def test_withoutTheServersSetEverySocketHasAGate(self) -> None:
+        """Admission counts sockets itself over a factory that does not count its own."""
+        h = Harness()
+        admission = Admission(h.factory, h.factory.queue, h.factory.events, maxConnections=1)
+        gate = admission.buildProtocol(helpers.peer("127.0.0.1", 1))
+        self.assertIsInstance(gate, Gate)
+        gate.makeConnection(StringTransport())
+        self.assertEqual((admission.open, admission.gated), (1, 1))
+        self.assertIsInstance(admission.buildProtocol(helpers.peer("127.0.0.1", 2)), Busy)
+        helpers.lose(gate)
+        self.assertEqual(admission.open, 0)
 
     def test_aPerAddressLimitNeedsAGate(self) -> None:
         h = Harness(maxConnections=2, maxPerPeer=1)

@@ -73,6 +73,10 @@ class Admission(LayerFactory):
     @param trusted: who may connect at all (C{haproxy:} ports: the proxies),
         or C{None} for anyone.
     @param busy: tell refused clients C{Server busy} (plain TCP only).
+    @param served: where C{wrappedFactory} keeps its connections while they
+        are open (the server's own set), if it does: where no socket needs a
+        gate (no handshake, no C{maxPerPeer}), sockets go straight to its
+        protocol and are counted there.
 
     @ivar gated: sockets open now that have a L{Gate}.
     @ivar accepted: sockets admitted since start.
@@ -92,6 +96,7 @@ class Admission(LayerFactory):
         handshakeTimeout: float | None = None,
         trusted: tuple[Network, ...] | None = None,
         busy: bool = True,
+        served: Sized | None = None,
     ) -> None:
         LayerFactory.__init__(self, wrappedFactory)
         self.queue = queue
@@ -102,10 +107,7 @@ class Admission(LayerFactory):
         self.trusted = trusted
         self.busy = busy
         self.gated = 0
-        # Where no socket needs a gate, the server's own set counts them.
-        self._direct: Sized | None = None
-        if handshakeTimeout is None and not maxPerPeer:
-            self._direct = getattr(wrappedFactory, "connections", None)
+        self._direct = served if handshakeTimeout is None and not maxPerPeer else None
         self.accepted = 0
         self.perPeer: dict[str, int] = {}
         self.handshaking: set[Gate] = set()
@@ -155,7 +157,7 @@ class Admission(LayerFactory):
         )
 
     def _peerRoom(self, peer: str) -> bool:
-        return self.perPeer.get(peer, 0) < self.maxPerPeer
+        return not self.maxPerPeer or self.perPeer.get(peer, 0) < self.maxPerPeer
 
     def _refuse(self, addr: object, reason: str, why: str) -> Protocol | None:
         self.refused[reason] += 1

@@ -228,6 +228,7 @@ def buildServer(
         handshakeTimeout=config.handshakeTimeout if handshake else None,
         trusted=listener.networks if listener.proxy else None,
         busy=not handshake,
+        served=factory.connections,
     )
     service = TimerServerService(
         listener, factory, admission, config.shutdownTimeout, reactor=reactor, fd=fd

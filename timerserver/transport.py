@@ -13,13 +13,15 @@ handling stay Twisted's own.
 
 from __future__ import annotations
 
-from errno import ENOBUFS
+from errno import ECONNRESET, ENOTCONN, EPIPE, ETIMEDOUT
 from typing import Any
 
 from twisted.internet import error, tcp
 from twisted.python.failure import Failure
 
 _DONE = Failure(error.ConnectionDone())
+_BROKEN = frozenset({ECONNRESET, ENOTCONN, EPIPE, ETIMEDOUT})
+"""The errors of a send to a connection that is gone."""
 
 
 def writeNow(transport: Any, data: bytes) -> None:
@@ -41,12 +43,12 @@ def writeNow(transport: Any, data: bytes) -> None:
         except (BlockingIOError, InterruptedError):
             sent = 0  # write() queues it all
         except OSError as e:
-            if e.errno != ENOBUFS:
-                # Reset or broken: nothing written can arrive any more.  The
-                # socket reads as closed, so the reactor closes the connection
-                # on its next turn, with nothing queued to flush first.
+            if e.errno in _BROKEN:
+                # Nothing written can arrive any more.  The socket reads as
+                # closed, so the reactor closes the connection on its next
+                # turn, with nothing queued to flush first.
                 return
-            sent = 0
+            sent = 0  # anything else: write() queues it and Twisted decides
         if sent == len(data):
             return
         data = data[sent:]
