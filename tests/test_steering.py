@@ -160,6 +160,17 @@ class SteeringTests(SynchronousTestCase):
         steer.started(1)  # the spare took its socket, with no connection yet
         self.assertEqual(attached[-1], [56, 889, 55])  # 6.7 : 100 + 6.7 : 6.7
 
+    def test_withManyWorkersADeadOneStillLosesItsShare(self) -> None:
+        """At 64 workers an even share (15 thousandths) is under the threshold."""
+        steer, _, attached = self.steering(64)
+        for slot in range(64):
+            steer.started(slot)
+        self.assertNotIn(0, attached[-1])
+        steer.ended(5)
+        self.assertEqual(attached[-1][5], 0)
+        steer.started(5)
+        self.assertGreater(attached[-1][5], 0)
+
     def test_aSilentWorkerGetsNothing(self) -> None:
         steer, clock, attached = self.steering()
         steer.report(0, 100)

@@ -21,8 +21,10 @@ for a running worker, 0 for a slot without one (uniform if none runs).
 The deficit term sends new connections to whoever is below the fullest, in
 proportion to how far below, so the counts converge instead of following
 the hash; balanced workers get equal weights (random, like the hash).  The
-floor keeps every running worker taking a share, so that one whose count
-is understated (its accept queue and the last half second are not in its
+floor keeps every running worker taking a share (before the shares are
+rounded to thousandths: from about 12 workers up, the fullest of a very
+uneven pool may round to none until the others catch up), so that one whose
+count is understated (its accept queue and the last half second are not in its
 report) is not flooded, and it damps the loop that the reports' lag would
 otherwise swing.  A simulation of the chaos soak (2 workers, 20,000
 clients, one killed every 30 s, its clients back within 1-3 s, reports
@@ -202,7 +204,12 @@ class Steering:
         ]
         wanted = shares(weights(live))
         current = self.current or shares([1.0] * len(self.counts))  # the hash: about even
-        if max(abs(a - b) for a, b in zip(wanted, current, strict=True)) <= THRESHOLD:
+        pairs = list(zip(wanted, current, strict=True))
+        # A share to or from nothing always counts: with 50 workers or more an
+        # even share is itself under the threshold.
+        if max(abs(a - b) for a, b in pairs) <= THRESHOLD and all(
+            (a == 0) == (b == 0) for a, b in pairs
+        ):
             return
         last = self._lastAttach
         if not now and last is not None and abs(time - last) < MIN_INTERVAL:
