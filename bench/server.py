@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PORT = "tcp:0:interface=127.0.0.1"  # the defaults a user gets (backlog 1024)
 BASE = PORT + ":backlog=1024"  # the baseline names its backlog
+LOADS = {"asyncio": "loadclient.py", "raw": "rawload.py"}
+"""The load clients (C{--load}): their scripts in bench/."""
 SERVERS: dict[str, list[str]] = {
     "baseline": [
         sys.executable,
@@ -100,7 +102,13 @@ class ProcessTree:
 
 
 def measure(
-    name: str, connections: int, interval: float, window: float, clients: int, workers: int = 1
+    name: str,
+    connections: int,
+    interval: float,
+    window: float,
+    clients: int,
+    workers: int = 1,
+    load: str = "asyncio",
 ) -> dict[str, Any]:
     certs = Certificates() if "TLS" in name else None
     server = startServer(name, interval, certs, workers)
@@ -115,7 +123,7 @@ def measure(
                 subprocess.Popen(
                     [
                         sys.executable,
-                        str(ROOT / "bench" / "loadclient.py"),
+                        str(ROOT / "bench" / LOADS[load]),
                         "127.0.0.1",
                         str(server.port),
                         str(n),
@@ -202,6 +210,13 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=2, help="load client processes")
     parser.add_argument(
+        "--load",
+        choices=sorted(LOADS),
+        default="asyncio",
+        help="the load clients: asyncio (bench/loadclient.py, TLS too) or raw (bench/rawload.py: "
+        "one epoll, about a third of the CPU; plain TCP only)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -216,11 +231,17 @@ def main() -> None:
         share = count // args.workers
         for name in args.servers.split(","):
             clients = max(1, -(-share * args.clients // count))
-            results.append(measure(name, share, interval, args.window, clients))
+            results.append(measure(name, share, interval, args.window, clients, 1, args.load))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
         if args.workers > 1:
             r = measure(
-                "timerserver (wheel)", count, interval, args.window, args.clients, args.workers
+                "timerserver (wheel)",
+                count,
+                interval,
+                args.window,
+                args.clients,
+                args.workers,
+                args.load,
             )
             results.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -68,3 +69,15 @@ class BenchTests(SynchronousTestCase):
             self.assertEqual(row["noWelcome"] + row["failedToConnect"], 0, client)
             self.assertGreater(row["welcomeMs"]["p99"], 0, client)
             self.assertGreater(row["serverCpuSeconds"], 0, client)
+
+    def test_serverWithTheRawLoad(self) -> None:
+        results: list[Any] = runBench(  # type: ignore[assignment]
+            "bench.server", "--runs", "300x0.2", "--servers", "baseline,timerserver (wheel)",
+            "--load", "raw", "--window", "1",
+        )  # fmt: skip
+        self.assertEqual(len(results), 2)
+        for row in results:
+            self.assertEqual((row["connected"], row["failedToConnect"]), (300, 0))
+            self.assertGreater(row["messages"], 0)
+            self.assertEqual(row["closedByServer"], 0)
+            self.assertGreater(row["cpuMicrosecondsPerMessage"], 0)

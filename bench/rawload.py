@@ -1,0 +1,196 @@
+"""
+A lean load client for bench/server.py (C{--load raw}): the same contract as
+bench/loadclient.py (its command line, its two JSON lines, "start" and
+"stop" on standard input), on non-blocking sockets and one C{epoll}, with no
+event-loop framework.  At 100,000 messages a second the asyncio client needs
+about a core of its own and falls behind; this one reads each connection's
+bytes with one C{recv} and counts whole messages.  Plain TCP only.
+
+    python bench/rawload.py HOST PORT CONNECTIONS INTERVAL [--source ADDR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import select
+import socket
+import struct
+import sys
+import time
+
+from hdrh.histogram import HdrHistogram
+
+WELCOME = b"Welcome to the timer server\r\n"
+MESSAGE = b"Periodic per connection message\r\n"
+LINGER_RST = struct.pack("ii", 1, 0)
+BATCH = 200
+"""Connects in flight at once: each welcome is read as it arrives (it anchors the schedule)."""
+
+
+class Conn:
+    __slots__ = ("pending", "received", "sock", "welcomedAt")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pending = len(WELCOME)  # bytes of the welcome still to come
+        self.welcomedAt: float | None = None
+        self.received = 0
+        """Whole messages received; a partial one is carried in C{pending}."""
+
+    def expectedBy(self, when: float) -> int:
+        if self.welcomedAt is None:
+            return 0
+        return max(0, int((when - self.welcomedAt) / INTERVAL[0]))
+
+
+INTERVAL = [1.0]
+
+
+def run(host: str, port: int, count: int, interval: float, source: str | None) -> None:
+    INTERVAL[0] = interval
+    poll = select.epoll()
+    conns: dict[int, Conn] = {}
+    connected = failed = closed = early = messages = 0
+    connecting: set[int] = set()
+    histogram = HdrHistogram(1, 600_000_000, 3)
+    measuring = False
+    size = len(MESSAGE)
+
+    def closeOne(fd: int) -> None:
+        nonlocal closed
+        poll.unregister(fd)
+        conn = conns.pop(fd)
+        conn.sock.close()
+        if conn.welcomedAt is not None:
+            closed += 1
+
+    def readOne(fd: int, now: float) -> None:
+        nonlocal messages, early
+        conn = conns[fd]
+        try:
+            data = conn.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            closeOne(fd)
+            return
+        n = len(data)
+        if conn.welcomedAt is None:
+            if n < conn.pending:
+                conn.pending -= n
+                return
+            n -= conn.pending
+            conn.welcomedAt = now
+            conn.pending = 0
+        # conn.pending: bytes of a message begun in an earlier read
+        n += conn.pending
+        whole, conn.pending = divmod(n, size)
+        for _ in range(whole):
+            conn.received += 1
+            if measuring:
+                messages += 1
+                late = now - (conn.welcomedAt + conn.received * interval)
+                if late < 0:
+                    early += 1
+                histogram.record_value(max(1, int(late * 1e6)))
+
+    started = 0
+    deadline = time.monotonic() + 300
+    while (started < count or connecting) and time.monotonic() < deadline:
+        while started < count and len(connecting) < BATCH:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            if source:
+                sock.bind((source, 0))
+            started += 1
+            code = sock.connect_ex((host, port))
+            if code not in (0, errno.EINPROGRESS):
+                failed += 1
+                sock.close()
+                continue
+            fd = sock.fileno()
+            conns[fd] = Conn(sock)
+            connecting.add(fd)
+            poll.register(fd, select.EPOLLIN)
+        for fd, _ in poll.poll(0.05):
+            if fd not in conns:
+                continue
+            readOne(fd, time.monotonic())
+            conn = conns.get(fd)
+            if fd in connecting and (conn is None or conn.welcomedAt is not None):
+                connecting.discard(fd)
+                if conn is None:
+                    failed += 1
+                else:
+                    connected += 1
+    failed += len(connecting) + (count - started)
+    print(json.dumps({"connected": connected, "failed": failed}), flush=True)
+
+    stdin = sys.stdin.fileno()
+    os.set_blocking(stdin, False)
+    poll.register(stdin, select.EPOLLIN)
+    commands = b""
+    began = stopped = 0.0
+    lostBefore = 0
+    while True:
+        events = poll.poll(1.0)
+        now = time.monotonic()
+        command = None
+        for fd, _ in events:
+            if fd == stdin:
+                chunk = os.read(stdin, 100)
+                commands += chunk if chunk else b"stop\n"  # end of input: stop
+                if b"\n" in commands:
+                    line, commands = commands.split(b"\n", 1)
+                    command = line.strip()
+            elif fd in conns:
+                readOne(fd, now)
+        if command == b"start":
+            began = now
+            lostBefore = sum(max(0, c.expectedBy(began) - c.received) for c in conns.values())
+            measuring = True
+        elif command == b"stop":
+            stopped = now
+            break
+    margin = 0.25  # a message due just before "stop" may still be on its way
+    lostAfter = sum(max(0, c.expectedBy(stopped - margin) - c.received) for c in conns.values())
+    print(
+        json.dumps(
+            {
+                "messages": messages,
+                "seconds": stopped - began,
+                "lost": max(0, lostAfter - lostBefore),
+                "closedByServer": closed,
+                "earlierThanAnchor": early,
+                "histogram": histogram.encode().decode("ascii"),
+            }
+        ),
+        flush=True,
+    )
+    for conn in conns.values():
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+        conn.sock.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("connections", type=int)
+    parser.add_argument("interval", type=float)
+    parser.add_argument("--source", help="local address to connect from")
+    args = parser.parse_args()
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    run(args.host, args.port, args.connections, args.interval, args.source)
+
+
+if __name__ == "__main__":
+    main()
