@@ -11,7 +11,8 @@ than L{MAX_LINE} is dropped (and counted), a malformed message is logged
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from typing import Protocol as Structural
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport
@@ -32,8 +33,18 @@ from timerserver.messages import (
     encode,
 )
 
-if TYPE_CHECKING:
-    from timerserver.supervisor import WorkerPoolService
+
+class Pool(Structural):
+    """What a worker tells its pool (L{timerserver.supervisor.WorkerPoolService})."""
+
+    reactor: Any
+
+    def workerLoad(self, worker: WorkerProcess, count: int) -> None:
+        """C{worker} holds C{count} connections now."""
+
+    def workerEnded(self, worker: WorkerProcess, reason: Failure) -> None:
+        """C{worker}'s process ended."""
+
 
 MALFORMED_LOGGED = 10
 """Malformed messages logged per worker; the rest are only counted."""
@@ -52,7 +63,7 @@ class WorkerProcess(ProcessProtocol):
     _log = Logger()
     transport: IProcessTransport  # set by spawnProcess before anything is read
 
-    def __init__(self, pool: WorkerPoolService, number: int) -> None:
+    def __init__(self, pool: Pool, number: int) -> None:
         self.pool = pool
         self.number = number
         self.buffers = {1: b"", 2: b""}
