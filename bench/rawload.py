@@ -40,17 +40,14 @@ class Conn:
         self.received = 0
         """Whole messages received; a partial one is carried in C{pending}."""
 
-    def expectedBy(self, when: float) -> int:
+    def behindBy(self, when: float, interval: float) -> int:
+        """Messages due by C{when} that have not arrived."""
         if self.welcomedAt is None:
             return 0
-        return max(0, int((when - self.welcomedAt) / INTERVAL[0]))
-
-
-INTERVAL = [1.0]
+        return max(0, int((when - self.welcomedAt) / interval) - self.received)
 
 
 def run(host: str, port: int, count: int, interval: float, source: str | None) -> None:
-    INTERVAL[0] = interval
     poll = select.epoll()
     conns: dict[int, Conn] = {}
     connected = failed = closed = early = messages = 0
@@ -152,13 +149,13 @@ def run(host: str, port: int, count: int, interval: float, source: str | None) -
                 readOne(fd, now)
         if command == b"start":
             began = now
-            lostBefore = sum(max(0, c.expectedBy(began) - c.received) for c in conns.values())
+            lostBefore = sum(c.behindBy(began, interval) for c in conns.values())
             measuring = True
         elif command == b"stop":
             stopped = now
             break
     margin = 0.25  # a message due just before "stop" may still be on its way
-    lostAfter = sum(max(0, c.expectedBy(stopped - margin) - c.received) for c in conns.values())
+    lostAfter = sum(c.behindBy(stopped - margin, interval) for c in conns.values())
     print(
         json.dumps(
             {
