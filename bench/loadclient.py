@@ -6,7 +6,8 @@ periodic messages and records how late each arrives against its schedule
 Prints one JSON line with its figures and exits; connections close with RST
 so that no TIME_WAIT is left behind.
 
-    python bench/loadclient.py HOST PORT CONNECTIONS INTERVAL [--ca CAFILE] [--source ADDR]
+    python bench/loadclient.py HOST PORT CONNECTIONS INTERVAL [--ca CAFILE]
+        [--source ADDR[,ADDR...]]
 
 With --ca, every connection is TLS, verified against that CA; with --source,
 connections come from that local address (each loopback address has its own
@@ -16,6 +17,7 @@ connections come from that local address (each loopback address has its own
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import ssl
@@ -85,26 +87,37 @@ class Client(asyncio.Protocol):
 
 
 async def main(
-    host: str, port: int, count: int, interval: float, caFile: str | None, source: str | None
+    host: str, port: int, count: int, interval: float, caFile: str | None, sources: list[str]
 ) -> None:
     stats = Stats()
     tls = ssl.create_default_context(cafile=caFile) if caFile else None
     clients: list[Client] = []
     loop = asyncio.get_running_loop()
+    source = itertools.cycle(sources)
+
+    async def connect() -> tuple[asyncio.BaseTransport, Client]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            if sources:
+                # The port is chosen at connect, by the whole address pair: a
+                # bind that chooses it scans every port bound so far.
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((next(source), 0))
+            await loop.sock_connect(sock, (host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return await loop.create_connection(
+            lambda: Client(stats, interval),
+            sock=sock,
+            ssl=tls,
+            server_hostname="localhost" if tls else None,
+        )
 
     async def connectOne() -> None:
         try:
-            _, client = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: Client(stats, interval),
-                    host,
-                    port,
-                    ssl=tls,
-                    server_hostname="localhost" if tls else None,
-                    local_addr=(source, 0) if source else None,
-                ),
-                30,
-            )
+            _, client = await asyncio.wait_for(connect(), 30)
             clients.append(client)
             stats.connected += 1
         except (OSError, asyncio.TimeoutError):
@@ -155,10 +168,16 @@ if __name__ == "__main__":
     parser.add_argument("connections", type=int)
     parser.add_argument("interval", type=float)
     parser.add_argument("--ca", help="speak TLS, trusting this CA file")
-    parser.add_argument("--source", help="local address to connect from")
+    parser.add_argument(
+        "--source", default="", help="local addresses to connect from, in turn (comma-separated)"
+    )
     a = parser.parse_args()
     import resource
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    asyncio.run(main(a.host, a.port, a.connections, a.interval, a.ca, a.source))
+    asyncio.run(
+        main(
+            a.host, a.port, a.connections, a.interval, a.ca, list(filter(None, a.source.split(",")))
+        )
+    )

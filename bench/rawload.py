@@ -6,7 +6,15 @@ event-loop framework.  At 100,000 messages a second the asyncio client needs
 about a core of its own and falls behind; this one reads each connection's
 bytes with one C{recv} and counts whole messages.  Plain TCP only.
 
-    python bench/rawload.py HOST PORT CONNECTIONS INTERVAL [--source ADDR]
+    python bench/rawload.py HOST PORT CONNECTIONS INTERVAL [--source ADDR[,ADDR...]]
+        [--deadline SECONDS] [--pause SECONDS] [--in-flight N]
+
+Its first line says how many connections were welcomed, how many failed to
+connect, how many the kernel says are connected but were never welcomed
+(C{noWelcome}: the server never accepted them), and how long connecting took.
+Once connected it reads in rounds C{--pause} apart, so that thousands of
+messages a second wake it a hundred times, not thousands: the lateness it
+records includes up to one pause.
 """
 
 from __future__ import annotations
@@ -26,8 +34,12 @@ from hdrh.histogram import HdrHistogram
 WELCOME = b"Welcome to the timer server\r\n"
 MESSAGE = b"Periodic per connection message\r\n"
 LINGER_RST = struct.pack("ii", 1, 0)
-BATCH = 200
-"""Connects in flight at once: each welcome is read as it arrives (it anchors the schedule)."""
+IN_FLIGHT = 20
+"""Connects in flight at once, by default: each welcome is read as it arrives (it
+anchors the schedule).  Fifty processes with 200 each overflowed the servers'
+accept queues on two cores, and SYNs retried for minutes."""
+STUCK = 60.0
+"""Seconds a connect may wait for its welcome before it stops holding a place in flight."""
 
 
 class Conn:
@@ -47,11 +59,30 @@ class Conn:
         return max(0, int((when - self.welcomedAt) / interval) - self.received)
 
 
-def run(host: str, port: int, count: int, interval: float, source: str | None) -> None:
+def isConnected(sock: socket.socket) -> bool:
+    """Whether the kernel has completed this socket's connect."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
+
+
+def run(
+    host: str,
+    port: int,
+    count: int,
+    interval: float,
+    sources: list[str],
+    deadline: float = 1200.0,
+    pause: float = 0.01,
+    inFlight: int = IN_FLIGHT,
+) -> None:
     poll = select.epoll()
     conns: dict[int, Conn] = {}
     connected = failed = closed = early = messages = 0
-    connecting: set[int] = set()
+    connecting: dict[int, float] = {}  # fd: when its connect began
+    stuck: set[int] = set()  # connected no welcome within STUCK seconds
     histogram = HdrHistogram(1, 600_000_000, 3)
     measuring = False
     size = len(MESSAGE)
@@ -97,13 +128,17 @@ def run(host: str, port: int, count: int, interval: float, source: str | None) -
                 histogram.record_value(max(1, int(late * 1e6)))
 
     started = 0
-    deadline = time.monotonic() + 300
-    while (started < count or connecting) and time.monotonic() < deadline:
-        while started < count and len(connecting) < BATCH:
+    connectBegan = time.monotonic()
+    end = connectBegan + deadline
+    while (started < count or connecting) and time.monotonic() < end:
+        while started < count and len(connecting) < inFlight:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
-            if source:
-                sock.bind((source, 0))
+            if sources:
+                # The port is chosen at connect, by the whole address pair: a
+                # bind that chooses it scans every port bound so far.
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((sources[started % len(sources)], 0))
             started += 1
             code = sock.connect_ex((host, port))
             if code not in (0, errno.EINPROGRESS):
@@ -112,21 +147,45 @@ def run(host: str, port: int, count: int, interval: float, source: str | None) -
                 continue
             fd = sock.fileno()
             conns[fd] = Conn(sock)
-            connecting.add(fd)
+            connecting[fd] = time.monotonic()
             poll.register(fd, select.EPOLLIN)
-        for fd, _ in poll.poll(0.05):
+        events = poll.poll(0.05)
+        now = time.monotonic()
+        for fd, _ in events:
             if fd not in conns:
                 continue
-            readOne(fd, time.monotonic())
+            readOne(fd, now)
             conn = conns.get(fd)
-            if fd in connecting and (conn is None or conn.welcomedAt is not None):
-                connecting.discard(fd)
+            if conn is not None and conn.welcomedAt is None:
+                continue
+            if connecting.pop(fd, None) is not None or fd in stuck:
+                stuck.discard(fd)
                 if conn is None:
                     failed += 1
                 else:
                     connected += 1
-    failed += len(connecting) + (count - started)
-    print(json.dumps({"connected": connected, "failed": failed}), flush=True)
+        for fd in [fd for fd, at in connecting.items() if now - at > STUCK]:
+            del connecting[fd]  # it keeps its socket, but no longer a place in flight
+            stuck.add(fd)
+    connectSeconds = time.monotonic() - connectBegan
+    failed += count - started
+    noWelcome = 0
+    for fd in [*connecting, *stuck]:
+        if isConnected(conns[fd].sock):
+            noWelcome += 1
+        else:
+            failed += 1
+    print(
+        json.dumps(
+            {
+                "connected": connected,
+                "failed": failed,
+                "noWelcome": noWelcome,
+                "connectSeconds": connectSeconds,
+            }
+        ),
+        flush=True,
+    )
 
     stdin = sys.stdin.fileno()
     os.set_blocking(stdin, False)
@@ -137,6 +196,8 @@ def run(host: str, port: int, count: int, interval: float, source: str | None) -
     while True:
         events = poll.poll(1.0)
         now = time.monotonic()
+        if pause:
+            time.sleep(pause)  # the next round finds more to read
         command = None
         for fd, _ in events:
             if fd == stdin:
@@ -180,13 +241,33 @@ def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("connections", type=int)
     parser.add_argument("interval", type=float)
-    parser.add_argument("--source", help="local address to connect from")
+    parser.add_argument(
+        "--source",
+        default="",
+        help="local addresses to connect from, in turn (comma-separated): Linux gives "
+        "connect() the even half of its ephemeral ports first, and past those (14,116 "
+        "of 28,232 by default, per source and server address) each connect scans them "
+        "all; keep each source under that",
+    )
+    parser.add_argument(
+        "--deadline", type=float, default=1200.0, help="seconds to connect everyone (1200)"
+    )
+    parser.add_argument(
+        "--pause", type=float, default=0.01, help="seconds between reading rounds (0.01)"
+    )
+    parser.add_argument(
+        "--in-flight", type=int, default=IN_FLIGHT, help=f"connects at once ({IN_FLIGHT})"
+    )
     args = parser.parse_args()
     import resource
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    run(args.host, args.port, args.connections, args.interval, args.source)
+    run(
+        args.host, args.port, args.connections, args.interval,
+        list(filter(None, args.source.split(","))),
+        args.deadline, args.pause, args.in_flight,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

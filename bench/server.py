@@ -30,6 +30,7 @@ from typing import Any
 import psutil
 from hdrh.histogram import HdrHistogram
 
+from bench.kernel import PAGE, counterChange, socketMemory, tcpCounters
 from bench.results import writeResults
 from tests.serverprocess import ServerProcess
 from tests.tlshelpers import Certificates
@@ -60,6 +61,21 @@ SERVERS: dict[str, list[str]] = {
 """Each server's command line; a name with TLS listens on an ssl: endpoint."""
 
 
+PER_SOURCE = 12_000
+"""Connections from one loopback address at most: Linux's connect() scans its
+even ephemeral ports (14,116 of 28,232 by default) before it takes an odd one,
+so past them each connect costs a scan of them all.  At 800,000 connections
+with 15,400 a source, 86 of the 103 kernel stacks sampled outside
+C{epoll_wait} were in C{__inet_hash_connect}, and connecting had slowed to
+about 200 a second."""
+
+
+def sources(client: int, connections: int) -> str:
+    """The loopback addresses load client number C{client} connects from."""
+    count = -(-connections // PER_SOURCE)
+    return ",".join(f"127.0.{1 + k}.{2 + client}" for k in range(count))
+
+
 def startServer(
     name: str, interval: float, certs: Certificates | None, workers: int
 ) -> ServerProcess:
@@ -88,17 +104,15 @@ class ProcessTree:
     def rss(self) -> int:
         return sum(p.memory_info().rss for p in self.processes())
 
-    def connectionsPerWorker(self, port: int) -> list[int]:
-        """Established connections on C{port} held by each worker (or the server)."""
-        workers = self.root.children() or [self.root]
-        return [
-            sum(
-                1
-                for c in w.net_connections(kind="tcp")
-                if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
-            )
-            for w in workers
-        ]
+    def descriptorsPerWorker(self) -> list[int]:
+        """Open descriptors of each worker (or the server): its connections, plus a few."""
+        return [w.num_fds() for w in self.root.children() or [self.root]]
+
+
+def clientCpu(procs: list[subprocess.Popen[str]]) -> float:
+    """CPU seconds the load clients have used so far."""
+    times = [psutil.Process(p.pid).cpu_times() for p in procs]
+    return sum(t.user + t.system for t in times)
 
 
 def measure(
@@ -109,6 +123,7 @@ def measure(
     clients: int,
     workers: int = 1,
     load: str = "asyncio",
+    inFlight: int | None = None,
 ) -> dict[str, Any]:
     certs = Certificates() if "TLS" in name else None
     server = startServer(name, interval, certs, workers)
@@ -117,6 +132,7 @@ def measure(
         proc = ProcessTree(server.pid)
         time.sleep(0.5)
         idleRss = proc.rss()
+        connectCpu0 = proc.cpu()
         share = [connections // clients + (i < connections % clients) for i in range(clients)]
         for n in share:
             procs.append(
@@ -130,28 +146,38 @@ def measure(
                         str(interval),
                         *(["--ca", str(certs.chain)] if certs else []),
                         "--source",
-                        f"127.0.0.{2 + len(procs)}",
+                        sources(len(procs), n),
+                        *(["--in-flight", str(inFlight)] if inFlight else []),
                     ],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     text=True,
                 )
             )
-        connected = failed = 0
+        counters0 = tcpCounters()
+        connected = failed = noWelcome = 0
+        connectSeconds = 0.0
         for p in procs:
             line = p.stdout.readline()  # type: ignore[union-attr]
             status = json.loads(line)
             connected += status["connected"]
             failed += status["failed"]
+            noWelcome += status.get("noWelcome", 0)
+            connectSeconds = max(connectSeconds, status.get("connectSeconds", 0.0))
+        connectCpu = {"server": proc.cpu() - connectCpu0, "clients": clientCpu(procs)}
         time.sleep(2 * interval + 1)  # let every connection reach its steady schedule
         cpu0 = proc.cpu()
+        clients0 = clientCpu(procs)
         for p in procs:
             p.stdin.write("start\n")  # type: ignore[union-attr]
             p.stdin.flush()  # type: ignore[union-attr]
         time.sleep(window)
         cpu1 = proc.cpu()
+        clients1 = clientCpu(procs)
         rss = proc.rss()
-        spread = proc.connectionsPerWorker(server.port)
+        spread = proc.descriptorsPerWorker()
+        sockets = socketMemory()
+        counters1 = tcpCounters()
         for p in procs:
             p.stdin.write("stop\n")  # type: ignore[union-attr]
             p.stdin.flush()  # type: ignore[union-attr]
@@ -170,19 +196,32 @@ def measure(
         return {
             "server": name if workers == 1 else f"{name} x{workers} workers",
             "workers": workers,
-            "connectionsPerWorker": spread,
+            "descriptorsPerWorker": spread,
             "rssBytes": rss,
+            "kernelTcp": sockets,
+            "kernelTcpMemoryBytes": sockets.get("mem", 0) * PAGE,
+            "listenCounters": counterChange(counters0, counters1),
             "connections": connections,
             "connected": connected,
             "failedToConnect": failed,
+            "noWelcome": noWelcome,
+            "connectSeconds": connectSeconds,
+            "connectCpuMicroseconds": {
+                side: seconds / max(connected, 1) * 1e6 for side, seconds in connectCpu.items()
+            },
             "interval": interval,
             "window": window,
             "messages": messages,
             "expectedMessages": expected,
             "lost": lost,
+            # Due in the window less those not arrived by its end (late or skipped).
+            "delivered": expected - lost,
+            "deliveredRatio": (expected - lost) / expected if expected else None,
             "closedByServer": closed,
             "earlierThanAnchor": early,
             "cpuSeconds": cpu,
+            "serverCores": cpu / window,
+            "clientCores": (clients1 - clients0) / window,
             # Per message the server sent in its CPU window: every connection's
             # schedule (lost is 0 when all arrived).  The clients' own count
             # runs over when a busy client reads a backlog inside its window.
@@ -217,6 +256,9 @@ def main() -> None:
         "one epoll, about a third of the CPU; plain TCP only)",
     )
     parser.add_argument(
+        "--in-flight", type=int, help="connects at once in each raw load client (its default: 20)"
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -229,9 +271,11 @@ def main() -> None:
     for run in args.runs.split(","):
         count, interval = int(run.split("x")[0]), float(run.split("x")[1])
         share = count // args.workers
-        for name in args.servers.split(","):
+        for name in filter(None, args.servers.split(",")):
             clients = max(1, -(-share * args.clients // count))
-            results.append(measure(name, share, interval, args.window, clients, 1, args.load))
+            results.append(
+                measure(name, share, interval, args.window, clients, 1, args.load, args.in_flight)
+            )
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
         if args.workers > 1:
             r = measure(
@@ -242,6 +286,7 @@ def main() -> None:
                 args.clients,
                 args.workers,
                 args.load,
+                args.in_flight,
             )
             results.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
@@ -276,8 +321,21 @@ def report(results: list[dict[str, Any]]) -> None:
             f"{r['cpuRatioToOneWorker'] or 0:>7.2f}{r['rssBytesPerConnection']:>8.0f}"
             f"{late['p50']:>8.2f}{late['p99']:>8.2f}{late['max']:>8.2f}"
         )
+        print(
+            f"{'':34}delivered {r['delivered']:,} of {r['expectedMessages']:,} due"
+            f" ({(r['deliveredRatio'] or 0):.1%}); server {r['serverCores']:.2f} cores,"
+            f" clients {r['clientCores']:.2f}; connected in {r['connectSeconds']:.0f} s,"
+            f" {r['noWelcome']} never welcomed, {r['failedToConnect']} failed"
+            f" (CPU per connect: server {r['connectCpuMicroseconds']['server']:.0f} us,"
+            f" clients {r['connectCpuMicroseconds']['clients']:.0f} us);"
+            f" kernel TCP memory {r['kernelTcpMemoryBytes'] / 2**20:.0f} MiB"
+        )
         if r["workers"] > 1:
-            print(f"{'':34}connections per worker: {r['connectionsPerWorker']}")
+            held = [n for n in r["descriptorsPerWorker"] if n > 64]  # not the spare
+            if held:
+                print(f"{'':34}descriptors per worker: {min(held)} to {max(held)}")
+        if any(r["listenCounters"].values()):
+            print(f"{'':34}listen queue: {r['listenCounters']}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 from hdrh.histogram import HdrHistogram
 
+from bench.kernel import counterChange, tcpCounters
 from bench.results import writeResults
 from tests.serverprocess import WELCOME, ServerProcess
 
@@ -140,6 +141,7 @@ def run(
     try:
         serverProcess = psutil.Process(server.pid)
         before = sum(serverProcess.cpu_times()[:2])
+        counters = tcpCounters()
         with multiprocessing.Pool(processes) as pool:
             parts = pool.starmap(
                 _stormProcess,
@@ -147,6 +149,7 @@ def run(
                 * processes,
             )
         serverCpu = sum(serverProcess.cpu_times()[:2]) - before
+        counters = counterChange(counters, tcpCounters())
     finally:
         server.stop(timeout=60)
     histogram = HdrHistogram(1, 600_000_000, 3)
@@ -160,6 +163,9 @@ def run(
         "noWelcome": sum(p["noWelcome"] for p in parts),
         "failedToConnect": sum(p["failedToConnect"] for p in parts),
         "seconds": max(p["seconds"] for p in parts),
+        # Handshakes the kernel completed and then dropped (ListenOverflows),
+        # and those it answered with a SYN cookie it could then not queue.
+        "listenCounters": counters,
         "serverCpuSeconds": round(serverCpu, 2),
         "clientCpuSeconds": round(sum(p["cpu"] for p in parts), 2),
         "welcomeMs": {
@@ -215,6 +221,8 @@ def main() -> None:
             f"{w['p50']:>9.1f}{w['p99']:>9.1f}{w['max']:>9.1f}"
             f"{r['serverCpuSeconds']:>11.2f}s{r['clientCpuSeconds']:>11.2f}s"
         )
+        if any(r["listenCounters"].values()):
+            print(f"{'':16}listen queue: {r['listenCounters']}")
     writeResults(results, args.json)
 
 

@@ -77,7 +77,26 @@ class BenchTests(SynchronousTestCase):
         )  # fmt: skip
         self.assertEqual(len(results), 2)
         for row in results:
-            self.assertEqual((row["connected"], row["failedToConnect"]), (300, 0))
+            self.assertEqual(
+                (row["connected"], row["failedToConnect"], row["noWelcome"]), (300, 0, 0)
+            )
             self.assertGreater(row["messages"], 0)
             self.assertEqual(row["closedByServer"], 0)
             self.assertGreater(row["cpuMicrosecondsPerMessage"], 0)
+            self.assertEqual(row["delivered"], row["expectedMessages"] - row["lost"])
+            self.assertGreater(row["clientCores"], 0)
+            self.assertGreaterEqual(row["kernelTcp"]["inuse"], 600)  # both ends of 300
+            self.assertEqual(set(row["listenCounters"]), {"ListenOverflows", "ListenDrops",
+                "TCPReqQFullDoCookies", "TCPReqQFullDrop", "SyncookiesSent", "SyncookiesRecv",
+                "SyncookiesFailed"})  # fmt: skip
+
+    def test_floor(self) -> None:
+        results: list[Any] = runBench(  # type: ignore[assignment]
+            "bench.floor", "--connections", "10,50", "--messages", "500"
+        )
+        self.assertEqual([row["connections"] for row in results], [10, 50])
+        for row in results:
+            self.assertEqual(row["received"], row["messages"])
+            self.assertGreaterEqual(row["messages"], 500)
+            self.assertGreater(row["sendMicroseconds"], 0)
+            self.assertGreater(row["recvMicroseconds"], 0)
