@@ -10,8 +10,9 @@ bytes with one C{recv} and counts whole messages.  Plain TCP only.
         [--deadline SECONDS] [--pause SECONDS] [--in-flight N]
 
 Its first line says how many connections were welcomed, how many failed to
-connect, how many the kernel says are connected but were never welcomed
-(C{noWelcome}: the server never accepted them), and how long connecting took.
+connect, how many the kernel says are connected but were not welcomed within
+60 s (C{noWelcome}: the server never accepted them), how many connects were
+still in flight at the deadline, and how long connecting took.
 Once connected it reads in rounds C{--pause} apart, so that thousands of
 messages a second wake it a hundred times, not thousands: the lateness it
 records includes up to one pause.
@@ -167,10 +168,14 @@ def run(
         for fd in [fd for fd, at in connecting.items() if now - at > STUCK]:
             del connecting[fd]  # it keeps its socket, but no longer a place in flight
             stuck.add(fd)
-    connectSeconds = time.monotonic() - connectBegan
+    now = time.monotonic()
+    connectSeconds = now - connectBegan
     failed += count - started
+    # At the deadline: connects begun within STUCK seconds are still in
+    # flight; older ones the kernel connected were never welcomed.
+    waiting = sum(1 for at in connecting.values() if now - at <= STUCK)
     noWelcome = 0
-    for fd in [*connecting, *stuck]:
+    for fd in [*(fd for fd, at in connecting.items() if now - at > STUCK), *stuck]:
         if isConnected(conns[fd].sock):
             noWelcome += 1
         else:
@@ -181,6 +186,7 @@ def run(
                 "connected": connected,
                 "failed": failed,
                 "noWelcome": noWelcome,
+                "inFlightAtDeadline": waiting,
                 "connectSeconds": connectSeconds,
             }
         ),

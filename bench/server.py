@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -77,13 +78,15 @@ def sources(client: int, connections: int) -> str:
 
 
 def startServer(
-    name: str, interval: float, certs: Certificates | None, workers: int
+    name: str, interval: float, certs: Certificates | None, workers: int, extra: list[str]
 ) -> ServerProcess:
     spec = SERVERS[name]
     if name == "baseline":
         return ServerProcess(command=[*spec, "--interval", str(interval)])
     port = certs.endpoint() if certs else PORT
-    server = ServerProcess(*spec, "--interval", str(interval), "--workers", str(workers), port=port)
+    server = ServerProcess(
+        *spec, "--interval", str(interval), "--workers", str(workers), *extra, port=port
+    )
     for number in range(1, workers + 1 if workers > 1 else 1):
         server.waitForLine(rf"worker {number}: timerserver listening", 30)
     return server
@@ -124,9 +127,10 @@ def measure(
     workers: int = 1,
     load: str = "asyncio",
     inFlight: int | None = None,
+    extra: list[str] | None = None,
 ) -> dict[str, Any]:
     certs = Certificates() if "TLS" in name else None
-    server = startServer(name, interval, certs, workers)
+    server = startServer(name, interval, certs, workers, extra or [])
     procs: list[subprocess.Popen[str]] = []
     try:
         proc = ProcessTree(server.pid)
@@ -155,7 +159,7 @@ def measure(
                 )
             )
         counters0 = tcpCounters()
-        connected = failed = noWelcome = 0
+        connected = failed = noWelcome = pending = 0
         connectSeconds = 0.0
         for p in procs:
             line = p.stdout.readline()  # type: ignore[union-attr]
@@ -163,6 +167,7 @@ def measure(
             connected += status["connected"]
             failed += status["failed"]
             noWelcome += status.get("noWelcome", 0)
+            pending += status.get("inFlightAtDeadline", 0)
             connectSeconds = max(connectSeconds, status.get("connectSeconds", 0.0))
         connectCpu = {"server": proc.cpu() - connectCpu0, "clients": clientCpu(procs)}
         time.sleep(2 * interval + 1)  # let every connection reach its steady schedule
@@ -205,6 +210,7 @@ def measure(
             "connected": connected,
             "failedToConnect": failed,
             "noWelcome": noWelcome,
+            "inFlightAtDeadline": pending,
             "connectSeconds": connectSeconds,
             "connectCpuMicroseconds": {
                 side: seconds / max(connected, 1) * 1e6 for side, seconds in connectCpu.items()
@@ -226,6 +232,10 @@ def measure(
             # schedule (lost is 0 when all arrived).  The clients' own count
             # runs over when a busy client reads a backlog inside its window.
             "cpuMicrosecondsPerMessage": cpu / expected * 1e6 if expected else None,
+            # When the server cannot keep up it skips messages: per one it sent.
+            "cpuMicrosecondsPerDelivered": cpu / (expected - lost) * 1e6
+            if expected > lost
+            else None,
             "rssBytesPerConnection": (rss - idleRss) / max(connected, 1),
             "idleRssBytes": idleRss,
             "latenessMs": {
@@ -259,6 +269,11 @@ def main() -> None:
         "--in-flight", type=int, help="connects at once in each raw load client (its default: 20)"
     )
     parser.add_argument(
+        "--server-args",
+        default="",
+        help="more options for every timerserver (not the baseline), e.g. '--granularity 0.05'",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -267,6 +282,7 @@ def main() -> None:
     )
     parser.add_argument("--json", default="bench/results/server.json")
     args = parser.parse_args()
+    extra = shlex.split(args.server_args)
     results = []
     for run in args.runs.split(","):
         count, interval = int(run.split("x")[0]), float(run.split("x")[1])
@@ -274,7 +290,17 @@ def main() -> None:
         for name in filter(None, args.servers.split(",")):
             clients = max(1, -(-share * args.clients // count))
             results.append(
-                measure(name, share, interval, args.window, clients, 1, args.load, args.in_flight)
+                measure(
+                    name,
+                    share,
+                    interval,
+                    args.window,
+                    clients,
+                    1,
+                    args.load,
+                    args.in_flight,
+                    extra,
+                )
             )
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
         if args.workers > 1:
@@ -287,6 +313,7 @@ def main() -> None:
                 args.workers,
                 args.load,
                 args.in_flight,
+                extra,
             )
             results.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
@@ -323,9 +350,11 @@ def report(results: list[dict[str, Any]]) -> None:
         )
         print(
             f"{'':34}delivered {r['delivered']:,} of {r['expectedMessages']:,} due"
-            f" ({(r['deliveredRatio'] or 0):.1%}); server {r['serverCores']:.2f} cores,"
+            f" ({(r['deliveredRatio'] or 0):.1%}), {r['cpuMicrosecondsPerDelivered'] or 0:.2f} us"
+            f" each; server {r['serverCores']:.2f} cores,"
             f" clients {r['clientCores']:.2f}; connected in {r['connectSeconds']:.0f} s,"
-            f" {r['noWelcome']} never welcomed, {r['failedToConnect']} failed"
+            f" {r['noWelcome']} never welcomed, {r['failedToConnect']} failed,"
+            f" {r['inFlightAtDeadline']} in flight at the deadline"
             f" (CPU per connect: server {r['connectCpuMicroseconds']['server']:.0f} us,"
             f" clients {r['connectCpuMicroseconds']['clients']:.0f} us);"
             f" kernel TCP memory {r['kernelTcpMemoryBytes'] / 2**20:.0f} MiB"

@@ -73,7 +73,8 @@ class BenchTests(SynchronousTestCase):
     def test_serverWithTheRawLoad(self) -> None:
         results: list[Any] = runBench(  # type: ignore[assignment]
             "bench.server", "--runs", "300x0.2", "--servers", "baseline,timerserver (wheel)",
-            "--load", "raw", "--window", "1",
+            "--load", "raw", "--window", "1", "--in-flight", "5",
+            "--server-args", "--granularity 0.05",
         )  # fmt: skip
         self.assertEqual(len(results), 2)
         for row in results:
@@ -89,6 +90,19 @@ class BenchTests(SynchronousTestCase):
             self.assertEqual(set(row["listenCounters"]), {"ListenOverflows", "ListenDrops",
                 "TCPReqQFullDoCookies", "TCPReqQFullDrop", "SyncookiesSent", "SyncookiesRecv",
                 "SyncookiesFailed"})  # fmt: skip
+
+    def test_serverWithWorkersOnly(self) -> None:
+        # The README's million-connection command, small: only the --workers server.
+        [row] = runBench(  # type: ignore[misc]
+            "bench.server", "--runs", "400x0.2", "--workers", "2", "--clients", "2",
+            "--servers", "", "--load", "raw", "--window", "1",
+        )  # fmt: skip
+        self.assertEqual(row["workers"], 2)
+        self.assertEqual(
+            (row["connected"], row["noWelcome"], row["inFlightAtDeadline"]), (400, 0, 0)
+        )
+        self.assertEqual(sum(n > 64 for n in row["descriptorsPerWorker"]), 2)  # both hold some
+        self.assertGreater(row["delivered"], 0)
 
     def test_floor(self) -> None:
         results: list[Any] = runBench(  # type: ignore[assignment]
