@@ -332,7 +332,7 @@ def report(results: list[dict[str, Any]]) -> None:
         return None
 
     print(
-        f"\n{'server':34}{'conns':>7}{'intvl':>6}{'msgs':>9}{'lost':>6}{'us/msg':>8}"
+        f"\n{'server':34}{'conns':>8}{'intvl':>6}{'msgs':>10}{'lost':>9}{'us/msg':>8}"
         f"{'/base':>7}{'/1 wkr':>7}{'B/conn':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
     )
     for r in results:
@@ -343,8 +343,8 @@ def report(results: list[dict[str, Any]]) -> None:
         r["cpuRatioToOneWorker"] = mine / single if single and r["workers"] > 1 else None
         late = r["latenessMs"]
         print(
-            f"{r['server']:34}{r['connected']:>7}{r['interval']:>6}{r['messages']:>9}"
-            f"{r['lost']:>6}{mine:>8.2f}{r['cpuRatioToBaseline'] or 0:>7.2f}"
+            f"{r['server']:34}{r['connected']:>8}{r['interval']:>6}{r['messages']:>10}"
+            f"{r['lost']:>9}{mine:>8.2f}{r['cpuRatioToBaseline'] or 0:>7.2f}"
             f"{r['cpuRatioToOneWorker'] or 0:>7.2f}{r['rssBytesPerConnection']:>8.0f}"
             f"{late['p50']:>8.2f}{late['p99']:>8.2f}{late['max']:>8.2f}"
         )
