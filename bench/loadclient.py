@@ -30,6 +30,8 @@ from hdrh.histogram import HdrHistogram
 WELCOME = b"Welcome to the timer server\r\n"
 MESSAGE = b"Periodic per connection message\r\n"
 LINGER_RST = struct.pack("ii", 1, 0)
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+"""Linux's option (its value 24); Python names it from 3.12."""
 
 
 class Stats:
@@ -102,7 +104,7 @@ async def main(
             if sources:
                 # The port is chosen at connect, by the whole address pair: a
                 # bind that chooses it scans every port bound so far.
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                 sock.bind((next(source), 0))
             await loop.sock_connect(sock, (host, port))
         except BaseException:
