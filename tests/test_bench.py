@@ -72,7 +72,7 @@ class BenchTests(SynchronousTestCase):
 
     def test_serverWithTheRawLoad(self) -> None:
         results: list[Any] = runBench(  # type: ignore[assignment]
-            "bench.server", "--runs", "300x0.2", "--servers", "baseline,timerserver (wheel)",
+            "bench.server", "--runs", "300x0.05", "--servers", "baseline,timerserver (wheel)",
             "--load", "raw", "--window", "1", "--in-flight", "5",
             "--server-args", "--granularity 0.05",
         )  # fmt: skip
