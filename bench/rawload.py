@@ -12,7 +12,8 @@ bytes with one C{recv} and counts whole messages.  Plain TCP only.
 Its first line says how many connections were welcomed, how many failed to
 connect, how many the kernel says are connected but were not welcomed within
 60 s (C{noWelcome}: the server never accepted them), how many connects were
-still in flight at the deadline, and how long connecting took.
+still in flight at the deadline, how many were never begun before it
+(C{notStarted}), and how long connecting took.
 Once connected it reads in rounds C{--pause} apart, so that thousands of
 messages a second wake it a hundred times, not thousands: the lateness it
 records includes up to one pause.
@@ -172,7 +173,7 @@ def run(
             stuck.add(fd)
     now = time.monotonic()
     connectSeconds = now - connectBegan
-    failed += count - started
+    notStarted = count - started
     # At the deadline: connects begun within STUCK seconds are still in
     # flight; older ones the kernel connected were never welcomed.
     waiting = sum(1 for at in connecting.values() if now - at <= STUCK)
@@ -189,6 +190,7 @@ def run(
                 "failed": failed,
                 "noWelcome": noWelcome,
                 "inFlightAtDeadline": waiting,
+                "notStarted": notStarted,
                 "connectSeconds": connectSeconds,
             }
         ),

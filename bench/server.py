@@ -159,7 +159,7 @@ def measure(
                 )
             )
         counters0 = tcpCounters()
-        connected = failed = noWelcome = pending = 0
+        connected = failed = noWelcome = pending = notStarted = 0
         connectSeconds = 0.0
         for p in procs:
             line = p.stdout.readline()  # type: ignore[union-attr]
@@ -168,6 +168,7 @@ def measure(
             failed += status["failed"]
             noWelcome += status.get("noWelcome", 0)
             pending += status.get("inFlightAtDeadline", 0)
+            notStarted += status.get("notStarted", 0)
             connectSeconds = max(connectSeconds, status.get("connectSeconds", 0.0))
         connectCpu = {"server": proc.cpu() - connectCpu0, "clients": clientCpu(procs)}
         time.sleep(2 * interval + 1)  # let every connection reach its steady schedule
@@ -211,6 +212,7 @@ def measure(
             "failedToConnect": failed,
             "noWelcome": noWelcome,
             "inFlightAtDeadline": pending,
+            "notStarted": notStarted,
             "connectSeconds": connectSeconds,
             "connectCpuMicroseconds": {
                 side: seconds / max(connected, 1) * 1e6 for side, seconds in connectCpu.items()
@@ -354,7 +356,8 @@ def report(results: list[dict[str, Any]]) -> None:
             f" each; server {r['serverCores']:.2f} cores,"
             f" clients {r['clientCores']:.2f}; connected in {r['connectSeconds']:.0f} s,"
             f" {r['noWelcome']} never welcomed, {r['failedToConnect']} failed,"
-            f" {r['inFlightAtDeadline']} in flight at the deadline"
+            f" {r['inFlightAtDeadline']} in flight at the deadline,"
+            f" {r['notStarted']} not begun by it"
             f" (CPU per connect: server {r['connectCpuMicroseconds']['server']:.0f} us,"
             f" clients {r['connectCpuMicroseconds']['clients']:.0f} us);"
             f" kernel TCP memory {r['kernelTcpMemoryBytes'] / 2**20:.0f} MiB"

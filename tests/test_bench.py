@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -99,10 +100,29 @@ class BenchTests(SynchronousTestCase):
         )  # fmt: skip
         self.assertEqual(row["workers"], 2)
         self.assertEqual(
-            (row["connected"], row["noWelcome"], row["inFlightAtDeadline"]), (400, 0, 0)
+            (row["connected"], row["noWelcome"], row["inFlightAtDeadline"], row["notStarted"]),
+            (400, 0, 0, 0),
         )
         self.assertEqual(sum(n > 64 for n in row["descriptorsPerWorker"]), 2)  # both hold some
         self.assertGreater(row["delivered"], 0)
+
+    def test_rawLoadAtItsDeadline(self) -> None:
+        # A port that never accepts: the kernel completes 3 connects, which
+        # are still in flight (no welcome) at the deadline; 47 were never begun.
+        listener = socket.create_server(("127.0.0.1", 0), backlog=100)
+        self.addCleanup(listener.close)
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "rawload.py"), "127.0.0.1",
+             str(listener.getsockname()[1]), "50", "1", "--deadline", "0.5", "--in-flight", "3"],
+            capture_output=True, text=True, timeout=60, input="stop\n", check=True,
+        )  # fmt: skip
+        first = json.loads(done.stdout.splitlines()[0])
+        self.assertEqual(
+            {k: first[k] for k in ("connected", "failed", "noWelcome", "inFlightAtDeadline")},
+            {"connected": 0, "failed": 0, "noWelcome": 0, "inFlightAtDeadline": 3},
+        )
+        self.assertEqual(first["notStarted"], 47)
+        self.assertGreaterEqual(first["connectSeconds"], 0.5)
 
     def test_floor(self) -> None:
         results: list[Any] = runBench(  # type: ignore[assignment]

@@ -133,6 +133,9 @@ class SnapshotTests(SynchronousTestCase):
         self.assertEqual(total["refused"], {"full": 3, "peer": 0})
         self.assertEqual(total["lateness_counts"], [5, 4])
         self.assertEqual(total["lateness_bounds"], [0.01])
+        # The tick is a setting, the same everywhere: not summed.
+        ticks = [{**one, "granularity": 0.05}, {**two, "granularity": 0.05}, {"granularity": 0.0}]
+        self.assertEqual(combine(ticks)["granularity"], 0.05)
         self.assertEqual(total["process"]["process_cpu_seconds_total"], 4.5)
         self.assertEqual(total["process"]["process_resident_memory_bytes"], 200)
 
@@ -196,6 +199,7 @@ class ScrapeTests(TestCase):
         self.assertEqual(v[("timerserver_echo_bytes_total", ())], 5)
         self.assertEqual(v[("timerserver_connections_open", ())], 0)
         self.assertEqual(v[("timerserver_timers_pending", ())], 0)
+        self.assertEqual(v[("timerserver_timer_granularity_seconds", ())], 0.01)
         periodic = v[("timerserver_periodic_messages_total", ())]
         self.assertGreaterEqual(periodic, 12)  # 3 connections, 1 s or more, 0.2 s apart
         lateness = v[("timerserver_periodic_lateness_seconds_count", ())]
@@ -230,6 +234,7 @@ class ScrapeTests(TestCase):
         self.assertEqual(v[("timerserver_connections_open", ())], 40)
         self.assertEqual(v[("timerserver_connections_accepted_total", ())], 40)
         self.assertEqual(v[("timerserver_timers_pending", ())], 40)
+        self.assertEqual(v[("timerserver_timer_granularity_seconds", ())], 0.01)  # not summed
         per = {
             labels[0][1] for name, labels in v if name == "timerserver_process_cpu_seconds_total"
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application.service import IService
@@ -11,9 +12,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.serverprocess import runTwistd
 from timerserver import ReactorTimerQueue, TimerWheel
-from timerserver.config import DEFAULT_MESSAGE, DEFAULT_WELCOME
+from timerserver.config import DEFAULT_MESSAGE, DEFAULT_WELCOME, defaultGranularity
 from timerserver.service import TimerServerService
-from timerserver.tap import Options, makeService
+from timerserver.tap import MAX_WORKERS, Options, makeService
 
 
 def parse(*args: str) -> Options:
@@ -43,6 +44,28 @@ class OptionsTests(SynchronousTestCase):
 
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.assertEqual(o.config.maxConnections, limit - 64)
+
+    def test_granularityFollowsWorkersPerCore(self) -> None:
+        # Up to 5 workers a core keep the 10 ms tick; more make it coarser, so
+        # that all the wheels together wake a core at most 500 times a second.
+        self.assertEqual(defaultGranularity(1, 2), 0.01)
+        self.assertEqual(defaultGranularity(10, 2), 0.01)
+        self.assertEqual(defaultGranularity(11, 2), 0.011)
+        self.assertEqual(defaultGranularity(52, 2), 0.052)
+        self.assertEqual(defaultGranularity(52, 0), 0.104)  # no cores known: one
+        cores = len(os.sched_getaffinity(0))
+        workers = min(MAX_WORKERS, 12 * cores)
+        self.assertEqual(
+            parse("--workers", str(workers)).config.granularity,
+            round(workers / (500 * cores), 3),
+        )
+        if workers > 5 * cores:  # not on a machine of over 12 cores (MAX_WORKERS)
+            self.assertGreater(parse("--workers", str(workers)).config.granularity, 0.01)
+        self.assertEqual(parse("--workers", "auto").config.granularity, 0.01)
+        # Given, it wins.
+        self.assertEqual(
+            parse("--workers", str(workers), "--granularity", "0.002").config.granularity, 0.002
+        )
 
     def test_everyOption(self) -> None:
         o = parse(

@@ -59,6 +59,8 @@ PROCESS_SUMS = (
     "process_open_fds",
 )
 GAUGES = ("connections_open", "timers_pending")
+_SETTINGS = ("lateness_bounds", "granularity")
+"""Snapshot fields that are the same in every process: not summed."""
 """Snapshot fields that are not counters: a dead worker's count as 0."""
 
 Snapshot = dict[str, Any]
@@ -66,7 +68,7 @@ EMPTY: Snapshot = {
     "connections_open": 0, "accepted": 0, "refused": {}, "closed": {}, "periodic": 0,
     "skipped": 0, "echo_bytes": 0, "lateness_bounds": [], "lateness_counts": [],
     "lateness_sum": 0.0, "timers_pending": 0, "operations": {}, "process": {},
-    "log_lines_dropped": 0,
+    "log_lines_dropped": 0, "granularity": 0.0,
 }  # fmt: skip
 """What a scrape shows when no process has answered yet (all workers restarting)."""
 Source = Callable[[], defer.Deferred[tuple[Snapshot, dict[str, dict[str, float]]]]]
@@ -102,6 +104,7 @@ def snapshot(
         "lateness_counts": list(lateness.counts) if lateness else [],
         "lateness_sum": lateness.total if lateness else 0.0,
         "timers_pending": counters.pending,
+        "granularity": getattr(factory.queue, "granularity", 0.0),
         "operations": {op: getattr(counters, name) for op, name in OPERATIONS.items()},
         "process": processFigures(),
     }
@@ -129,7 +132,8 @@ def combine(snapshots: list[Snapshot]) -> Snapshot:
 
     total: Snapshot = {}
     for one in snapshots:
-        total = add(total, {k: v for k, v in one.items() if k != "lateness_bounds"})
+        total = add(total, {k: v for k, v in one.items() if k not in _SETTINGS})
+    total["granularity"] = max((one.get("granularity", 0.0) for one in snapshots), default=0.0)
     total["lateness_bounds"] = next(
         (one["lateness_bounds"] for one in snapshots if one.get("lateness_bounds")), []
     )
@@ -184,6 +188,11 @@ class SnapshotCollector:
             sum_value=t["lateness_sum"],
         )
         yield GaugeMetricFamily("timerserver_timers_pending", "Timers set.", t["timers_pending"])
+        yield GaugeMetricFamily(
+            "timerserver_timer_granularity_seconds",
+            "The timer wheel's tick: how late a timer may fire by design (0: no wheel).",
+            t["granularity"],
+        )
         yield labelled("timer_operations", "Timer queue operations.", "operation", t["operations"])
         process = t.get("process", {})
         for name in PROCESS_SUMS:

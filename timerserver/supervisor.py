@@ -108,10 +108,13 @@ class WorkerPoolService(Service):
         Service.privilegedStartService(self)
         self.sockets.listen()
         self._log.info(
-            "timerserver listening on {address} with {count} workers ({how})",
+            "timerserver listening on {address} with {count} workers ({how}), "
+            "timer queue {queue}{tick}",
             address=self.sockets.address,
             count=self.count,
             how="a socket each" if self.sockets.perWorker else "one shared socket",
+            queue=self.config.queue,
+            tick=f", tick {self.config.granularity:g} s" if self.config.queue == "wheel" else "",
         )
 
     def startService(self) -> None:
@@ -265,7 +268,12 @@ class WorkerPoolService(Service):
             if figures is not None:
                 processes[str(number)] = figures.get("process", {})
                 live.append(figures)
-        mine = {"process": master, "log_lines_dropped": dropped}
+        wheel = self.config.queue == "wheel"
+        mine = {
+            "process": master,
+            "log_lines_dropped": dropped,
+            "granularity": self.config.granularity if wheel else 0.0,
+        }
         total = combine([*live, self.retired, mine])
         total["workers_up"] = up
         return total, processes

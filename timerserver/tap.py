@@ -29,7 +29,9 @@ from timerserver.config import (
     DEFAULT_WELCOME,
     FILE_RESERVE,
     QUEUES,
+    WAKES_PER_CORE,
     ServerConfig,
+    defaultGranularity,
 )
 from timerserver.listener import DEFAULT_BACKLOG, DEFAULT_PROXY_FROM, MAX_BACKLOG, Listener
 
@@ -144,7 +146,13 @@ class Options(usage.Options):
         ["welcome", None, escape(DEFAULT_WELCOME), "Welcome text (\\r \\n \\t \\\\)."],
         ["message", "m", escape(DEFAULT_MESSAGE), "Periodic text (\\r \\n \\t \\\\)."],
         ["timer-queue", None, "wheel", f"Timer queue: {' or '.join(QUEUES)}."],
-        ["granularity", None, None, f"Wheel tick in seconds (default {DEFAULT_GRANULARITY})."],
+        [
+            "granularity",
+            None,
+            None,
+            f"Wheel tick in seconds (default {DEFAULT_GRANULARITY}, or workers / "
+            f"({WAKES_PER_CORE} x cores) if larger).",
+        ],
         ["stall-timeout", None, str(DEFAULT_STALL_TIMEOUT), "Seconds a client may not read."],
         ["max-buffer", None, str(DEFAULT_MAX_BUFFER), "Bytes queued for a non-reading client."],
         ["idle-timeout", None, "0", "Seconds without client data before closing; 0: never."],
@@ -195,7 +203,8 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--timer-queue: must be one of {', '.join(QUEUES)}, not {self['timer-queue']!r}"
             )
-        granularity = DEFAULT_GRANULARITY
+        workers = workerCount(self["workers"])
+        granularity = defaultGranularity(workers, len(os.sched_getaffinity(0)))
         if self["granularity"] is not None:
             if self["timer-queue"] != "wheel":
                 raise usage.UsageError("--granularity: only applies to --timer-queue wheel")
@@ -206,7 +215,6 @@ class Options(usage.Options):
             else wholeNumber(self["max-connections"], "max-connections", 1)
         )
         backlog = wholeNumber(self["backlog"], "backlog", 1, MAX_BACKLOG)
-        workers = workerCount(self["workers"])
         self.config = ServerConfig(
             listener=Listener.parse(self["port"], backlog, self["proxy-from"]),
             interval=seconds(self["interval"], "interval"),
