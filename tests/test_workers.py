@@ -26,6 +26,7 @@ from tests.serverprocess import (
     recvUntilClosed,
     runTwistd,
 )
+from timerserver.config import defaultGranularity
 
 
 def raiseFileLimit() -> None:
@@ -295,6 +296,20 @@ class WorkerEndpointTests(WorkerCase):
             sock = socket.create_connection(("::1", server.port), timeout=5)
             self.addCleanup(sock.close)
             self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+
+    def test_theTickFollowsTheWorkersPerCore(self) -> None:
+        # 12 workers: a 12 ms tick on 2 cores (over 5 workers a core), in
+        # every worker's wheel and in the master's line.
+        server = ServerProcess("--workers", "12", "--interval", "5")
+        self.addCleanup(self.stopAll, server)
+        for number in range(1, 13):
+            server.waitForLine(rf"worker {number}: timerserver listening", 30)
+        tick = defaultGranularity(12, len(os.sched_getaffinity(0)))
+        self.assertRegex(server.output, rf"with 12 workers .*, timer queue wheel, tick {tick:g} s")
+        self.assertEqual(len(re.findall(rf"granularity={tick}\b", server.output)), 12)
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        self.addCleanup(sock.close)
+        self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
 
     def test_tls(self) -> None:
         from tests.tlshelpers import Certificates
