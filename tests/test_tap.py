@@ -53,6 +53,10 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(defaultGranularity(11, 2), 0.011)
         self.assertEqual(defaultGranularity(52, 2), 0.052)
         self.assertEqual(defaultGranularity(52, 0), 0.104)  # no cores known: one
+        # Never coarser than a tenth of the interval (skips start at two intervals late).
+        self.assertEqual(defaultGranularity(52, 2, interval=0.2), 0.02)
+        self.assertEqual(defaultGranularity(52, 2, interval=0.05), 0.01)
+        self.assertEqual(defaultGranularity(52, 2, interval=30), 0.052)
         cores = len(os.sched_getaffinity(0))
         workers = min(MAX_WORKERS, 12 * cores)
         self.assertEqual(
@@ -62,6 +66,9 @@ class OptionsTests(SynchronousTestCase):
         if workers > 5 * cores:  # not on a machine of over 12 cores (MAX_WORKERS)
             self.assertGreater(parse("--workers", str(workers)).config.granularity, 0.01)
         self.assertEqual(parse("--workers", "auto").config.granularity, 0.01)
+        self.assertEqual(
+            parse("--workers", str(workers), "--interval", "0.05").config.granularity, 0.01
+        )
         # Given, it wins.
         self.assertEqual(
             parse("--workers", str(workers), "--granularity", "0.002").config.granularity, 0.002

@@ -41,13 +41,17 @@ logs and the refusals themselves."""
 QUEUES = ("wheel", "reactor")
 
 
-def defaultGranularity(workers: int, cores: int) -> float:
+def defaultGranularity(workers: int, cores: int, interval: float = DEFAULT_INTERVAL) -> float:
     """
     The wheel's tick when C{--granularity} is not given: L{DEFAULT_GRANULARITY},
     or coarser (to the millisecond) when C{workers} ticking that often would
-    wake each of C{cores} more than L{WAKES_PER_CORE} times a second.
+    wake each of C{cores} more than L{WAKES_PER_CORE} times a second; never
+    coarser than a tenth of the periodic C{interval}, so that a tick's
+    lateness stays well short of the two intervals at which messages are
+    skipped.
     """
-    return max(DEFAULT_GRANULARITY, round(workers / (max(1, cores) * WAKES_PER_CORE), 3))
+    coarse = min(workers / (max(1, cores) * WAKES_PER_CORE), interval / 10)
+    return max(DEFAULT_GRANULARITY, round(coarse, 3))
 
 
 _BYTES_FIELDS = ("welcome", "message", "idleMessage", "goodbye")

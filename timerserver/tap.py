@@ -151,7 +151,7 @@ class Options(usage.Options):
             None,
             None,
             f"Wheel tick in seconds (default {DEFAULT_GRANULARITY}, or workers / "
-            f"({WAKES_PER_CORE} x cores) if larger).",
+            f"({WAKES_PER_CORE} x cores) if larger, up to interval / 10).",
         ],
         ["stall-timeout", None, str(DEFAULT_STALL_TIMEOUT), "Seconds a client may not read."],
         ["max-buffer", None, str(DEFAULT_MAX_BUFFER), "Bytes queued for a non-reading client."],
@@ -204,7 +204,8 @@ class Options(usage.Options):
                 f"--timer-queue: must be one of {', '.join(QUEUES)}, not {self['timer-queue']!r}"
             )
         workers = workerCount(self["workers"])
-        granularity = defaultGranularity(workers, len(os.sched_getaffinity(0)))
+        interval = seconds(self["interval"], "interval")
+        granularity = defaultGranularity(workers, len(os.sched_getaffinity(0)), interval)
         if self["granularity"] is not None:
             if self["timer-queue"] != "wheel":
                 raise usage.UsageError("--granularity: only applies to --timer-queue wheel")
@@ -217,7 +218,7 @@ class Options(usage.Options):
         backlog = wholeNumber(self["backlog"], "backlog", 1, MAX_BACKLOG)
         self.config = ServerConfig(
             listener=Listener.parse(self["port"], backlog, self["proxy-from"]),
-            interval=seconds(self["interval"], "interval"),
+            interval=interval,
             welcome=b"" if self["no-welcome"] else unescape(self["welcome"], "welcome"),
             message=unescape(self["message"], "message"),
             queue=self["timer-queue"],
