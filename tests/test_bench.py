@@ -75,7 +75,7 @@ class BenchTests(SynchronousTestCase):
         results: list[Any] = runBench(  # type: ignore[assignment]
             "bench.server", "--runs", "300x0.05", "--servers", "baseline,timerserver (wheel)",
             "--load", "raw", "--window", "1", "--in-flight", "5",
-            "--server-args", "--granularity 0.05",
+            "--server-args", "--granularity 0.005",
         )  # fmt: skip
         self.assertEqual(len(results), 2)
         for row in results:

@@ -209,6 +209,12 @@ class ScrapeTests(TestCase):
         self.assertIn(("timerserver_process_cpu_seconds_total", (("process", "0"),)), v)
 
     @defer.inlineCallbacks
+    def test_theReactorQueueHasNoTick(self) -> Generator[Any, Any, None]:
+        server = self.start("--timer-queue", "reactor")
+        v = yield self.scrape(scrapeLine(server))
+        self.assertEqual(v[("timerserver_timer_granularity_seconds", ())], 0)
+
+    @defer.inlineCallbacks
     def test_stalledClientAndSkips(self) -> Generator[Any, Any, None]:
         big = "x" * 20000 + "\\r\\n"
         server = self.start("--interval", "0.01", "--message", big, "--stall-timeout", "1")

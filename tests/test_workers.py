@@ -11,6 +11,7 @@ import resource
 import signal
 import socket
 import time
+import urllib.request
 from collections.abc import Callable
 
 import psutil
@@ -300,8 +301,11 @@ class WorkerEndpointTests(WorkerCase):
     def test_theTickFollowsTheWorkersPerCore(self) -> None:
         # 12 workers: a 12 ms tick on 2 cores (over 5 workers a core), in
         # every worker's wheel and in the master's line.
-        server = ServerProcess("--workers", "12", "--interval", "5")
+        server = ServerProcess(
+            "--workers", "12", "--interval", "5", "--metrics", "tcp:0:interface=127.0.0.1"
+        )
         self.addCleanup(self.stopAll, server)
+        metrics = server.waitForLine(r"metrics on .*port=(\d+)", 20).group(1)
         for number in range(1, 13):
             server.waitForLine(rf"worker {number}: timerserver listening", 30)
         tick = defaultGranularity(12, len(os.sched_getaffinity(0)))
@@ -310,6 +314,9 @@ class WorkerEndpointTests(WorkerCase):
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         self.addCleanup(sock.close)
         self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as r:
+            scrape = r.read().decode()
+        self.assertIn(f"\ntimerserver_timer_granularity_seconds {tick}\n", scrape)
 
     def test_tls(self) -> None:
         from tests.tlshelpers import Certificates

@@ -45,10 +45,10 @@ def defaultGranularity(workers: int, cores: int, interval: float = DEFAULT_INTER
     """
     The wheel's tick when C{--granularity} is not given: L{DEFAULT_GRANULARITY},
     or coarser (to the millisecond) when C{workers} ticking that often would
-    wake each of C{cores} more than L{WAKES_PER_CORE} times a second; never
-    coarser than a tenth of the periodic C{interval}, so that a tick's
-    lateness stays well short of the two intervals at which messages are
-    skipped.
+    wake each of C{cores} more than L{WAKES_PER_CORE} times a second; but
+    not coarser than a tenth of the periodic C{interval} (to the millisecond)
+    unless that is under the default, so that a tick's lateness stays well
+    short of the two intervals at which messages are skipped.
     """
     coarse = min(workers / (max(1, cores) * WAKES_PER_CORE), interval / 10)
     return max(DEFAULT_GRANULARITY, round(coarse, 3))

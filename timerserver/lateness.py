@@ -10,9 +10,10 @@ from bisect import bisect_left
 
 DEFAULT_BUCKETS = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025,
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-"""Upper bounds in seconds: fine around the wheel's 10 ms granularity."""
+"""Upper bounds in seconds: fine around the wheel's 10 ms tick, and around
+twice the coarser ticks many workers get (the lateness alert's threshold)."""
 
 
 class LatenessHistogram:

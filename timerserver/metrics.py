@@ -59,9 +59,9 @@ PROCESS_SUMS = (
     "process_open_fds",
 )
 GAUGES = ("connections_open", "timers_pending")
+"""Snapshot fields that are not counters: a dead worker's count as 0."""
 _SETTINGS = ("lateness_bounds", "granularity")
 """Snapshot fields that are the same in every process: not summed."""
-"""Snapshot fields that are not counters: a dead worker's count as 0."""
 
 Snapshot = dict[str, Any]
 EMPTY: Snapshot = {

@@ -100,10 +100,17 @@ def wholeNumber(value: str, option: str, minimum: int, maximum: int = MAX_COUNT)
     return number
 
 
+def usableCores() -> int:
+    """The cores this process may run on (all of them where affinity is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def workerCount(value: str) -> int:
     """Parse C{--workers}: a whole number from 1 to L{MAX_WORKERS}, or C{auto}."""
     if value == "auto":
-        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+        return max(1, min(MAX_WORKERS, usableCores()))
     return wholeNumber(value, "workers", 1, MAX_WORKERS)
 
 
@@ -205,7 +212,7 @@ class Options(usage.Options):
             )
         workers = workerCount(self["workers"])
         interval = seconds(self["interval"], "interval")
-        granularity = defaultGranularity(workers, len(os.sched_getaffinity(0)), interval)
+        granularity = defaultGranularity(workers, usableCores(), interval)
         if self["granularity"] is not None:
             if self["timer-queue"] != "wheel":
                 raise usage.UsageError("--granularity: only applies to --timer-queue wheel")
