@@ -49,6 +49,8 @@ SERVERS: dict[str, list[str]] = {
         "--port",
         BASE,
     ],
+    "asyncio": [sys.executable, str(ROOT / "bench" / "asyncio_server.py"), "--loop", "asyncio"],
+    "uvloop": [sys.executable, str(ROOT / "bench" / "asyncio_server.py"), "--loop", "uvloop"],
     "timerserver (wheel)": ["--timer-queue", "wheel"],
     "timerserver (reactor)": ["--timer-queue", "reactor"],
     "timerserver TLS (wheel)": ["--timer-queue", "wheel"],
@@ -60,6 +62,8 @@ SERVERS: dict[str, list[str]] = {
     ],
 }
 """Each server's command line; a name with TLS listens on an ssl: endpoint."""
+FOREIGN = ("baseline", "asyncio", "uvloop")
+"""The servers that are not C{twistd timerserver}: whole command lines."""
 
 
 PER_SOURCE = 12_000
@@ -81,7 +85,7 @@ def startServer(
     name: str, interval: float, certs: Certificates | None, workers: int, extra: list[str]
 ) -> ServerProcess:
     spec = SERVERS[name]
-    if name == "baseline":
+    if name in FOREIGN:
         return ServerProcess(command=[*spec, "--interval", str(interval)])
     port = certs.endpoint() if certs else PORT
     server = ServerProcess(
@@ -257,7 +261,9 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--runs", default="10000x0.5,19000x2")
-    parser.add_argument("--servers", default="baseline,timerserver (wheel),timerserver (reactor)")
+    parser.add_argument(
+        "--servers", default="baseline,uvloop,timerserver (wheel),timerserver (reactor)"
+    )
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=2, help="load client processes")
     parser.add_argument(

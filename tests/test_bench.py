@@ -73,11 +73,15 @@ class BenchTests(SynchronousTestCase):
 
     def test_serverWithTheRawLoad(self) -> None:
         results: list[Any] = runBench(  # type: ignore[assignment]
-            "bench.server", "--runs", "300x0.05", "--servers", "baseline,timerserver (wheel)",
+            "bench.server", "--runs", "300x0.05",
+            "--servers", "baseline,asyncio,uvloop,timerserver (wheel)",
             "--load", "raw", "--window", "1", "--in-flight", "5",
             "--server-args", "--granularity 0.005",
         )  # fmt: skip
-        self.assertEqual(len(results), 2)
+        self.assertEqual(
+            [row["server"] for row in results],
+            ["baseline", "asyncio", "uvloop", "timerserver (wheel)"],
+        )
         for row in results:
             self.assertEqual(
                 (row["connected"], row["failedToConnect"], row["noWelcome"]), (300, 0, 0)
