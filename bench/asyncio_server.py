@@ -60,8 +60,11 @@ def main() -> None:
     args = parser.parse_args()
     coroutine = serve(args.port, args.interval, args.loop)
     if args.loop == "uvloop":
-        import uvloop
-
+        try:
+            import uvloop
+        except ImportError:
+            coroutine.close()
+            raise SystemExit("uvloop is not installed: pip install 'timerserver[bench]'") from None
         uvloop.run(coroutine)
     else:
         asyncio.run(coroutine)
