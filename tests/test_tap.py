@@ -68,6 +68,9 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(
             parse("--workers", "52", "--granularity", "0.002").config.granularity, 0.002
         )
+        # What the metrics report as the tick: none for the reactor queue.
+        self.assertEqual(parse("--workers", "52").config.tick, 0.052)
+        self.assertEqual(parse("--timer-queue", "reactor", "--workers", "52").config.tick, 0.0)
 
     def test_everyOption(self) -> None:
         o = parse(

@@ -28,6 +28,7 @@ from tests.serverprocess import (
     runTwistd,
 )
 from timerserver.config import defaultGranularity
+from timerserver.tap import usableCores
 
 
 def raiseFileLimit() -> None:
@@ -308,7 +309,7 @@ class WorkerEndpointTests(WorkerCase):
         metrics = server.waitForLine(r"metrics on .*port=(\d+)", 20).group(1)
         for number in range(1, 13):
             server.waitForLine(rf"worker {number}: timerserver listening", 30)
-        tick = defaultGranularity(12, len(os.sched_getaffinity(0)))
+        tick = defaultGranularity(12, usableCores(), 5.0)
         self.assertRegex(server.output, rf"with 12 workers .*, timer queue wheel, tick {tick:g} s")
         self.assertEqual(len(re.findall(rf"granularity={tick}\b", server.output)), 12)
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)

@@ -86,6 +86,11 @@ class ServerConfig:
     workers: int = 1
     metrics: str | None = None
 
+    @property
+    def tick(self) -> float:
+        """The wheel's tick (L{granularity}), or 0.0 for the reactor queue, which has none."""
+        return self.granularity if self.queue == "wheel" else 0.0
+
     def toData(self) -> dict[str, Any]:
         """This configuration as JSON-able data (bytes as Latin-1 text)."""
         data = dataclasses.asdict(self)

@@ -114,7 +114,7 @@ class WorkerPoolService(Service):
             count=self.count,
             how="a socket each" if self.sockets.perWorker else "one shared socket",
             queue=self.config.queue,
-            tick=f", tick {self.config.granularity:g} s" if self.config.queue == "wheel" else "",
+            tick=f", tick {self.config.tick:g} s" if self.config.tick else "",
         )
 
     def startService(self) -> None:
@@ -268,12 +268,7 @@ class WorkerPoolService(Service):
             if figures is not None:
                 processes[str(number)] = figures.get("process", {})
                 live.append(figures)
-        wheel = self.config.queue == "wheel"
-        mine = {
-            "process": master,
-            "log_lines_dropped": dropped,
-            "granularity": self.config.granularity if wheel else 0.0,
-        }
+        mine = {"process": master, "log_lines_dropped": dropped, "granularity": self.config.tick}
         total = combine([*live, self.retired, mine])
         total["workers_up"] = up
         return total, processes
