@@ -66,6 +66,24 @@ class PeriodicTestsMixin:
         self.clock.advance(0.2)  # the one due at 2 goes out at once: two back to back
         self.assertEqual([s for _, _, s in self.calls], [0, 0])
 
+    def test_justUnderTwoIntervalsLateIsNotASkip(self) -> None:
+        self.periodic.start()
+        self.clock.advance(2.999)  # due at 101, made 1.999 s late
+        at, late, skipped = self.calls[0]
+        self.assertAlmostEqual(at, 102.999)
+        self.assertEqual(skipped, 0)
+        self.assertAlmostEqual(late, 1.999)
+        self.assertEqual(self.periodic.skipped, 0)
+
+    def test_twoIntervalsLateIsASkip(self) -> None:
+        self.periodic.start()
+        self.clock.advance(3.0)  # due at 101, made exactly 2 intervals late
+        [(at, late, skipped)] = self.calls
+        self.assertAlmostEqual(at, 103.0)
+        self.assertEqual(skipped, 2)  # it stands for the one due at 103
+        self.assertAlmostEqual(late, 0.0)
+        self.assertEqual(self.periodic.skipped, 2)
+
     def test_stopStartClose(self) -> None:
         self.periodic.start()
         self.elapse(1.05)

@@ -162,7 +162,7 @@ class TimerQueueBase(Generic[H]):
     def _live(self, handle: object) -> H:
         if type(handle) is not self._handleClass or handle.queue is not self:
             raise InvalidTimerHandle(f"not a live handle of {self!r}: {handle!r}")
-        return cast(H, handle)
+        return handle  # type: ignore[return-value]
 
     def _checkRunning(self) -> None:
         if self._stopped:
@@ -191,7 +191,7 @@ class TimerQueueBase(Generic[H]):
 
     def createTimer(self) -> H:
         """See L{IQueueTimers.createTimer}."""
-        h = cast(H, self._handleClass(self))
+        h: H = self._handleClass(self)  # type: ignore[assignment]
         if self._monitor is not None:
             self._monitor.timerCreated()
         return h
@@ -268,7 +268,9 @@ class TimerQueueBase(Generic[H]):
 
     def destroyTimer(self, handle: TimerHandle) -> bool:
         """See L{IQueueTimers.destroyTimer}."""
-        h = self._live(handle)
+        h: H = handle  # type: ignore[assignment]
+        if type(h) is not self._handleClass or h.queue is not self:
+            h = self._live(handle)
         wasPending = h.deadline is not None
         if wasPending:
             self._disarm(h)
@@ -284,7 +286,7 @@ class TimerQueueBase(Generic[H]):
         isTimer = checkTimer(timer)
         self._checkRunning()
         # A private handle nobody else holds: once it fires it is garbage.
-        h = cast(H, self._handleClass(self))
+        h: H = self._handleClass(self)  # type: ignore[assignment]
         h.timer = timer
         h.isTimer = isTimer
         h.userData = userData
@@ -320,6 +322,6 @@ class TimerQueueBase(Generic[H]):
             if h.isTimer:
                 timer.onTimer(h.userData)  # type: ignore[attr-defined]
             else:
-                cast(Callable[[object], object], timer)(h.userData)
+                timer(h.userData)  # type: ignore[operator]
         except Exception:
             self._log.failure("Timer callback {timer!r} raised", timer=timer)

@@ -106,16 +106,15 @@ class Periodic:
         interval = self.interval
         now = self.clock.seconds()
         late = now - self._due
-        behind = math.floor(late / interval)
         skipped = 0
-        if behind >= 2:
+        if late >= 2.0 * interval:
             # Two intervals or more late (a stall, not the queue's granularity):
             # this call stands for the latest one due; the older ones are skipped.
-            skipped = behind
-            self.skipped += behind
-            self._due += behind * interval
-            late -= behind * interval
+            skipped = math.floor(late / interval)
+            self.skipped += skipped
+            self._due += skipped * interval
+            late -= skipped * interval
         self.function(late, skipped)
         if self.running and self._handle is not None:
-            self._due += interval
-            self.queue.setTimer(self._handle, self, max(0.0, self._due - now))
+            due = self._due = self._due + interval
+            self.queue.setTimer(self._handle, self, due - now if due > now else 0.0)

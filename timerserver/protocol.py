@@ -101,7 +101,8 @@ class TimerServerProtocol(Protocol):
     # Connection life
 
     def connectionMade(self) -> None:
-        if INegotiated.providedBy(self.transport):
+        transport = self.transport
+        if type(transport) is not tcp.Server and INegotiated.providedBy(transport):
             return  # TLS: start once the handshake is done (handshakeCompleted)
         self._start()
 
@@ -189,7 +190,8 @@ class TimerServerProtocol(Protocol):
     def _tick(self, late: float, skipped: int) -> None:
         """The periodic message is due (C{late} seconds ago; C{skipped} older ones skipped)."""
         factory = self.factory
-        factory.skippedMessages += skipped
+        if skipped:
+            factory.skippedMessages += skipped
         lateness = factory.lateness
         if lateness is not None:  # metrics on: LatenessHistogram.record, inlined
             lateness.counts[bisect_left(lateness.bounds, late)] += 1
@@ -198,7 +200,7 @@ class TimerServerProtocol(Protocol):
             factory.skippedMessages += 1
         else:
             factory.periodicMessages += 1
-            self._write(factory.message)
+            writeNow(self._out, factory.message)  # _write, whose paused case is the other branch
 
     def _armIdle(self) -> None:
         """(Re-)arm the idle timeout, if there is one, through the update path."""

@@ -32,8 +32,8 @@ def writeNow(transport: Any, data: bytes) -> None:
     """
     if (
         type(transport) is tcp.Server
-        and not getattr(transport, "_tempDataLen", 1)
-        and transport.offset == len(transport.dataBuffer)
+        and not transport.dataBuffer  # b"" once drained (doWrite resets it)
+        and not transport._tempDataLen
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnecting
@@ -61,11 +61,7 @@ def isFlushed(transport: Any) -> bool:
     write: its C{loseConnection} then completes on the next reactor turn and
     needs no timeout to watch it.
     """
-    return (
-        type(transport) is tcp.Server
-        and not getattr(transport, "_tempDataLen", 1)
-        and transport.offset == len(transport.dataBuffer)
-    )
+    return type(transport) is tcp.Server and not transport.dataBuffer and not transport._tempDataLen
 
 
 def closeNow(transport: Any) -> bool:

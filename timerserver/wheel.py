@@ -39,6 +39,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
 from timerserver._queuebase import (
+    _NO_TIMER,
     DEFAULT_MAXIMUM_TIMEOUT,
     QueueHandle,
     TimerQueueBase,
@@ -78,7 +79,12 @@ class WheelTimerHandle(QueueHandle):
     __slots__ = ("slot",)
 
     def __init__(self, queue: object) -> None:
-        QueueHandle.__init__(self, queue)
+        # QueueHandle.__init__'s fields set here: one call less per handle.
+        self.queue: object = queue
+        self.timer: object = _NO_TIMER
+        self.isTimer = False
+        self.userData: object = None
+        self.deadline: float | None = None
         self.slot: _Slot | _Entry | None = None
 
 
@@ -189,8 +195,8 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
         h.slot = None
 
     def _arm(self, h: WheelTimerHandle, timeout: float, now: float) -> None:
+        deadline = now + timeout
         if h.slot is not None:
-            deadline = now + timeout
             if deadline >= h.deadline:  # type: ignore[operator]
                 # Later: leave it in its slot, which re-places it when it comes
                 # due (as DelayedCall.reset does), so that an idle timeout
@@ -198,22 +204,33 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
                 h.deadline = deadline
                 return
             self._unplace(h)
-        elif not self._advancing and self._empty():
+        elif not (self._advancing or self._inSlots or self._inUpper or self._overflowLive):
             # Nothing pending: the wheel may skip the idle ticks.
             self._tick = max(self._tick, math.floor(now / self.granularity))
-        deadline = now + timeout
         h.deadline = deadline
         tick = math.ceil(deadline / self.granularity)
-        if tick <= self._tick:
-            tick = self._tick + 1
-        wake = self._place(h, tick)
+        current = self._tick
+        if tick <= current:
+            tick = current + 1
+        if tick - current < self._size:
+            # Level 0, as _place does it, inline: every periodic re-arm lands here.
+            index = tick & self._mask
+            slot = self._slots[index]
+            if slot is None:
+                slot = self._slots[index] = {}
+            slot[h] = None
+            h.slot = slot
+            self._inSlots += 1
+            wake = tick
+        else:
+            wake = self._place(h, tick)
         if not self._advancing and (self._call is None or wake < self._callTick):
             self._schedule(wake, now)
 
     def _disarm(self, h: WheelTimerHandle) -> None:
         self._unplace(h)
         h.deadline = None
-        if self._call is not None and self._empty():
+        if self._call is not None and not (self._inSlots or self._inUpper or self._overflowLive):
             self._call.cancel()
             self._call = None
 
