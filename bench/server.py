@@ -38,7 +38,7 @@ from tests.tlshelpers import Certificates
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PORT = "tcp:0:interface=127.0.0.1"  # the defaults a user gets (backlog 1024)
+PORT = "tcp:0:interface=127.0.0.1"  # the defaults a user gets (backlog 4096)
 BASE = PORT + ":backlog=1024"  # the baseline names its backlog
 LOADS = {"asyncio": "loadclient.py", "raw": "rawload.py"}
 """The load clients (C{--load}): their scripts in bench/."""

@@ -4,12 +4,14 @@ K handshakes in flight (shared among client processes), from several
 loopback source addresses, the way
 clients come back after a restart.  Reports how many were welcomed within
 the deadline and the welcome latency (from the start of connect to the
-welcome's arrival) p50/p99/max, for the server's defaults and for
-C{--backlog 50} (Twisted's own default) side by side.  Bounded in time;
-everything it starts, it stops.
+welcome's arrival) p50/p99/max, for the server's defaults, for
+C{--backlog 50} (Twisted's own default) and for the hand-written baseline
+(bench/baseline_server.py, on the server's default listen queue) side by
+side: the baseline shows what the clients and the machine allow.  Bounded
+in time; everything it starts, it stops.
 
     python -m bench.storm [--clients 10000] [--in-flight 1000] [--deadline 20]
-        [--client asyncio|uvloop|raw]
+        [--client asyncio|uvloop|raw] [--no-baseline]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import socket
 import struct
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -29,8 +32,17 @@ from hdrh.histogram import HdrHistogram
 from bench.kernel import counterChange, tcpCounters
 from bench.results import writeResults
 from tests.serverprocess import WELCOME, ServerProcess
+from timerserver.listener import DEFAULT_BACKLOG
 
 SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
+BASELINE = [
+    sys.executable,
+    str(Path(__file__).resolve().parent / "baseline_server.py"),
+    "--port",
+    f"tcp:0:interface=127.0.0.1:backlog={DEFAULT_BACKLOG}",
+]
+"""The hand-written baseline (bench/baseline_server.py), on the listen queue
+the server gets by default (Twisted's own 50 would overflow at once)."""
 LINGER_RST = struct.pack("ii", 1, 0)
 
 
@@ -136,8 +148,14 @@ def run(
     processes: int,
     kind: str = "asyncio",
 ) -> dict[str, Any]:
-    """Storm a server started with C{args} from C{processes} client processes."""
-    server = ServerProcess(*args, "--max-connections", str(clients + 100))
+    """
+    Storm a server from C{processes} client processes: C{twistd timerserver
+    ARGS}, or the baseline (L{BASELINE}) if C{args} is L{BASELINE}.
+    """
+    if args is BASELINE:
+        server = ServerProcess(command=BASELINE)
+    else:
+        server = ServerProcess(*args, "--max-connections", str(clients + 100))
     try:
         serverProcess = psutil.Process(server.pid)
         before = sum(serverProcess.cpu_times()[:2])
@@ -193,6 +211,13 @@ def main() -> None:
         "leanest: the storm then measures the server, not the clients)",
     )
     parser.add_argument("--uvloop", action="store_true", help="the same as --client uvloop")
+    parser.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also storm the hand-written baseline (bench/baseline_server.py) on the same "
+        "listen queue: what the clients and the machine allow a Twisted server",
+    )
     parser.add_argument("--json", default="bench/results/storm.json")
     args = parser.parse_args()
     import resource
@@ -204,6 +229,8 @@ def main() -> None:
     servers = [("defaults", [])] + [
         (f"--backlog {n}", ["--backlog", n]) for n in args.backlogs.split(",") if n
     ]
+    if args.baseline:
+        servers.append(("baseline", BASELINE))
     kind = "uvloop" if args.uvloop else args.client
     results = [
         run(label, extra, args.clients, args.in_flight, args.deadline, args.processes, kind)

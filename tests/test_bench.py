@@ -62,14 +62,24 @@ class BenchTests(SynchronousTestCase):
 
     def test_stormWithEachClient(self) -> None:
         for client in ("asyncio", "raw"):
-            [row] = runBench(  # type: ignore[misc]
+            rows: list[Any] = runBench(  # type: ignore[assignment]
                 "bench.storm", "--clients", "200", "--in-flight", "50", "--backlogs", "",
                 "--client", client,
             )  # fmt: skip
-            self.assertEqual((row["clients"], row["welcomed"]), (200, 200), client)
-            self.assertEqual(row["noWelcome"] + row["failedToConnect"], 0, client)
-            self.assertGreater(row["welcomeMs"]["p99"], 0, client)
-            self.assertGreater(row["serverCpuSeconds"], 0, client)
+            self.assertEqual([row["server"] for row in rows], ["defaults", "baseline"])
+            for row in rows:
+                self.assertEqual((row["clients"], row["welcomed"]), (200, 200), client)
+                self.assertEqual(row["noWelcome"] + row["failedToConnect"], 0, client)
+                self.assertGreater(row["welcomeMs"]["p99"], 0, client)
+                self.assertGreater(row["serverCpuSeconds"], 0, client)
+
+    def test_stormWithoutTheBaseline(self) -> None:
+        rows: list[Any] = runBench(  # type: ignore[assignment]
+            "bench.storm", "--clients", "100", "--in-flight", "20", "--backlogs", "50",
+            "--no-baseline",
+        )  # fmt: skip
+        self.assertEqual([row["server"] for row in rows], ["defaults", "--backlog 50"])
+        self.assertEqual([row["welcomed"] for row in rows], [100, 100])
 
     def test_serverWithTheRawLoad(self) -> None:
         results: list[Any] = runBench(  # type: ignore[assignment]
