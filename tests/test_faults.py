@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests import helpers
 from tests.helpers import peer
-from timerserver import TimerQueueCounters, TimerWheel
+from timerserver import TimerQueueCounters, TimerWheel, reasons
 from timerserver.config import DEFAULT_MESSAGE, DEFAULT_WELCOME
 from timerserver.factory import TimerServerFactory
 
@@ -31,6 +31,17 @@ class GuardedTransport(StringTransport):
         if self.lost or self.disconnected:
             raise AssertionError(f"write after close: {data!r}")
         super().write(data)
+
+
+class PausingTransport(GuardedTransport):
+    """Pauses its streaming producer inside write(), as Twisted's FileDescriptor.write does."""
+
+    bufferSize = 10
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and self.streaming and len(self.value()) > self.bufferSize:
+            self.producer.pauseProducing()
 
 
 class Harness:
@@ -137,6 +148,16 @@ class SlowConsumerTests(SynchronousTestCase):
         h.elapse(5)  # nothing more is written: GuardedTransport would fail
         h.lose(proto, transport)
         self.assertEqual((h.counters.pending, h.counters.live), (0, 0))
+
+    def test_aTickThatFillsTheBufferCountsTowardsMaxBuffer(self) -> None:
+        """The periodic write that pauses the connection counts as queued, as any write does."""
+        h = Harness(message=b"m" * 100, interval=1.0, maxBuffer=50)
+        transport = PausingTransport(peerAddress=peer())
+        proto, _ = helpers.connect(h.factory, transport=transport)
+        h.elapse(1.05)
+        self.assertTrue(proto.paused)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(proto.closeReason, reasons.BUFFER)
 
     def test_bigBurstIsEchoedExactly(self) -> None:
         h = Harness()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -66,23 +67,32 @@ class PeriodicTestsMixin:
         self.clock.advance(0.2)  # the one due at 2 goes out at once: two back to back
         self.assertEqual([s for _, _, s in self.calls], [0, 0])
 
-    def test_justUnderTwoIntervalsLateIsNotASkip(self) -> None:
-        self.periodic.start()
-        self.clock.advance(2.999)  # due at 101, made 1.999 s late
-        at, late, skipped = self.calls[0]
-        self.assertAlmostEqual(at, 102.999)
-        self.assertEqual(skipped, 0)
-        self.assertAlmostEqual(late, 1.999)
+    def test_oneUlpUnderTwoIntervalsLateIsNotASkip(self) -> None:
+        self.periodic.start()  # due at 101.0
+        self.clock.advance(math.nextafter(103.0, 0.0) - 100.0)
+        late, skipped = self.calls[0][1:]
+        self.assertEqual((late, skipped), (2.0 - 2.0**-46, 0))
         self.assertEqual(self.periodic.skipped, 0)
 
-    def test_twoIntervalsLateIsASkip(self) -> None:
-        self.periodic.start()
-        self.clock.advance(3.0)  # due at 101, made exactly 2 intervals late
-        [(at, late, skipped)] = self.calls
-        self.assertAlmostEqual(at, 103.0)
-        self.assertEqual(skipped, 2)  # it stands for the one due at 103
-        self.assertAlmostEqual(late, 0.0)
-        self.assertEqual(self.periodic.skipped, 2)
+    def test_exactlyTwoIntervalsLateIsASkipForAnyInterval(self) -> None:
+        """At the first float at or past two intervals late, and for intervals
+        that are not exact in binary, two calls are skipped, never one."""
+        for interval in (0.1, 0.3, 1 / 3, 0.7, 1.1):
+            calls: list[tuple[float, int]] = []
+            p = Periodic(self.queue, interval, lambda late, s, into=calls: into.append((late, s)))
+            p.start()
+            due = self.clock.seconds() + interval
+            now = due + 2.0 * interval
+            while now - due < 2.0 * interval:
+                now = math.nextafter(now, math.inf)
+            while math.nextafter(now, 0.0) - due >= 2.0 * interval:
+                now = math.nextafter(now, 0.0)
+            self.clock.rightNow = now
+            self.clock.advance(0)
+            self.assertEqual([s for _, s in calls], [2], interval)
+            self.assertGreaterEqual(calls[0][0], 0.0)
+            self.assertLess(calls[0][0], interval)
+            p.close()
 
     def test_stopStartClose(self) -> None:
         self.periodic.start()

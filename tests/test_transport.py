@@ -109,6 +109,27 @@ class WriteNowTests(TestCase):
         self.assertEqual(received, b"hello")
 
     @defer.inlineCallbacks
+    def test_withoutTempDataLenWriteNowStillWrites(self) -> Any:
+        """Were Twisted to rename C{_tempDataLen}, writeNow would queue, not fail."""
+        server, client = yield self.connect(1)
+        transport = server.transport
+        written: list[bytes] = []
+        saved = transport._tempDataLen
+        del transport._tempDataLen  # as if a Twisted release renamed it
+        transport.write = written.append  # that release's write, standing in
+        try:
+            writeNow(transport, b"x")
+            flushed = isFlushed(transport)
+        finally:
+            del transport.write
+            transport._tempDataLen = saved
+        self.assertEqual(written, [b"x"])
+        self.assertFalse(flushed)
+        transport.write(b"x")
+        received = yield client.done
+        self.assertEqual(received, b"x")
+
+    @defer.inlineCallbacks
     def test_backpressureStillPausesAndResumes(self) -> Any:
         """What the socket does not take is queued, and the producer paused."""
         big = b"x" * (16 * 1024 * 1024)

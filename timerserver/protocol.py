@@ -200,7 +200,7 @@ class TimerServerProtocol(Protocol):
             factory.skippedMessages += 1
         else:
             factory.periodicMessages += 1
-            writeNow(self._out, factory.message)  # _write, whose paused case is the other branch
+            self._write(factory.message)  # the write itself may pause the connection
 
     def _armIdle(self) -> None:
         """(Re-)arm the idle timeout, if there is one, through the update path."""

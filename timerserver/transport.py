@@ -33,7 +33,7 @@ def writeNow(transport: Any, data: bytes) -> None:
     if (
         type(transport) is tcp.Server
         and not transport.dataBuffer  # b"" once drained (doWrite resets it)
-        and not transport._tempDataLen
+        and not getattr(transport, "_tempDataLen", 1)  # else queue, whatever Twisted renamed
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnecting
@@ -61,7 +61,11 @@ def isFlushed(transport: Any) -> bool:
     write: its C{loseConnection} then completes on the next reactor turn and
     needs no timeout to watch it.
     """
-    return type(transport) is tcp.Server and not transport.dataBuffer and not transport._tempDataLen
+    return (
+        type(transport) is tcp.Server
+        and not transport.dataBuffer
+        and not getattr(transport, "_tempDataLen", 1)
+    )
 
 
 def closeNow(transport: Any) -> bool:

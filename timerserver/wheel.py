@@ -142,9 +142,6 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
         pending = self._inSlots + self._inUpper + self._overflowLive
         return f"<TimerWheel at {id(self):#x}, granularity={self.granularity}, pending={pending}>"
 
-    def _empty(self) -> bool:
-        return self._inSlots == 0 and self._inUpper == 0 and self._overflowLive == 0
-
     # Placement
 
     def _place(self, h: WheelTimerHandle, tick: int) -> int:
