@@ -11,7 +11,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.serverprocess import runTwistd
-from timerserver import ReactorTimerQueue, TimerWheel
+from timerserver import ReactorTimerQueue, TimerWheel, cores
 from timerserver.config import DEFAULT_MESSAGE, DEFAULT_WELCOME, defaultGranularity
 from timerserver.service import TimerServerService
 from timerserver.tap import Options, makeService
@@ -57,8 +57,9 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(defaultGranularity(52, 2, interval=0.2), 0.02)
         self.assertEqual(defaultGranularity(52, 2, interval=0.05), 0.01)
         self.assertEqual(defaultGranularity(52, 2, interval=30), 0.052)
-        # Options counts the cores it may run on: 2 here, whatever the machine.
+        # Options counts the cores it may use: 2 here, whatever the machine.
         self.patch(os, "sched_getaffinity", lambda pid: set(range(2)))
+        self.patch(cores, "cpuQuota", lambda: None)
         self.assertEqual(parse("--workers", "52").config.granularity, 0.052)
         self.assertEqual(parse("--workers", "10").config.granularity, 0.01)
         self.assertEqual(parse("--workers", "auto").config.granularity, 0.01)
@@ -180,7 +181,10 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(parse().config.workers, 1)
         self.assertEqual(parse("--workers", "3").config.workers, 3)
         self.assertEqual(parse("--workers", "64").config.workers, 64)
-        self.assertEqual(parse("--workers", "auto").config.workers, len(os.sched_getaffinity(0)))
+        self.assertEqual(parse("--workers", "auto").config.workers, cores.usableCores())
+        self.patch(os, "sched_getaffinity", lambda pid: set(range(16)))
+        self.patch(cores, "cpuQuota", lambda: 1.5)  # a container's --cpus 1.5
+        self.assertEqual(parse("--workers", "auto").config.workers, 2)
 
     def test_asTwistdSubcommandExitsWithOneLine(self) -> None:
         """Under twistd a bad value is one line on exit, not twistd's usage."""

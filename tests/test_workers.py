@@ -28,7 +28,7 @@ from tests.serverprocess import (
     runTwistd,
 )
 from timerserver.config import defaultGranularity
-from timerserver.tap import usableCores
+from timerserver.cores import usableCores
 
 
 def raiseFileLimit() -> None:

@@ -33,6 +33,7 @@ from timerserver.config import (
     ServerConfig,
     defaultGranularity,
 )
+from timerserver.cores import usableCores
 from timerserver.listener import DEFAULT_BACKLOG, DEFAULT_PROXY_FROM, MAX_BACKLOG, Listener
 
 MIN_SECONDS = 0.001
@@ -98,13 +99,6 @@ def wholeNumber(value: str, option: str, minimum: int, maximum: int = MAX_COUNT)
     if not minimum <= number <= maximum:
         raise usage.UsageError(f"--{option}: must be {minimum} to {maximum}, not {value!r}")
     return number
-
-
-def usableCores() -> int:
-    """The cores this process may run on (all of them where affinity is unknown)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def workerCount(value: str) -> int:
