@@ -12,7 +12,7 @@ import math
 import numbers
 import types
 from collections.abc import Callable
-from typing import ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -114,7 +114,8 @@ class TimerQueueBase(Generic[H]):
     The public L{IQueueTimers} methods, written once over C{_arm}/C{_disarm}.
     """
 
-    _handleClass: ClassVar[type[QueueHandle]]
+    _handleClass: ClassVar[type[Any]]
+    """The queue's handle class (a L{QueueHandle}); typed C{Any} so that a new one is an C{H}."""
     _log = Logger()
 
     def __init__(
@@ -160,7 +161,7 @@ class TimerQueueBase(Generic[H]):
     # cancelTimer; these are the slow paths.
 
     def _live(self, handle: object) -> H:
-        if type(handle) is not self._handleClass or handle.queue is not self:
+        if type(handle) is not self._handleClass or getattr(handle, "queue", None) is not self:
             raise InvalidTimerHandle(f"not a live handle of {self!r}: {handle!r}")
         return handle  # type: ignore[return-value]
 
@@ -191,7 +192,7 @@ class TimerQueueBase(Generic[H]):
 
     def createTimer(self) -> H:
         """See L{IQueueTimers.createTimer}."""
-        h: H = self._handleClass(self)  # type: ignore[assignment]
+        h: H = self._handleClass(self)
         if self._monitor is not None:
             self._monitor.timerCreated()
         return h
@@ -286,7 +287,7 @@ class TimerQueueBase(Generic[H]):
         isTimer = checkTimer(timer)
         self._checkRunning()
         # A private handle nobody else holds: once it fires it is garbage.
-        h: H = self._handleClass(self)  # type: ignore[assignment]
+        h: H = self._handleClass(self)
         h.timer = timer
         h.isTimer = isTimer
         h.userData = userData

@@ -39,7 +39,6 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
 from timerserver._queuebase import (
-    _NO_TIMER,
     DEFAULT_MAXIMUM_TIMEOUT,
     QueueHandle,
     TimerQueueBase,
@@ -79,12 +78,7 @@ class WheelTimerHandle(QueueHandle):
     __slots__ = ("slot",)
 
     def __init__(self, queue: object) -> None:
-        # QueueHandle.__init__'s fields set here: one call less per handle.
-        self.queue: object = queue
-        self.timer: object = _NO_TIMER
-        self.isTimer = False
-        self.userData: object = None
-        self.deadline: float | None = None
+        QueueHandle.__init__(self, queue)
         self.slot: _Slot | _Entry | None = None
 
 
@@ -206,21 +200,9 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
             self._tick = max(self._tick, math.floor(now / self.granularity))
         h.deadline = deadline
         tick = math.ceil(deadline / self.granularity)
-        current = self._tick
-        if tick <= current:
-            tick = current + 1
-        if tick - current < self._size:
-            # Level 0, as _place does it, inline: every periodic re-arm lands here.
-            index = tick & self._mask
-            slot = self._slots[index]
-            if slot is None:
-                slot = self._slots[index] = {}
-            slot[h] = None
-            h.slot = slot
-            self._inSlots += 1
-            wake = tick
-        else:
-            wake = self._place(h, tick)
+        if tick <= self._tick:
+            tick = self._tick + 1
+        wake = self._place(h, tick)
         if not self._advancing and (self._call is None or wake < self._callTick):
             self._schedule(wake, now)
 
@@ -341,10 +323,11 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
                 continue  # cancelled, re-armed or destroyed by an earlier callback
             self._inSlots -= 1
             h.slot = None
-            if h.deadline > now:  # type: ignore[operator]
+            deadline: float = h.deadline  # type: ignore[assignment]  # pending: not None
+            if deadline > now:
                 # Re-armed later since it was placed (or a float rounding put
                 # it a hair early): place it where its deadline now belongs.
-                tick = math.ceil(h.deadline / self.granularity)  # type: ignore[operator]
+                tick = math.ceil(deadline / self.granularity)
                 self._place(h, max(tick, self._tick + 1))
                 continue
             h.deadline = None
