@@ -10,7 +10,7 @@ import random
 from typing import Any
 
 from twisted.internet.task import Clock
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 from zope.interface.verify import verifyObject
 
 from timerserver import (
@@ -124,6 +124,37 @@ class QueueContractMixin:
         self.queue.setTimer(h, self.fired.append, 1, "x")
         self.settle(1)
         self.assertEqual(self.fired, ["x"])
+
+    def test_anInstanceProvidingITimerLeavesItsClassCallable(self: Any) -> None:
+        """
+        An object of a plain callable class that provides L{ITimer} itself
+        gets C{onTimer}; another object of that class is still called, and an
+        object of a class that implements L{ITimer} always gets C{onTimer}.
+        """
+        got: list[tuple[str, object]] = []
+
+        class Callable:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def __call__(self, userData: object) -> None:
+                got.append((f"{self.name} called", userData))
+
+            def onTimer(self, userData: object) -> None:
+                got.append((f"{self.name} onTimer", userData))
+
+        provider, plain = Callable("provider"), Callable("plain")
+        alsoProvides(provider, ITimer)
+        for name, timer in [
+            ("provider", provider),
+            ("plain", plain),
+            ("recording", self.timer),
+            ("recording again", RecordingTimer(self.clock)),
+        ]:
+            self.queue.setTimer(self.queue.createTimer(), timer, 1, name)
+            self.settle(1)
+        self.assertEqual(got, [("provider onTimer", "provider"), ("plain called", "plain")])
+        self.assertEqual(self.timer.calls[-1][1], "recording")
 
     def test_setTimerPendingRearms(self: Any) -> None:
         """A pending timer is re-armed with the new timeout, timer and data."""

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import helpers
-from timerserver import ReactorTimerQueue, TimerQueueCounters, TimerWheel
+from timerserver import ReactorTimerQueue, ThreadSafeTimerQueue, TimerQueueCounters, TimerWheel
 from timerserver.periodic import Periodic
 
 
@@ -117,6 +117,48 @@ class PeriodicTestsMixin:
         self.assertFalse(periodic.running)
         self.assertEqual(self.counters.pending, 0)
 
+    def test_everyCallIsSetAgainThroughTheQueue(self) -> None:
+        """Each re-arm is a set the queue's monitor counts, whichever way it is made."""
+        self.periodic.start()
+        self.elapse(5.005)
+        self.assertEqual(len(self.calls), 5)
+        self.assertEqual((self.counters.set, self.counters.fired), (6, 5))
+        self.assertEqual(self.counters.pending, 1)
+
+    def test_theFunctionMayRestartIt(self) -> None:
+        """A stop and start from inside the function leaves one pending timer,
+        and the schedule goes on."""
+
+        def restart(late: float, skipped: int) -> None:
+            self.record(late, skipped)
+            if len(self.calls) == 1:
+                self.periodic.stop()
+                self.periodic.start()
+
+        self.periodic.close()
+        self.periodic = Periodic(self.queue, 1.0, restart)
+        self.periodic.start()
+        self.elapse(4.005)
+        self.assertGreaterEqual(len(self.calls), 2)
+        self.assertEqual(self.counters.pending, 1)
+        self.periodic.close()
+        self.assertEqual((self.counters.live, self.counters.pending), (0, 0))
+
+    def test_aQueueShutDownByTheFunctionIsNotSetAgain(self) -> None:
+        """Re-arming on a queue shut down meanwhile fails as setTimer does: the
+        queue logs the error, and nothing is pending."""
+
+        def shutdown(late: float, skipped: int) -> None:
+            self.record(late, skipped)
+            self.queue.shutdown()
+
+        self.periodic = Periodic(self.queue, 1.0, shutdown)
+        self.periodic.start()
+        self.elapse(3.005)
+        self.assertEqual(len(self.calls), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)  # type: ignore[attr-defined]
+        self.assertEqual(self.counters.pending, 0)
+
     def test_badInterval(self) -> None:
         for bad in (0, -1, float("nan"), float("inf"), "1"):
             self.assertRaises(ValueError, Periodic, self.queue, bad, self.record)
@@ -128,3 +170,30 @@ class WheelPeriodicTests(PeriodicTestsMixin, SynchronousTestCase):
 
 class ReactorQueuePeriodicTests(PeriodicTestsMixin, SynchronousTestCase):
     makeQueue = ReactorTimerQueue
+
+
+def _threadSafeWheel(clock: Clock, monitor: TimerQueueCounters) -> ThreadSafeTimerQueue:
+    return ThreadSafeTimerQueue(TimerWheel(clock, monitor=monitor))
+
+
+class ThreadSafePeriodicTests(PeriodicTestsMixin, SynchronousTestCase):
+    """A queue that is not one of the base's (re-armed through setTimer)."""
+
+    makeQueue = staticmethod(_threadSafeWheel)
+
+
+class OtherClockPeriodicTests(SynchronousTestCase):
+    def test_aScheduleOnAnotherClockIsSetThroughSetTimer(self) -> None:
+        """With a clock that is not the queue's, each re-arm is a setTimer,
+        timed by the queue's clock."""
+        queueClock, scheduleClock = Clock(), Clock()
+        counters = TimerQueueCounters()
+        queue = TimerWheel(queueClock, monitor=counters)
+        calls: list[float] = []
+        periodic = Periodic(queue, 1.0, lambda late, skipped: calls.append(late), scheduleClock)
+        periodic.start()
+        for _ in range(300):
+            queueClock.advance(0.01)
+            scheduleClock.advance(0.01)
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(counters.set, 3)

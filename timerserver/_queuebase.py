@@ -281,6 +281,21 @@ class TimerQueueBase(Generic[H]):
             self._monitor.timerDestroyed(wasPending)
         return wasPending
 
+    def _setAgain(self, h: H, timeout: float, now: float) -> None:
+        """
+        C{setTimer(h, h.timer, timeout, h.userData)}, with C{now} already
+        read from this queue's clock, for a caller that owns C{h}, set it
+        itself, and computed C{timeout} (L{timerserver.periodic.Periodic}
+        re-arming from its own callback): the checks of C{setTimer} that
+        cannot fail for it are skipped, once a message.
+        """
+        if self._stopped:
+            self._checkRunning()
+        wasPending = h.deadline is not None
+        self._arm(h, timeout, now)
+        if self._monitor is not None:
+            self._monitor.timerSet(wasPending)
+
     def setOneShotTimer(self, timer: object, timeout: float, userData: object = None) -> None:
         """See L{IQueueTimers.setOneShotTimer}."""
         timeout = checkTimeout(timeout, self.maximumTimeout)

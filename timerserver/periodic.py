@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
+from timerserver._queuebase import TimerQueueBase
 from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
 
 
@@ -51,7 +53,8 @@ class Periodic:
     """
 
     __slots__ = (
-        "_due", "_handle", "clock", "function", "interval", "queue", "running", "skipped",
+        "_due", "_handle", "_ours", "clock", "function", "interval", "queue", "running",
+        "skipped",
     )  # fmt: skip
 
     def __init__(
@@ -77,6 +80,12 @@ class Periodic:
         self.running = False
         self._due = 0.0
         self._handle: TimerHandle | None = queue.createTimer()
+        # One of our own queues on the same clock is set again without
+        # setTimer's checks, which cannot fail for our handle and our
+        # timeout; any other queue through setTimer.
+        self._ours: TimerQueueBase[Any] | None = (
+            queue if isinstance(queue, TimerQueueBase) and clock is queue.clock else None
+        )
 
     def start(self) -> None:
         """Call the function every interval, the first time one interval from now."""
@@ -117,4 +126,7 @@ class Periodic:
         self.function(late, skipped)
         if self.running and self._handle is not None:
             due = self._due = self._due + interval
-            self.queue.setTimer(self._handle, self, due - now if due > now else 0.0)
+            if self._ours is not None:
+                self._ours._setAgain(self._handle, due - now if due > now else 0.0, now)
+            else:
+                self.queue.setTimer(self._handle, self, due - now if due > now else 0.0)
