@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.serverprocess import ROOT
 
@@ -59,6 +59,27 @@ class BenchTests(SynchronousTestCase):
                 self.assertEqual(figures[name]["cycles"], 400)  # type: ignore[index]
                 self.assertGreater(figures[name]["cpu_us_per_cycle"], 0)  # type: ignore[index]
             self.assertGreater(figures["ratio"]["cpu"], 0)  # type: ignore[index]
+
+    def test_instructions(self) -> None:
+        if shutil.which("valgrind") is None:
+            raise SkipTest("valgrind is not installed (Debian: apt-get install valgrind)")
+        result = runBench(
+            "bench.instructions", "--connections", "20", "--seconds", "0.3", "--cycles", "40",
+            timeout=600,
+        )  # fmt: skip
+        # 40 cycles; 20 connections at 0.1 s for 0.3 s: two or three messages
+        # each, as the window's edges fall between their ticks.
+        for what, fewest, most in (("connection", 40, 40), ("message", 40, 60)):
+            figures: Any = result[what]
+            for name in ("baseline", "timerserver"):
+                self.assertGreaterEqual(figures[name]["units"], fewest, (what, name))
+                self.assertLessEqual(figures[name]["units"], most, (what, name))
+                self.assertGreater(figures[name]["instructions"], 1000, (what, name))
+            self.assertEqual(figures["baseline"]["ratio"], 1.0)
+            self.assertAlmostEqual(
+                figures["timerserver"]["ratio"],
+                figures["timerserver"]["instructions"] / figures["baseline"]["instructions"],
+            )
 
     def test_stormWithEachClient(self) -> None:
         for client in ("asyncio", "raw"):

@@ -84,7 +84,7 @@ class Periodic:
         # setTimer's checks, which cannot fail for our handle and our
         # timeout; any other queue through setTimer.
         self._ours: TimerQueueBase[Any] | None = (
-            queue if isinstance(queue, TimerQueueBase) and clock is queue.clock else None
+            queue if isinstance(queue, TimerQueueBase) and clock is queue._reactor else None
         )
 
     def start(self) -> None:
