@@ -11,13 +11,17 @@ with the reactor turned by hand and its clock stepped 10 ms a turn.  The
 process marks where the measured part starts and ends (a call to getppid,
 where callgrind dumps its counts), after a warm-up.
 
- - message: N connections, each given one message before the mark, then
-   every message of the next S seconds; instructions per message.
  - connection: connect and close (half RST, half FIN, the welcome unread)
-   C times after a warm-up; instructions per cycle.  The client's own
-   connect and close are in both servers' figures.
+   C times after a warm-up of 200, with the clock standing still (no timer
+   comes due), on an idle server or beside B open connections (--beside);
+   instructions per cycle.  The client's own connect and close are in every
+   server's figure.
+ - message: then N connections, given their welcome and a dozen messages
+   each before the mark, then every message of the next S seconds;
+   instructions per message.
 
     python -m bench.instructions [--connections 400] [--seconds 3] [--cycles 2000]
+        [--what connection,message] [--beside 0] [--servers baseline,timerserver[,no-welcome]]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import functools
 import operator
 import os
 import re
+import resource
 import shutil
 import socket
 import struct
@@ -42,8 +47,10 @@ from typing import Any
 from bench.results import writeResults
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVERS = ("baseline", "timerserver")
+SERVERS = ("baseline", "timerserver", "no-welcome")
+"""The hand-written baseline, the server on its defaults, and with C{--no-welcome}."""
 RST = struct.pack("ii", 1, 0)
+MAX_DESCRIPTORS = 20_000
 INTERVAL = 0.1
 """Short, so that a 10 ms turn carries a few dozen messages, as under load."""
 
@@ -58,12 +65,17 @@ def _factory(server: str, reactor: Any) -> Any:
         factory.interval = INTERVAL
         factory.noisy = False
         return factory
-    from timerserver.config import ServerConfig
+    from timerserver.config import DEFAULT_WELCOME, ServerConfig
     from timerserver.listener import Listener
     from timerserver.service import buildServer
 
     listener = Listener.parse("tcp:0:interface=127.0.0.1")
-    return buildServer(ServerConfig(listener=listener, interval=INTERVAL), reactor).admission
+    # No connection limit, as the baseline has none.
+    welcome = b"" if server == "no-welcome" else DEFAULT_WELCOME
+    config = ServerConfig(
+        listener=listener, interval=INTERVAL, welcome=welcome, maxConnections=MAX_DESCRIPTORS
+    )
+    return buildServer(config, reactor).admission
 
 
 def _queued(clients: list[socket.socket]) -> int:
@@ -74,7 +86,9 @@ def _queued(clients: list[socket.socket]) -> int:
     return total
 
 
-def child(whats: list[str], server: str, connections: int, seconds: float, cycles: int) -> None:
+def child(
+    whats: list[str], server: str, connections: int, seconds: float, cycles: int, beside: int
+) -> None:
     """
     Run the work of each figure in this process, in turn, each between two
     marks; print how many units each measured.
@@ -83,42 +97,54 @@ def child(whats: list[str], server: str, connections: int, seconds: float, cycle
 
     from bench.baseline_server import MESSAGE
 
+    limit = min(MAX_DESCRIPTORS, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
     now = [reactor.seconds()]
     # The clock, stepped by hand: the same turns in every run.
     reactor.seconds = functools.partial(operator.getitem, now, 0)  # type: ignore[method-assign]
     port = reactor.listenTCP(0, _factory(server, reactor), interface="127.0.0.1", backlog=4096)
     address = ("127.0.0.1", port.getHost().port)
 
-    def turn() -> None:
-        now[0] += 0.01
+    def turn(step: float = 0.01) -> None:
+        now[0] += step
         reactor.runUntilCurrent()
         reactor.doIteration(0)  # type: ignore[attr-defined]
+
+    def connect(count: int) -> list[socket.socket]:
+        clients = []
+        for _ in range(count):
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(address)
+            clients.append(client)
+            reactor.doIteration(0)  # type: ignore[attr-defined]
+        return clients
 
     def cycle(i: int) -> None:
         client = socket.create_connection(address)
         if i % 2 == 0:
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
         client.close()
-        turn()  # accepted
-        turn()  # closed
+        # The clock stands still: no timer comes due, the others' included.
+        turn(0.0)  # accepted
+        turn(0.0)  # closed
 
     def connection() -> int:
+        others = connect(beside)
         for i in range(200):
             cycle(i)
         os.getppid()  # the measured part starts
         for i in range(cycles):
             cycle(i)
         os.getppid()  # and ends
+        for client in others:
+            client.close()
+        for _ in range(5):
+            turn(0.0)
         return cycles
 
     def message() -> int:
-        clients = []
-        for _ in range(connections):
-            client = socket.socket()
-            client.setblocking(False)
-            client.connect_ex(address)
-            clients.append(client)
-            reactor.doIteration(0)  # type: ignore[attr-defined]
+        clients = connect(connections)
         for _ in range(150):  # everyone welcomed, then a dozen messages each
             turn()
         before = _queued(clients)
@@ -143,6 +169,7 @@ def measure(whats: list[str], server: str, args: argparse.Namespace) -> dict[str
             sys.executable, "-m", "bench.instructions", "--child", server,
             "--what", ",".join(whats), "--connections", str(args.connections),
             "--seconds", str(args.seconds), "--cycles", str(args.cycles),
+            "--beside", str(args.beside),
         ]  # fmt: skip
         run = subprocess.run(
             command, cwd=ROOT, capture_output=True, text=True, timeout=1800,
@@ -153,6 +180,9 @@ def measure(whats: list[str], server: str, args: argparse.Namespace) -> dict[str
             raise SystemExit(f"{server} failed:\n{run.stdout}\n{run.stderr[-2000:]}")
         figures = {}
         # Part 1 is before the first mark; each figure is a part between two.
+        parts = sorted(where.glob("callgrind.out.*"))
+        if len(parts) != 2 * len(whats):  # a mark too many or too few: the parts would shift
+            raise SystemExit(f"{server}: {len(parts)} marks, not {2 * len(whats)}\n{run.stdout}")
         for k, what in enumerate(whats, 1):
             units = re.search(rf"^{what} (\d+)$", run.stdout, re.M)
             part = where / f"callgrind.out.{2 * k}"
@@ -160,7 +190,9 @@ def measure(whats: list[str], server: str, args: argparse.Namespace) -> dict[str
             if units is None or total is None:
                 raise SystemExit(f"{what} on {server}: no figure\n{run.stdout}")
             count = int(units.group(1))
-            figures[what] = {"units": count, "instructions": int(total.group(1)) // max(count, 1)}
+            if not count:
+                raise SystemExit(f"{what} on {server}: nothing measured\n{run.stdout}")
+            figures[what] = {"units": count, "instructions": int(total.group(1)) // count}
         return figures
     finally:
         shutil.rmtree(where)
@@ -173,6 +205,8 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=2000)
     parser.add_argument("--what", default="message,connection")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "instructions.json"))
+    parser.add_argument("--beside", type=int, default=0)
+    parser.add_argument("--servers", default="baseline,timerserver")
     parser.add_argument("--child", choices=SERVERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     # The idle server's connections first, then the messages.
@@ -180,16 +214,19 @@ def main() -> None:
     if not whats or set(args.what.split(",")) - set(whats):
         raise SystemExit(f"--what: message, connection or both, not {args.what!r}")
     if args.child:
-        child(whats, args.child, args.connections, args.seconds, args.cycles)
+        child(whats, args.child, args.connections, args.seconds, args.cycles, args.beside)
         return
+    servers = list(dict.fromkeys(s for s in args.servers.split(",") if s))
+    if servers[:1] != ["baseline"] or not set(servers) <= set(SERVERS):
+        raise SystemExit(f"--servers: baseline first, then any of {', '.join(SERVERS[1:])}")
     if shutil.which("valgrind") is None:
         raise SystemExit("bench.instructions needs valgrind (Debian: apt-get install valgrind)")
-    with ThreadPoolExecutor(len(SERVERS)) as pool:  # counts do not depend on the CPU
-        runs = {s: pool.submit(measure, whats, s, args) for s in SERVERS}
+    with ThreadPoolExecutor(2) as pool:  # counts do not depend on the CPU
+        runs = {s: pool.submit(measure, whats, s, args) for s in servers}
         byServer = {s: run.result() for s, run in runs.items()}
     results: dict[str, Any] = {}
     for what in whats:
-        figures = {s: byServer[s][what] for s in SERVERS}
+        figures = {s: byServer[s][what] for s in servers}
         base = figures["baseline"]["instructions"]
         unit = "message" if what == "message" else "cycle"
         for server, figure in figures.items():

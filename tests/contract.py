@@ -145,16 +145,18 @@ class QueueContractMixin:
 
         provider, plain = Callable("provider"), Callable("plain")
         alsoProvides(provider, ITimer)
+        another = RecordingTimer(self.clock)
         for name, timer in [
             ("provider", provider),
             ("plain", plain),
             ("recording", self.timer),
-            ("recording again", RecordingTimer(self.clock)),
+            ("recording again", another),
         ]:
             self.queue.setTimer(self.queue.createTimer(), timer, 1, name)
             self.settle(1)
         self.assertEqual(got, [("provider onTimer", "provider"), ("plain called", "plain")])
-        self.assertEqual(self.timer.calls[-1][1], "recording")
+        self.assertEqual([data for _, data in self.timer.calls], ["recording"])
+        self.assertEqual([data for _, data in another.calls], ["recording again"])
 
     def test_setTimerPendingRearms(self: Any) -> None:
         """A pending timer is re-armed with the new timeout, timer and data."""

@@ -68,18 +68,20 @@ class BenchTests(SynchronousTestCase):
             timeout=600,
         )  # fmt: skip
         # 40 cycles; 20 connections at 0.1 s for 0.3 s: two or three messages
-        # each, as the window's edges fall between their ticks.
-        for what, fewest, most in (("connection", 40, 40), ("message", 40, 60)):
+        # each, as the window's edges fall between their ticks.  Plausible
+        # counts: a cycle or a message is thousands of instructions, not
+        # millions (a part read off by one would be the whole warm-up).
+        for what, fewest, most, ceiling in (
+            ("connection", 40, 40, 2_000_000),
+            ("message", 40, 60, 400_000),
+        ):
             figures: Any = result[what]
             for name in ("baseline", "timerserver"):
                 self.assertGreaterEqual(figures[name]["units"], fewest, (what, name))
                 self.assertLessEqual(figures[name]["units"], most, (what, name))
-                self.assertGreater(figures[name]["instructions"], 1000, (what, name))
+                self.assertGreater(figures[name]["instructions"], 5_000, (what, name))
+                self.assertLess(figures[name]["instructions"], ceiling, (what, name))
             self.assertEqual(figures["baseline"]["ratio"], 1.0)
-            self.assertAlmostEqual(
-                figures["timerserver"]["ratio"],
-                figures["timerserver"]["instructions"] / figures["baseline"]["instructions"],
-            )
 
     def test_stormWithEachClient(self) -> None:
         for client in ("asyncio", "raw"):

@@ -137,9 +137,16 @@ class PeriodicTestsMixin:
 
         self.periodic.close()
         self.periodic = Periodic(self.queue, 1.0, restart)
+        # Due at 101; restarted then, so due one interval after that call
+        # (which the wheel may make up to a tick late): 102, 103, 104, not
+        # an interval later.
         self.periodic.start()
-        self.elapse(4.005)
-        self.assertGreaterEqual(len(self.calls), 2)
+        self.elapse(4.05)
+        self.assertEqual(len(self.calls), 4)
+        for k, (at, _, skipped) in enumerate(self.calls, 1):
+            self.assertGreaterEqual(at, 100 + k - 1e-9)
+            self.assertLess(at, 100 + k + 0.03)
+            self.assertEqual(skipped, 0)
         self.assertEqual(self.counters.pending, 1)
         self.periodic.close()
         self.assertEqual((self.counters.live, self.counters.pending), (0, 0))
@@ -182,11 +189,33 @@ class ThreadSafePeriodicTests(PeriodicTestsMixin, SynchronousTestCase):
     makeQueue = staticmethod(_threadSafeWheel)
 
 
+class CountingWheel(TimerWheel):
+    """A wheel whose own setTimer counts its calls."""
+
+    sets = 0
+
+    def setTimer(self, *args: Any, **kwargs: Any) -> bool:
+        self.sets += 1
+        return super().setTimer(*args, **kwargs)
+
+
 class OtherClockPeriodicTests(SynchronousTestCase):
+    def test_aQueueWithItsOwnSetTimerIsSetThroughIt(self) -> None:
+        clock = Clock()
+        queue = CountingWheel(clock)
+        calls: list[float] = []
+        periodic = Periodic(queue, 1.0, lambda late, skipped: calls.append(late))
+        periodic.start()
+        for _ in range(300):
+            clock.advance(0.01)
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(queue.sets, 3)  # start, then after each call
+
     def test_aScheduleOnAnotherClockIsSetThroughSetTimer(self) -> None:
         """With a clock that is not the queue's, each re-arm is a setTimer,
         timed by the queue's clock."""
         queueClock, scheduleClock = Clock(), Clock()
+        scheduleClock.advance(1000)  # another time base: its seconds mean nothing to the queue
         counters = TimerQueueCounters()
         queue = TimerWheel(queueClock, monitor=counters)
         calls: list[float] = []

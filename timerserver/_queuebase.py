@@ -289,6 +289,8 @@ class TimerQueueBase(Generic[H]):
         re-arming from its own callback): the checks of C{setTimer} that
         cannot fail for it are skipped, once a message.
         """
+        if h.queue is not self:
+            self._live(h)
         if self._stopped:
             self._checkRunning()
         wasPending = h.deadline is not None

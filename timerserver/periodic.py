@@ -80,12 +80,15 @@ class Periodic:
         self.running = False
         self._due = 0.0
         self._handle: TimerHandle | None = queue.createTimer()
-        # One of our own queues on the same clock is set again without
-        # setTimer's checks, which cannot fail for our handle and our
-        # timeout; any other queue through setTimer.
-        self._ours: TimerQueueBase[Any] | None = (
-            queue if isinstance(queue, TimerQueueBase) and clock is queue._reactor else None
-        )
+        # One of our own queues (its setTimer not overridden) on the same
+        # clock is set again without setTimer's checks, which cannot fail
+        # for our handle and our timeout; any other queue through setTimer.
+        ours: TimerQueueBase[Any] | None = queue if isinstance(queue, TimerQueueBase) else None
+        if ours is not None and (
+            type(ours).setTimer is not TimerQueueBase.setTimer or clock is not ours.clock
+        ):
+            ours = None
+        self._ours = ours
 
     def start(self) -> None:
         """Call the function every interval, the first time one interval from now."""
@@ -123,9 +126,12 @@ class Periodic:
             self.skipped += skipped
             self._due += skipped * interval
             late -= skipped * interval
+        due = self._due
         self.function(late, skipped)
-        if self.running and self._handle is not None:
-            due = self._due = self._due + interval
+        # Unless the function stopped, closed or restarted it (start() moves
+        # the schedule and sets the handle itself).
+        if self.running and self._handle is not None and self._due == due:
+            due = self._due = due + interval
             if self._ours is not None:
                 self._ours._setAgain(self._handle, due - now if due > now else 0.0, now)
             else:
