@@ -96,13 +96,15 @@ def child(
     from twisted.internet import reactor
 
     from bench.baseline_server import MESSAGE
+    from timerserver.listener import DEFAULT_BACKLOG
 
     limit = min(MAX_DESCRIPTORS, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
     now = [reactor.seconds()]
     # The clock, stepped by hand: the same turns in every run.
     reactor.seconds = functools.partial(operator.getitem, now, 0)  # type: ignore[method-assign]
-    port = reactor.listenTCP(0, _factory(server, reactor), interface="127.0.0.1", backlog=4096)
+    factory = _factory(server, reactor)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1", backlog=DEFAULT_BACKLOG)
     address = ("127.0.0.1", port.getHost().port)
 
     def turn(step: float = 0.01) -> None:

@@ -131,15 +131,10 @@ class TimerServerProtocol(Protocol):
         if factory.welcome:
             self._write(factory.welcome)
         self._periodic.start()
-        if factory.idleTimeout:
-            self._armIdle()
+        self._armIdle()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        if (
-            reason is not None
-            and type(self.transport) is not tcp.Server
-            and type(reason.value).__module__.startswith("OpenSSL")
-        ):
+        if reason is not None and type(reason.value).__module__.startswith("OpenSSL"):
             # Not a TLS client (plain TCP, an old protocol, a bad handshake).
             self.factory.events.event(
                 "dropped",
