@@ -93,8 +93,22 @@ class BenchTests(SynchronousTestCase):
             for row in rows:
                 self.assertEqual((row["clients"], row["welcomed"]), (200, 200), client)
                 self.assertEqual(row["noWelcome"] + row["failedToConnect"], 0, client)
+                self.assertEqual(row["notBegun"], 0, client)
                 self.assertGreater(row["welcomeMs"]["p99"], 0, client)
                 self.assertGreater(row["serverCpuSeconds"], 0, client)
+
+    def test_stormCutShortByItsDeadline(self) -> None:
+        """Clients the deadline came before are not begun, not failed: each is counted once."""
+        for client in ("asyncio", "raw"):
+            rows: list[Any] = runBench(  # type: ignore[assignment]
+                "bench.storm", "--clients", "4000", "--in-flight", "2", "--deadline", "0.05",
+                "--backlogs", "", "--no-baseline", "--client", client,
+            )  # fmt: skip
+            (row,) = rows
+            self.assertGreater(row["notBegun"], 0, client)
+            self.assertEqual(row["failedToConnect"], 0, client)
+            counted = row["welcomed"] + row["noWelcome"] + row["failedToConnect"] + row["notBegun"]
+            self.assertEqual(counted, 4000, client)
 
     def test_stormWithoutTheBaseline(self) -> None:
         rows: list[Any] = runBench(  # type: ignore[assignment]
