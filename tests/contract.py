@@ -530,6 +530,72 @@ class QueueContractMixin:
         self.assertEqual(self.fired, [1])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_shutdownFromACallbackWithAnotherDueAtTheSameTime(self: Any) -> None:
+        """The other timer of the same moment is cancelled, counted, and never fires."""
+        a, b = self.queue.createTimer(), self.queue.createTimer()
+        self.queue.setTimer(a, lambda _: self.fired.append(self.queue.shutdown()), 1)
+        self.queue.setTimer(b, self.fired.append, 1, "b")
+        self.settle(5)
+        self.assertEqual(self.fired, [1])
+        self.assertFalse(self.queue.isSet(b))
+        self.assertEqual((self.counters.pending, self.counters.cancelled), (0, 1))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_aCallbackRaisingABaseExceptionLosesNoOtherTimer(self: Any) -> None:
+        """
+        A reactor logs a SystemExit or KeyboardInterrupt from a timed call
+        and goes on: the timers due with it, and later ones, still fire.
+        """
+
+        def bail(_: object) -> None:
+            raise KeyboardInterrupt
+
+        a, b = self.queue.createTimer(), self.queue.createTimer()
+        self.queue.setTimer(a, bail, 1)
+        self.queue.setTimer(b, self.fired.append, 1, "b")
+        self.assertRaises(KeyboardInterrupt, self.settle, 1)
+        self.settle(1)
+        self.assertEqual(self.fired, ["b"])
+        self.queue.setTimer(a, self.fired.append, 1, "later")
+        self.settle(1)
+        self.assertEqual(self.fired, ["b", "later"])
+        self.assertEqual(self.counters.pending, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_aTimerSetAfterTheClockWentBackFiresOnTime(self: Any) -> None:
+        """
+        With nothing pending, a clock stepped back an hour does not hold a
+        new timer back by the hour (pending ones are, as Twisted's own are).
+        """
+        h = self.queue.createTimer()
+        self.queue.setTimer(h, self.fired.append, 1, "before")
+        self.settle(1)
+        self.clock.advance(-3600)
+        self.queue.setTimer(h, self.timer, 1)
+        self.assertFiresAt(self.clock.seconds() + 1)
+
+    def test_aStalledReactorCatchesUpInDeadlineOrderAfterAPushBack(self: Any) -> None:
+        """A timer pushed back past another fires after it, in one catch-up turn."""
+        idle, a = self.queue.createTimer(), self.queue.createTimer()
+        self.queue.setTimer(idle, self.fired.append, 0.5, "idle")
+        self.queue.setTimer(a, self.fired.append, 2.0, "a")
+        self.clock.advance(0.1)
+        self.queue.setTimer(idle, self.fired.append, 2.5, "idle")
+        self.clock.advance(5)  # one turn after a stall
+        self.assertEqual(self.fired, ["a", "idle"])
+
+    def test_theNextTimerIsNotLateByTheTimeCallbacksTook(self: Any) -> None:
+        """A slow callback does not push back the reactor call of the next timer."""
+
+        def slow(_: object) -> None:
+            self.clock.rightNow += 0.008  # time passes in the callback
+
+        a = self.queue.createTimer()
+        self.queue.setTimer(a, slow, 1)
+        self.queue.setTimer(self.queue.createTimer(), self.timer, 1.011)
+        self.clock.advance(1)
+        self.assertFiresAt(self.clock.seconds() - 1.008 + 1.011)
+
     # The monitor
 
     def test_monitorCountsEveryOperation(self: Any) -> None:

@@ -131,6 +131,8 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
         self._call: IDelayedCall | None = None
         self._callTick: int = 0
         self._advancing: bool = False
+        self._firing: _Slot | None = None
+        """The batch L{_fire} is expiring, taken out of its slot: its unfired timers are pending."""
 
     def __repr__(self) -> str:
         pending = self._inSlots + self._inUpper + self._overflowLive
@@ -196,8 +198,9 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
                 return
             self._unplace(h)
         elif not (self._advancing or self._inSlots or self._inUpper or self._overflowLive):
-            # Nothing pending: the wheel may skip the idle ticks.
-            self._tick = max(self._tick, math.floor(now / self.granularity))
+            # Nothing pending (and so no reactor call): the wheel starts again
+            # from now, past its idle ticks or back after the clock went back.
+            self._tick = math.floor(now / self.granularity)
         h.deadline = deadline
         tick = math.ceil(deadline / self.granularity)
         if tick <= self._tick:
@@ -217,6 +220,9 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
         pending = [h for slot in self._slots if slot for h in slot]
         pending.extend(h for slot in self._upper if slot for h in slot)
         pending.extend(e[2] for e in self._overflow if e[2] is not None)
+        firing = self._firing
+        if firing is not None:  # shut down by a callback: the rest of its batch too
+            pending.extend(h for h in firing if h.slot is firing)
         for h in pending:
             h.slot = None
         # In place: a wheel shut down by a callback is still walking these.
@@ -247,10 +253,12 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
         try:
             self._runThrough(nowTick, now)
         finally:
+            # Even past a callback's BaseException; and from when the
+            # callbacks are done, not from when they began.
             self._advancing = False
-        wake = self._nextWake()
-        if wake is not None:
-            self._schedule(wake, now)
+            wake = self._nextWake()
+            if wake is not None:
+                self._schedule(wake, self._reactor.seconds())
 
     def _nextRevolution(self) -> int:
         """The first tick of the next level-0 revolution: a cascade point."""
@@ -318,17 +326,35 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
     def _fire(self, batch: _Slot, now: float) -> None:
         """Expire the timers of one tick, in deadline order."""
         handles = sorted(batch, key=_byDeadline) if len(batch) > 1 else list(batch)
-        for h in handles:
-            if h.slot is not batch:
-                continue  # cancelled, re-armed or destroyed by an earlier callback
-            self._inSlots -= 1
-            h.slot = None
-            deadline: float = h.deadline  # type: ignore[assignment]  # pending: not None
-            if deadline > now:
-                # Re-armed later since it was placed (or a float rounding put
-                # it a hair early): place it where its deadline now belongs.
-                tick = math.ceil(deadline / self.granularity)
-                self._place(h, max(tick, self._tick + 1))
-                continue
-            h.deadline = None
-            self._expire(h)
+        granularity = self.granularity
+        # A stalled reactor catching up: a timer pushed back into a later
+        # tick (by the "later" path of _arm) waits for that tick's turn.
+        catchingUp = now >= (self._tick + 1) * granularity
+        self._firing = batch
+        try:
+            for h in handles:
+                if h.slot is not batch:
+                    continue  # cancelled, re-armed or destroyed by an earlier callback
+                self._inSlots -= 1
+                h.slot = None
+                deadline: float = h.deadline  # type: ignore[assignment]  # pending: not None
+                if deadline > now or catchingUp:
+                    # Re-armed later since it was placed (or a float rounding put
+                    # it a hair early): place it where its deadline now belongs.
+                    tick = math.ceil(deadline / granularity)
+                    if deadline > now or tick > self._tick:
+                        self._place(h, max(tick, self._tick + 1))
+                        continue
+                h.deadline = None
+                self._expire(h)
+        except BaseException:
+            # Only a BaseException gets past _expire (SystemExit, KeyboardInterrupt):
+            # the rest of this tick's timers stay pending, for the next tick.
+            for h in handles:
+                if h.slot is batch:
+                    self._inSlots -= 1
+                    h.slot = None
+                    self._place(h, self._tick + 1)
+            raise
+        finally:
+            self._firing = None
