@@ -7,6 +7,7 @@ it (malformed messages, lines without end), and steering by its load.
 from __future__ import annotations
 
 import errno
+import signal
 from typing import Any
 
 from twisted.internet import defer
@@ -35,6 +36,7 @@ from timerserver.supervisor import (
     GIVE_UP_AFTER,
     KILL_AFTER,
     WorkerPoolService,
+    exitStatus,
 )
 from timerserver.workerprocess import MALFORMED_LOGGED, WorkerProcess
 
@@ -179,6 +181,46 @@ class SpawnTests(SynchronousTestCase):
         self.assertEqual(call.getTime(), reactor.seconds())
 
 
+class ExitStatusTests(SynchronousTestCase):
+    def test_aWorkerKilledByARealTimeSignalIsReplaced(self) -> None:
+        """Signal 35 (SIGRTMIN+1 with glibc) has no name in the signal module."""
+        service, reactor = pool()
+        logged: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        service.startService()
+        one, _, spare = reactor.processes
+        one.end(Failure(ProcessTerminated(signal=signal.SIGRTMIN + 1)))
+        self.assertTrue(one.proto.ended.called)
+        reactor.advance(0)
+        self.assertIs(service.workers[1], spare.proto)
+        [line] = [e for e in logged if "after" in e.get("log_format", "")]
+        self.assertEqual(line["status"], f"killed by signal {signal.SIGRTMIN + 1} (SIGRTMIN+1)")
+        self.assertEqual(
+            exitStatus(Failure(ProcessTerminated(signal=9))), "killed by signal 9 (SIGKILL)"
+        )
+        self.assertEqual(exitStatus(Failure(ProcessTerminated(signal=99))), "killed by signal 99")
+
+    def test_aPoolThatFailsToHandleAnEndStillSeesItEnd(self) -> None:
+        """An error in the pool's C{workerEnded} is logged; C{ended} fires anyway."""
+
+        class Broken:
+            reactor = Clock()
+
+            def workerLoad(self, worker: WorkerProcess, count: int) -> None:
+                pass
+
+            def workerEnded(self, worker: WorkerProcess, reason: Failure) -> None:
+                raise RuntimeError("broken")
+
+        worker = WorkerProcess(Broken(), 1)
+        worker.processEnded(Failure(ProcessDone(0)))
+        self.assertIsNone(self.successResultOf(worker.ended))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
 class StopTests(SynchronousTestCase):
     def test_sumsTheWorkersStopFigures(self) -> None:
         service, reactor = pool()
@@ -277,6 +319,24 @@ class ScrapeTests(SynchronousTestCase):
         self.answer(service.workers[1].transport, {"accepted": 1, "connections_open": 2})
         total, _ = self.successResultOf(d)
         self.assertEqual((total["accepted"], total["connections_open"]), (24, 2))
+
+    def test_aWorkerThatDiesWhileTheScrapeWaitsForAnotherIsCountedOnce(self) -> None:
+        """Its figures are retired when it ends: the scrape must not add them again."""
+        service, reactor = pool()
+        service.startService()
+        one, two, _ = reactor.processes
+        d = service.metricsSource()
+        self.answer(one, {"accepted": 5, "connections_open": 2})
+        self.answer(two, {"accepted": 7, "connections_open": 3})
+        self.successResultOf(d)
+        d = service.metricsSource()  # worker 2 is stopped: the scrape waits for it
+        one.end(Failure(ProcessTerminated(signal=9)))
+        self.assertNoResult(d)
+        reactor.advance(service.scrapeDeadline)
+        total, processes = self.successResultOf(d)
+        self.assertEqual((total["accepted"], total["connections_open"]), (12, 3))
+        self.assertEqual(total["workers_up"], {"1": 0, "2": 0})
+        self.assertNotIn("1", processes)
 
     def test_aWorkerThatDiesMidScrape(self) -> None:
         service, reactor = pool(workers=1)

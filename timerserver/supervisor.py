@@ -66,9 +66,18 @@ def exitStatus(reason: Failure) -> str:
     value = reason.value
     if isinstance(value, (ProcessDone, ProcessTerminated)):
         if value.signal is not None:
-            return f"killed by signal {value.signal} ({signal.Signals(value.signal).name})"
+            return f"killed by signal {value.signal}{signalName(value.signal)}"
         return f"exited with status {value.exitCode}"
     return str(value)
+
+
+def signalName(number: int) -> str:
+    """C{" (SIGKILL)"}, C{" (SIGRTMIN+1)"}: signal C{number}'s name, if it has one."""
+    try:
+        return f" ({signal.Signals(number).name})"
+    except ValueError:  # real-time signals but the first and last have no member
+        low, high = getattr(signal, "SIGRTMIN", 0), getattr(signal, "SIGRTMAX", 0)
+        return f" (SIGRTMIN+{number - low})" if low < number < high else ""
 
 
 class WorkerPoolService(Service):
@@ -212,9 +221,14 @@ class WorkerPoolService(Service):
             self.spare = None
         elif running:
             del self.workers[number]
-        if worker.lastStats:
-            self.retired = combine([self.retired, retired(worker.lastStats)])
-        self.linesDropped += worker.linesDropped
+        if not worker.retired:
+            worker.retired = True  # a scrape still waiting for it must not count it again
+            self.linesDropped += worker.linesDropped
+            if worker.lastStats:
+                try:
+                    self.retired = combine([self.retired, retired(worker.lastStats)])
+                except Exception:
+                    self._log.failure("{name}'s last figures could not be kept", name=worker.name)
         if self.stopping:
             if not isinstance(reason.value, ProcessDone):
                 self._log.warn(
@@ -262,6 +276,8 @@ class WorkerPoolService(Service):
         live = []
         dropped = self.linesDropped
         for (number, worker), answer in zip(workers, answers, strict=True):
+            if worker.retired:
+                continue  # it ended while the scrape waited: its figures are in self.retired
             up[str(number)] = int(answer is not None)
             figures = answer if answer is not None else worker.lastStats
             dropped += worker.linesDropped

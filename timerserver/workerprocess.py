@@ -74,6 +74,8 @@ class WorkerProcess(ProcessProtocol):
         self.lastStats: dict[str, Any] | None = None
         self.linesDropped = 0
         self.malformed = 0
+        self.retired = False
+        """Whether the pool has folded its figures into its sums (it ended)."""
         self._nextId = 0
         self._asked: tuple[int, list[defer.Deferred[dict[str, Any] | None]]] | None = None
 
@@ -185,10 +187,14 @@ class WorkerProcess(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         asked, self._asked = self._asked, None
-        for d in asked[1] if asked else []:
-            d.callback(None)
-        self.pool.workerEnded(self, reason)
-        self.ended.callback(None)
+        try:
+            for d in asked[1] if asked else []:
+                d.callback(None)
+            self.pool.workerEnded(self, reason)
+        except Exception:
+            self._log.failure("{name}'s end was not handled", name=self.name)
+        finally:
+            self.ended.callback(None)
 
 
 def _cancelling(timer: IDelayedCall) -> Any:
