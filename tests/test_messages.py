@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from timerserver.lateness import DEFAULT_BUCKETS
 from timerserver.messages import (
     MAX_LINE,
     MAX_LOAD,
@@ -18,6 +19,7 @@ from timerserver.messages import (
     StatsAnswer,
     StatsRequest,
     StopFigures,
+    checkStats,
     decode,
     encode,
 )
@@ -105,6 +107,47 @@ class MalformedTests(SynchronousTestCase):
             self.assertMalformed(line, "out of range")
         self.assertRaises(MalformedMessage, Load, -1)  # nor can one be made
 
+    def test_deeplyNested(self) -> None:
+        """JSON nested deeper than the parser's recursion limit: malformed, not a RecursionError."""
+        self.assertMalformed(b"[" * 100_000, "not JSON")
+        self.assertMalformed(b'{"type":"log","level":"info","text":' + b"[" * 100_000, "not JSON")
+
     def test_tooLong(self) -> None:
         line = encode(LogEvent("info", "x" * MAX_LINE))
         self.assertMalformed(line, "over")
+
+
+class StatsShapeTests(SynchronousTestCase):
+    """A worker's figures must have the shape of a snapshot for the master to sum them."""
+
+    GOOD = {
+        "connections_open": 2, "accepted": 5, "refused": {"full": 1}, "lateness_sum": 0.5,
+        "lateness_bounds": list(DEFAULT_BUCKETS),
+        "lateness_counts": [0] * (len(DEFAULT_BUCKETS) + 1),
+        "process": {"process_cpu_seconds_total": 1.5}, "granularity": 0.01,
+    }  # fmt: skip
+
+    def test_snapshotsAndPartsOfThem(self) -> None:
+        for stats in (self.GOOD, {}, {"log_lines_dropped": 3}, {"lateness_bounds": []}):
+            checkStats(stats)
+
+    def test_otherShapes(self) -> None:
+        for change in (
+            {"lateness_counts": [1, 2, 3]},
+            {"lateness_bounds": [0.5], "lateness_counts": [1, 2]},
+            {"lateness_bounds": [], "lateness_counts": [1]},
+            {"accepted": -1},
+            {"accepted": float("nan")},
+            {"lateness_sum": float("inf")},
+            {"accepted": 10**400},
+            {"accepted": True},
+            {"accepted": "5"},
+            {"accepted": [5]},
+            {"refused": {"full": "1"}},
+            {"refused": [1]},
+            {"process": {"process_cpu_seconds_total": {"nested": 1}}},
+            {"lateness_counts": "abc"},
+            {"workers_up": {"1": 1}},
+        ):
+            stats = {**self.GOOD, **change}
+            self.assertRaises(MalformedMessage, checkStats, stats)

@@ -28,6 +28,7 @@ from tests.serverprocess import (
 from timerserver import TimerQueueCounters, TimerWheel
 from timerserver.factory import TimerServerFactory
 from timerserver.lateness import LatenessHistogram
+from timerserver.messages import STATS_FIELDS, checkStats
 from timerserver.reasons import REFUSED
 
 try:
@@ -95,6 +96,7 @@ class SnapshotTests(SynchronousTestCase):
         self.assertEqual(s["operations"]["create"], 6)
         self.assertEqual(s["operations"]["destroy"], 6)
         self.assertGreater(s["process"]["process_resident_memory_bytes"], 0)
+        checkStats(s)  # what a worker sends has the shape the master accepts
 
     def test_closeReasons(self) -> None:
         factory, counters, clock = self.harness(welcome=None, stallTimeout=1.0, maxBuffer=10)
@@ -119,6 +121,11 @@ class SnapshotTests(SynchronousTestCase):
             {k: v for k, v in closed.items() if v},
             {"stalled": 1, "buffer": 1, "client": 2, "shutdown": 1},
         )
+
+    def test_theSnapshotsFieldsAreTheMessagesFields(self) -> None:
+        from timerserver.metrics import EMPTY
+
+        self.assertEqual(set(EMPTY), STATS_FIELDS)
 
     def test_combineAndRetire(self) -> None:
         one = {"connections_open": 2, "accepted": 5, "refused": {"full": 1, "peer": 0},

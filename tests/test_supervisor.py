@@ -380,6 +380,50 @@ class WorkerOutputTests(SynchronousTestCase):
         worker.childDataReceived(1, encode(StopFigures(1, 2, 3)))  # and it still listens
         self.assertEqual(worker.stopFigures, StopFigures(1, 2, 3))
 
+    def test_deeplyNestedJSONIsMalformedAndTheWorkerStillHeard(self) -> None:
+        worker, logged = self.worker()
+        worker.childDataReceived(1, b"[" * 100_000 + b"\n")
+        worker.childDataReceived(1, encode(StopFigures(1, 2, 3)))
+        self.assertEqual(worker.malformed, 1)
+        self.assertEqual(len(logged), 1)
+        self.assertIn("malformed message ignored", logged[0]["log_format"])
+        self.assertEqual(worker.stopFigures, StopFigures(1, 2, 3))
+
+    def test_statsOfAnotherShapeAreMalformedAndNotKept(self) -> None:
+        """They are ignored, the request is over, and the sums never see them."""
+        service, reactor = pool(workers=1)
+        service.startService()
+        logged: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        process = service.workers[1].transport
+        d = service.metricsSource()
+        [request] = process.messages()[1:]
+        process.proto.childDataReceived(1, encode(StatsAnswer(request.id, {"accepted": 4})))
+        self.successResultOf(d)
+        d = service.metricsSource()
+        for _ in range(MALFORMED_LOGGED + 5):
+            request = process.messages()[-1]
+            bad = StatsAnswer(request.id, {"lateness_counts": [1, 2, 3]})
+            process.proto.childDataReceived(1, encode(bad))
+            total, _ = self.successResultOf(d)  # answered at once, as not in time
+            self.assertEqual((total["accepted"], total["workers_up"]), (4, {"1": 0}))
+            reactor.advance(1)
+            d = service.metricsSource()  # and asked again
+        self.assertEqual(service.workers[1].lastStats, {"accepted": 4})
+        self.assertEqual(
+            len([e for e in logged if "malformed" in e["log_format"]]), MALFORMED_LOGGED
+        )
+        process.end(Failure(ProcessTerminated(signal=9)))
+        self.assertEqual(service.retired["accepted"], 4)
+        reactor.advance(0)
+        d = service.metricsSource()
+        service.workers[1].transport.proto.childDataReceived(1, encode(StatsAnswer(1, {})))
+        total, _ = self.successResultOf(d)
+        self.assertEqual((total["accepted"], total["workers_up"]), (4, {"1": 1}))
+
     def test_linesOverTheBoundAreDroppedAndCounted(self) -> None:
         worker, logged = self.worker()
         chunk = b"x" * 65536

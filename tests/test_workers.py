@@ -263,6 +263,31 @@ class LoadReportTests(SynchronousTestCase):
         self.assertEqual(sent, [(Load(42), True)])
 
 
+class ControlTests(SynchronousTestCase):
+    """The master's messages, as a worker reads them."""
+
+    def test_aMalformedMessageIsLoggedAndIgnored(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        from timerserver.messages import StatsRequest, encode
+        from timerserver.worker import Control
+
+        answered: list[int] = []
+
+        class Worker:
+            def answer(self, id: int) -> None:
+                answered.append(id)
+
+        logged: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        control = Control(Worker())  # type: ignore[arg-type]
+        control.dataReceived(b"[" * 100_000 + b"\n" + encode(StatsRequest(3)))
+        self.assertEqual(answered, [3])
+        [event] = logged
+        self.assertIn("malformed message from the master ignored", str(event["log_format"]))
+
+
 class WorkerEndpointTests(WorkerCase):
     def test_unixSocket(self) -> None:
         import tempfile

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from timerserver.lateness import DEFAULT_BUCKETS
 
 MAX_LINE = 256 * 1024
 """The longest line either side accepts: a snapshot is a few KiB, a log
@@ -136,8 +139,8 @@ def decode(line: bytes) -> Message:
         raise MalformedMessage(f"line of {len(line)} bytes, over {MAX_LINE}")
     try:
         body = json.loads(line)
-    except ValueError as e:  # UnicodeDecodeError is one too
-        raise MalformedMessage(f"not JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is one too; "[[[[..."
+        raise MalformedMessage(f"not JSON: {type(e).__name__}: {e}") from None
     if not isinstance(body, dict):
         raise MalformedMessage(f"not a JSON object: {type(body).__name__}")
     name = body.pop("type", None)
@@ -159,3 +162,54 @@ def decode(line: bytes) -> Message:
             raise MalformedMessage(f"{kind.TYPE}: field {name!r} is {type(value).__name__}")
     message: Message = kind(**body)
     return message
+
+
+MAX_FIGURE = 2**63
+"""A figure in a L{StatsAnswer} at or over this is malformed (no counter gets there)."""
+_STATS_NUMBERS = frozenset(
+    {
+        "connections_open", "accepted", "periodic", "skipped", "echo_bytes", "lateness_sum",
+        "timers_pending", "log_lines_dropped", "granularity",
+    }
+)  # fmt: skip
+_STATS_TABLES = frozenset({"refused", "closed", "operations", "process"})
+_STATS_LISTS = frozenset({"lateness_bounds", "lateness_counts"})
+STATS_FIELDS = _STATS_NUMBERS | _STATS_TABLES | _STATS_LISTS
+"""The fields a worker's figures (a L{timerserver.metrics.snapshot}) may have."""
+
+
+def _figure(value: object) -> bool:
+    """Whether C{value} is a figure: a finite number, not negative, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return 0 <= value < MAX_FIGURE and (isinstance(value, int) or math.isfinite(value))
+
+
+def checkStats(stats: dict[str, Any]) -> None:
+    """
+    Check that C{stats}, a L{StatsAnswer}'s figures, has the shape of a
+    snapshot, so that the master's sums of them cannot fail: known fields
+    only (any may be missing), each a figure, a table of figures, or the
+    lateness histogram's bounds (none, or the server's) and counts (one
+    more than the bounds).
+
+    @raise MalformedMessage: if it has not.
+    """
+    unknown = stats.keys() - STATS_FIELDS
+    if unknown:
+        raise MalformedMessage(f"stats: unknown fields {sorted(unknown)[:5]}")
+    for name, value in stats.items():
+        if name in _STATS_NUMBERS:
+            good = _figure(value)
+        elif name in _STATS_TABLES:
+            good = isinstance(value, dict) and all(map(_figure, value.values()))
+        else:
+            good = isinstance(value, list) and all(map(_figure, value))
+        if not good:
+            raise MalformedMessage(f"stats: field {name!r} is not of its kind")
+    bounds = stats.get("lateness_bounds", [])
+    if bounds not in ([], list(DEFAULT_BUCKETS)):
+        raise MalformedMessage("stats: lateness bounds other than the server's")
+    counts = stats.get("lateness_counts", [])
+    if len(counts) != (len(bounds) + 1 if bounds else 0):
+        raise MalformedMessage("stats: lateness counts do not match its bounds")

@@ -76,8 +76,9 @@ class Control(Protocol):
         """Act on one message; a malformed or unexpected one is logged and ignored."""
         try:
             message = decode(line)
-        except MalformedMessage as e:
-            self._log.error("malformed message from the master ignored: {why}", why=str(e))
+        except Exception as e:  # MalformedMessage; anything else is a bug, still only this line
+            why = str(e) if isinstance(e, MalformedMessage) else f"{type(e).__name__}: {e}"
+            self._log.error("malformed message from the master ignored: {why}", why=why)
             return
         if isinstance(message, Configure):
             self.worker.configure(message.config, message.number, message.fd)

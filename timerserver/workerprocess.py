@@ -29,6 +29,7 @@ from timerserver.messages import (
     StatsAnswer,
     StatsRequest,
     StopFigures,
+    checkStats,
     decode,
     encode,
 )
@@ -116,21 +117,38 @@ class WorkerProcess(ProcessProtocol):
         except MalformedMessage as e:
             self.badMessage(str(e))
             return
+        except Exception as e:  # decode checks everything: a bug, still not the master's end
+            self.badMessage(f"{type(e).__name__}: {e}")
+            return
         if isinstance(message, LogEvent):
             self.logEvent(message)
         elif isinstance(message, Load):
             self.pool.workerLoad(self, message.open)
         elif isinstance(message, StatsAnswer):
-            self.lastStats = message.stats
-            if self._asked is not None and self._asked[0] == message.id:
-                _, waiting = self._asked
-                self._asked = None
-                for d in waiting:
-                    d.callback(message.stats)
+            self.statsAnswer(message)
         elif isinstance(message, StopFigures):
             self.stopFigures = message
         else:
             self.badMessage(f"a {message.TYPE} message, which only the master sends")
+
+    def statsAnswer(self, message: StatsAnswer) -> None:
+        """
+        Keep the figures of C{message} if they have the shape of a snapshot
+        (else it is malformed); either way the request it answers is over.
+        """
+        figures: dict[str, Any] | None = message.stats
+        try:
+            checkStats(message.stats)
+        except MalformedMessage as e:
+            self.badMessage(str(e))
+            figures = None
+        else:
+            self.lastStats = figures
+        if self._asked is not None and self._asked[0] == message.id:
+            _, waiting = self._asked
+            self._asked = None  # the next scrape asks again
+            for d in waiting:
+                d.callback(figures)
 
     def badMessage(self, why: str) -> None:
         """Log (the first few of) the worker's malformed messages; never raise."""
