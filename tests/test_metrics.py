@@ -12,7 +12,7 @@ from collections.abc import Generator
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -322,6 +322,95 @@ class EmptyScrapeTests(SynchronousTestCase):
         }
         self.assertEqual(names["timerserver_connections_open"], 0)
         self.assertEqual(names["timerserver_periodic_lateness_seconds_count"], 0)
+
+
+class RenderTests(SynchronousTestCase):
+    def test_anAcceptHeaderThatConfusesPrometheusClientGetsTheTextFormat(self) -> None:
+        from timerserver.metrics import render
+
+        rendered = render(lambda: defer.succeed((combine([{"accepted": 3}]), {})))
+        for accept in (
+            "application/openmetrics-text; version=x",
+            "text/plain; version=x",
+            "text/html, application/openmetrics-text; version=1.x",
+        ):
+            contentType, body = self.successResultOf(rendered(accept))
+            self.assertTrue(contentType.startswith("text/plain; version=0.0.4"), contentType)
+            self.assertIn(b"timerserver_connections_accepted_total 3.0\n", body)
+        contentType, body = self.successResultOf(
+            rendered("application/openmetrics-text; version=1.0.0")
+        )
+        self.assertTrue(contentType.startswith("application/openmetrics-text"))
+        self.assertTrue(body.endswith(b"# EOF\n"))
+
+
+class ProcessFiguresTests(SynchronousTestCase):
+    def test_atTheOpenFileLimitCPUStillCountsAndTheRestIsKept(self) -> None:
+        """prometheus-client reads /proc/self, which takes a descriptor."""
+        import os
+        import resource
+
+        from timerserver.metrics import processFigures
+
+        before = processFigures()
+        self.assertGreater(before["process_resident_memory_bytes"], 0)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        probe = os.open(os.devnull, os.O_RDONLY)  # the lowest free descriptor
+        os.close(probe)
+        for _ in range(10**6):  # burn some CPU for the counter to move
+            pass
+        resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))
+        try:
+            self.assertRaises(OSError, open, "/proc/self/stat")
+            at = processFigures()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        self.assertGreater(at["process_cpu_seconds_total"], 0)
+        self.assertGreaterEqual(
+            at["process_cpu_seconds_total"], before["process_cpu_seconds_total"]
+        )
+        self.assertEqual(
+            at["process_resident_memory_bytes"], before["process_resident_memory_bytes"]
+        )
+        self.assertEqual(set(at), set(before))
+
+
+class StopTests(TestCase):
+    @defer.inlineCallbacks
+    def test_stoppingWhileThePortIsPausedAtItsLimit(self) -> Generator[Any, Any, None]:
+        """Connections that end after the stop do not resume a port that stopped listening."""
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+        from twisted.internet.protocol import ClientFactory, Protocol
+
+        from timerserver.metrics import MetricsService
+
+        service = MetricsService(
+            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
+            "tcp:0",
+            lambda: defer.succeed(({}, {})),
+            reactor,
+        )
+        service.privilegedStartService()
+        port = service._port
+        assert port is not None
+        factory = service.factory
+        clients: list[Protocol] = []
+        connected = ClientFactory.forProtocol(Protocol)
+        connected.buildProtocol = lambda addr: clients.append(Protocol()) or clients[-1]  # type: ignore[method-assign]
+        for _ in range(factory.maxConnections):
+            reactor.connectTCP("127.0.0.1", port.getHost().port, connected, timeout=5)
+        deadline = time.monotonic() + 10
+        while factory.open < factory.maxConnections and time.monotonic() < deadline:
+            yield deferLater(reactor, 0.01)
+        self.assertEqual(factory.open, factory.maxConnections)  # and the port paused
+        yield service.stopService()
+        for client in clients:
+            client.transport.loseConnection()  # type: ignore[union-attr]
+        while factory.open and time.monotonic() < deadline:
+            yield deferLater(reactor, 0.01)
+        self.assertEqual(factory.open, 0)
+        yield deferLater(reactor, 0.05)  # anything they set off has run (and logged)
 
 
 class CoalescedTests(SynchronousTestCase):

@@ -1,6 +1,7 @@
 """
 The metrics port's HTTP, driven by StringTransport and task.Clock: what it
-answers, what it refuses before reading a body, and its deadlines and limits.
+answers, what it refuses before reading a body, and its deadlines and limits;
+and a scraper's half-close over a real loopback connection.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from timerserver.metricshttp import (
+    FAILURE_LOG_INTERVAL,
     LINGER,
     LINGER_BYTES,
     MAX_HEAD,
@@ -113,6 +116,26 @@ class AnswerTests(SynchronousTestCase):
         d.callback(("application/openmetrics-text", b"# EOF\n"))
         self.assertEqual(status(transport), 200)
 
+    def test_aRenderThatRaisesIs500AndFailuresAreLoggedOnceAMinute(self) -> None:
+        """Whatever a scraper sends, no traceback per request: one line a minute at most."""
+        h = Harness()
+
+        def render(accept: str) -> defer.Deferred[tuple[str, bytes]]:
+            raise TypeError(accept)
+
+        h.factory.render = render
+        for _ in range(5):
+            proto, transport = h.connect()
+            proto.dataReceived(b"GET /metrics HTTP/1.1\r\nAccept: what\r\n\r\n")
+            self.assertEqual(status(transport), 500)
+            h.lose(proto)
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+        h.clock.advance(FAILURE_LOG_INTERVAL)
+        proto, transport = h.connect()
+        proto.dataReceived(b"GET /metrics HTTP/1.1\r\n\r\n")
+        self.assertEqual(status(transport), 500)
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+
     def test_renderFailureIs500AndLogged(self) -> None:
         h = Harness()
         proto, transport = h.connect()
@@ -182,6 +205,67 @@ class RefusalTests(SynchronousTestCase):
         proto.dataReceived(b"GET /metrics HTTP/1.1\r\n")
         proto.dataReceived(b"X-Pad: " + b"a" * MAX_HEAD)
         self.assertEqual(status(transport), 431)
+
+
+class HalfCloseTests(SynchronousTestCase):
+    def test_halfClosedWhileRendering(self) -> None:
+        """The scraper waits for its answer; it is closed once written."""
+        h = Harness()
+        proto, transport = h.connect()
+        proto.dataReceived(b"GET /metrics HTTP/1.1\r\n\r\n")
+        proto.readConnectionLost()
+        self.assertFalse(transport.disconnecting or transport.aborted)
+        h.renders[0][1].callback(("text/plain", b"metric 1\n"))
+        self.assertEqual(status(transport), 200)
+        self.assertTrue(transport.disconnecting)
+        proto.writeConnectionLost()
+        h.lose(proto)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_halfClosedBeforeAWholeRequest(self) -> None:
+        h = Harness(("text/plain", b"x"))
+        proto, transport = h.connect()
+        proto.dataReceived(b"GET /metrics HTTP/1.1\r\n")
+        proto.readConnectionLost()
+        self.assertTrue(transport.aborted)
+        self.assertEqual((transport.value(), h.renders), (b"", []))
+
+
+class HalfCloseOverTCPTests(TestCase):
+    """Over a real loopback connection: Twisted tells a protocol of a half-close only if it asks."""
+
+    def test_aScraperThatHalfClosesAfterItsRequestGetsItsAnswer(self) -> defer.Deferred[None]:
+        from twisted.internet import reactor
+        from twisted.internet.protocol import ClientFactory
+
+        factory = MetricsHTTPFactory(
+            lambda accept: defer.succeed(("text/plain", b"metric 1\n")), reactor
+        )
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        received: defer.Deferred[bytes] = defer.Deferred()
+
+        class Scraper(Protocol):
+            data = b""
+
+            def connectionMade(self) -> None:
+                self.transport.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                self.transport.loseWriteConnection()  # like nc -N
+
+            def dataReceived(self, data: bytes) -> None:
+                self.data += data
+
+            def connectionLost(self, reason: object = None) -> None:
+                received.callback(self.data)
+
+        client = ClientFactory.forProtocol(Scraper)
+        reactor.connectTCP("127.0.0.1", port.getHost().port, client, timeout=5)
+
+        def check(answer: bytes) -> None:
+            self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
+            self.assertTrue(answer.endswith(b"\r\n\r\nmetric 1\n"), answer)
+
+        return received.addTimeout(10, reactor).addCallback(check)
 
 
 class DeadlineTests(SynchronousTestCase):

@@ -75,15 +75,29 @@ Source = Callable[[], defer.Deferred[tuple[Snapshot, dict[str, dict[str, float]]
 """Gives the combined snapshot and each process's own figures, by label."""
 
 
+_lastProcess: dict[str, float] = {}
+"""The latest of each process figure read (a reading can fail: see L{processFigures})."""
+
+
 def processFigures() -> dict[str, float]:
-    """This process's figures, from prometheus-client's own process collector."""
+    """
+    This process's figures: CPU from C{getrusage} (which needs no
+    descriptor), the rest from prometheus-client's own process collector,
+    which reads C{/proc/self} and gives nothing at the open-file limit; then
+    the last figures it gave stand in, so that no sum drops.
+    """
+    import resource
+
     from prometheus_client import ProcessCollector
 
-    return {
+    read = {
         sample.name: sample.value
         for family in ProcessCollector(registry=None).collect()
         for sample in family.samples
     }
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    _lastProcess.update(read, process_cpu_seconds_total=usage.ru_utime + usage.ru_stime)
+    return dict(_lastProcess)
 
 
 def snapshot(
@@ -226,27 +240,53 @@ class SnapshotCollector:
             yield up
 
 
+FORMATS_KEPT = 4
+"""Renderings of one result kept, one per content type (a scraper names the type)."""
+
+
+def chooseEncoder(accept: str) -> tuple[Callable[[Any], bytes], str]:
+    """
+    prometheus-client's encoder for the C{Accept} header C{accept}, or its
+    text format if that header confuses it (C{version=x} raises TypeError).
+    """
+    from prometheus_client.exposition import (
+        CONTENT_TYPE_PLAIN_0_0_4,
+        choose_encoder,
+        generate_latest,
+    )
+
+    try:
+        return choose_encoder(accept)
+    except Exception:
+        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
+
+
 def render(source: Source) -> Callable[[str], defer.Deferred[tuple[str, bytes]]]:
     """
     The metrics of C{source} in the format the scraper's C{Accept} header
-    asks for; the text of a result is made once per format.
+    asks for; the text of a result is made once per format (for a few
+    formats: the header can name any number of them).
     """
-    made: dict[str, tuple[Any, str, bytes]] = {}
+    made: dict[str, tuple[Any, bytes]] = {}
 
     def rendered(accept: str) -> defer.Deferred[tuple[str, bytes]]:
         from prometheus_client import CollectorRegistry
-        from prometheus_client.exposition import choose_encoder
 
-        encoder, contentType = choose_encoder(accept)
+        encoder, contentType = chooseEncoder(accept)
 
         def encode(result: tuple[Snapshot, dict[str, dict[str, float]]]) -> tuple[str, bytes]:
             last = made.get(contentType)
             if last is not None and last[0] is result:
-                return contentType, last[2]
+                return contentType, last[1]
             registry = CollectorRegistry(auto_describe=False)
             registry.register(SnapshotCollector(*result))
-            made[contentType] = (result, contentType, encoder(registry))
-            return contentType, made[contentType][2]
+            body = encoder(registry)
+            for kind in [k for k, (r, _) in made.items() if r is not result]:
+                del made[kind]  # an older result's
+            while len(made) >= FORMATS_KEPT:
+                del made[next(iter(made))]
+            made[contentType] = (result, body)
+            return contentType, body
 
         return source().addCallback(encode)
 
@@ -316,6 +356,7 @@ class MetricsService(Service):
     def stopService(self) -> defer.Deferred[None]:
         Service.stopService(self)
         port, self._port = self._port, None
+        self.factory.port = None  # connections that end from now on must not resume it
         if port is None:
             return defer.succeed(None)
         return defer.maybeDeferred(port.stopListening).addCallback(lambda _: None)

@@ -31,10 +31,16 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 REQUEST_TIMEOUT = 5.0
 MAX_HEAD = 8192
@@ -42,6 +48,8 @@ MAX_CONNECTIONS = 16
 LINGER = 1.0
 LINGER_BYTES = 64 * 1024
 ANSWER_TIMEOUT = 3.0
+FAILURE_LOG_INTERVAL = 60.0
+"""A failed scrape is logged at most once in this many seconds (the rest are counted)."""
 
 Render = Callable[[str], defer.Deferred[tuple[str, bytes]]]
 """Given the Accept header, the content type and body of the metrics."""
@@ -59,9 +67,12 @@ REASONS = {
 }
 
 
+@implementer(IHalfCloseableProtocol)
 class MetricsHTTP(Protocol):
     """
-    One connection to the metrics port: one request, one answer.
+    One connection to the metrics port: one request, one answer.  A scraper
+    may half-close once it has sent its request (C{nc -N}): it still gets
+    the answer.
 
     @ivar state: C{"head"} (reading the request), C{"rendering"} (waiting
         for the metrics), C{"done"} (answered, lingering until closed).
@@ -74,6 +85,7 @@ class MetricsHTTP(Protocol):
         self.buffer = b""
         self.state = "head"
         self.gone = False
+        self.readClosed = False
         self.discarded = 0
         self._timer: IDelayedCall | None = None
 
@@ -144,10 +156,14 @@ class MetricsHTTP(Protocol):
             self.respond(200, body, [(b"Content-Type", contentType.encode("latin-1"))], head)
 
         def failed(failure: Failure) -> None:
-            self.factory.log.failure("metrics scrape failed", failure)
+            self.factory.scrapeFailed(failure)
             self.respond(500, b"# scrape failed\n")
 
-        self.factory.render(accept).addCallbacks(write, failed)
+        try:
+            rendering = self.factory.render(accept)
+        except Exception:
+            rendering = defer.fail()
+        rendering.addCallbacks(write, failed)
 
     def respond(
         self,
@@ -167,14 +183,25 @@ class MetricsHTTP(Protocol):
         self.transport.write(b"\r\n".join(lines) + (b"" if head else body))
         self._setTimer(LINGER, self._timedOut)
         lose = getattr(self.transport, "loseWriteConnection", None)
-        if lose is None:
+        if lose is None or self.readClosed:
             self.transport.loseConnection()
         else:
             lose()
 
     def readConnectionLost(self) -> None:
-        """The client half-closed: it has read its answer, or will send nothing more."""
-        self.transport.loseConnection()
+        """
+        The client half-closed: once answered, it has read its answer; while
+        its request is being answered, it waits for the answer; before it
+        sent a whole request, it never will.
+        """
+        self.readClosed = True
+        if self.state == "done":
+            self.transport.loseConnection()
+        elif self.state == "head":
+            self.transport.abortConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Our half-close after the answer: the client closes, or the linger ends it."""
 
     def connectionLost(self, reason: object = None) -> None:
         self.gone = True
@@ -209,6 +236,22 @@ class MetricsHTTPFactory(Factory):
         """How many answers of each status code were written."""
         self.port: Any = None
         self._paused = False
+        self._failureLogged: float | None = None
+        self._failuresUnlogged = 0
+
+    def scrapeFailed(self, failure: Failure) -> None:
+        """Log a failed scrape, at most once every L{FAILURE_LOG_INTERVAL} seconds."""
+        now = self.clock.seconds()
+        if self._failureLogged is not None and now - self._failureLogged < FAILURE_LOG_INTERVAL:
+            self._failuresUnlogged += 1
+            return
+        self._failureLogged = now
+        more, self._failuresUnlogged = self._failuresUnlogged, 0
+        self.log.failure(
+            "metrics scrape failed{more}",
+            failure,
+            more=f" ({more} more since the last such line)" if more else "",
+        )
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
         # Past the limit only within the turn that reached it: the port
