@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import signal
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
@@ -219,6 +220,44 @@ class ExitStatusTests(SynchronousTestCase):
         worker.processEnded(Failure(ProcessDone(0)))
         self.assertIsNone(self.successResultOf(worker.ended))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class WorkerCommandTests(SynchronousTestCase):
+    def test_aWorkerImportsNothingFromTheMastersWorkingDirectory(self) -> None:
+        """
+        A real worker process, spawned as the master spawns it, in a directory
+        holding planted C{timerserver} and C{twisted} packages (it ends at
+        once: its standard input is empty).
+        """
+        import os
+        import subprocess
+        import sys
+
+        spawned: list[tuple[Any, ...]] = []
+        # An empty entry in PYTHONPATH (PYTHONPATH=$PYTHONPATH:/x) is the working directory too.
+        self.patch(os, "environ", {**os.environ, "PYTHONPATH": os.pathsep + "/nonexistent"})
+        service, reactor = pool(workers=1)
+        reactor.spawnProcess = lambda proto, *args, **kwargs: spawned.append((args, kwargs))
+        service._start("worker 1", 1, lambda: None)
+        [((executable, args), kwargs)] = spawned
+        self.assertEqual(executable, sys.executable)
+        cwd = self.mktemp()
+        marker = os.path.abspath(os.path.join(cwd, "planted-ran"))
+        for package in ("timerserver", "twisted"):
+            os.makedirs(os.path.join(cwd, package))
+            with open(os.path.join(cwd, package, "__init__.py"), "w") as f:
+                f.write(f"open({marker!r}, 'a').write({package!r})\n")
+        done = subprocess.run(
+            args,
+            cwd=cwd,
+            env=kwargs["env"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+        )
+        planted = Path(marker).read_text() if os.path.exists(marker) else ""
+        self.assertEqual(planted, "")
+        self.assertEqual(done.returncode, 0, done.stderr.decode(errors="replace"))
 
 
 class StopTests(SynchronousTestCase):

@@ -59,6 +59,18 @@ GIVE_UP_AFTER = 4.5
 SCRAPE_DEADLINE = 1.0
 """Seconds a worker has to answer a scrape."""
 STOP_FIELDS = ("closed", "cancelled", "skipped")
+WORKER_MAIN = (
+    "import sys\n"
+    "if sys.path[:1] == ['']:\n"
+    "    del sys.path[0]\n"
+    "from timerserver.worker import main\n"
+    "main(sys.argv[1:])\n"
+)
+"""
+A worker's C{python -c}: C{timerserver.worker}'s main, imported with the
+working directory off C{sys.path} (C{python -m} and C{-c} put it first, so
+whoever can write there would run code in every worker; C{-P} needs 3.11).
+"""
 
 
 def exitStatus(reason: Failure) -> str:
@@ -133,7 +145,7 @@ class WorkerPoolService(Service):
 
     def workerCommand(self) -> list[str]:
         """The command line of a worker process (which worker it is comes later)."""
-        args = [sys.executable, "-m", "timerserver.worker"]
+        args = [sys.executable, "-c", WORKER_MAIN]
         if "asyncio" in type(self.reactor).__module__:
             args += ["--reactor", "asyncio"]  # the workers run on the master's reactor
         fds = ",".join(str(3 + i) for i in range(self.count))
@@ -150,7 +162,8 @@ class WorkerPoolService(Service):
         """
         package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package, env.get("PYTHONPATH")]))
+        paths = [package, *env.get("PYTHONPATH", "").split(os.pathsep)]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))  # "" would be the directory
         env["PYTHONUNBUFFERED"] = "1"
         childFDs: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
         childFDs.update({3 + i: fd for i, fd in enumerate(self.sockets.fds)})

@@ -1,7 +1,8 @@
 """
 One worker process of C{twistd timerserver --workers N}: the same server on
-a listening socket its master hands it, run as
-C{python -m timerserver.worker --fds 3,4}.
+a listening socket its master hands it, run as L{main} with C{--fds 3,4}
+(by the master's L{timerserver.supervisor.WORKER_MAIN}, which keeps the
+working directory off C{sys.path}; by hand, C{python -m timerserver.worker}).
 
 The master talks to it over three pipes, in the messages of
 L{timerserver.messages}, one a line:
