@@ -62,6 +62,68 @@ class TLSTests(SynchronousTestCase):
         server.stop()
         self.assertIn("closed 0 connections, cancelled 0 timers", server.output)
 
+    def fillWithUnreadEcho(
+        self, server: ServerProcess
+    ) -> tuple[socket.socket, ssl.SSLObject, ssl.MemoryBIO]:
+        """
+        Connect over TLS and send echo data, 16 KiB at a time, without
+        reading, until the server's socket takes no more: less than a
+        pause's worth waits beyond the kernel's buffer.
+        """
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(5)
+        raw.connect(("127.0.0.1", server.port))
+        self.addCleanup(raw.close)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = self.certs.clientContext().wrap_bio(incoming, outgoing, server_hostname="localhost")
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        raw.sendall(outgoing.read())
+        last, unchanged = -1, 0
+        for _ in range(2048):
+            tls.write(b"x" * 16384)
+            raw.sendall(outgoing.read())
+            time.sleep(0.02)
+            queued = _serverSendQueue(server.port)
+            unchanged = unchanged + 1 if queued == last else 0
+            if unchanged == 2:  # 32 KiB not taken: they wait in Twisted's buffer
+                break
+            last = queued
+        self.assertGreater(last, 256 * 1024)
+        return raw, tls, outgoing
+
+    def test_closeNotifyFromAClientThatStopsReadingIsAbortedInTime(self) -> None:
+        """
+        The client's close_notify, with echo queued that it never reads: the
+        close is aborted after --stall-timeout, not held open for ever by a
+        flush that cannot complete.
+        """
+        server = self.start("--interval", "3600", "--no-welcome", "--stall-timeout", "1")
+        raw, tls, outgoing = self.fillWithUnreadEcho(server)
+        try:
+            tls.unwrap()  # close_notify, without reading the server's
+        except ssl.SSLWantReadError:
+            pass
+        raw.sendall(outgoing.read())
+        server.waitForLine(r"aborted connection from .*close timed out", 10)
+        self.assertIsNone(_serverSendQueue(server.port))
+        self.assertNotIn("stalled", server.output)
+        self.assertNotIn("Traceback", server.output)
+
+    def test_aBadRecordIsDroppedAtOnceWhateverIsQueued(self) -> None:
+        server = self.start("--interval", "3600", "--no-welcome", "--stall-timeout", "30")
+        raw, _, _ = self.fillWithUnreadEcho(server)
+        raw.sendall(b"\x17\x03\x03\x00\x20" + bytes(32))  # application data that is not
+        server.waitForLine(r"dropped connection from .*TLS error", 10)
+        self.assertIsNone(_serverSendQueue(server.port))
+        self.assertNotIn("Traceback", server.output)
+
     def assertServing(self, server: ServerProcess) -> None:
         sock = self.connect(server)
         self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
@@ -142,3 +204,17 @@ class TLSTests(SynchronousTestCase):
         sock = self.connect(server)
         recvExactly(sock, len(WELCOME))
         self.assertEqual(recvExactly(sock, 14), b"Idle timeout\r\n")
+
+
+def _serverSendQueue(port: int) -> int | None:
+    """
+    Bytes in the send queue of the server's established connection on
+    C{port} (C{/proc/net/tcp}); C{None} if there is none.
+    """
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            local, state, queues = fields[1], fields[3], fields[4]
+            if int(local.split(":")[1], 16) == port and state == "01":
+                return int(queues.split(":")[0], 16)
+    return None

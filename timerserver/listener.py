@@ -29,7 +29,11 @@ from typing import Any
 
 from twisted.internet import endpoints
 from twisted.internet.abstract import isIPv6Address
-from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -277,13 +281,22 @@ class Listener:
 @functools.cache
 def _flushingTLS() -> type[Any]:
     """
-    Twisted's TLS transport, sending what it has gathered before its close_notify.
+    Twisted's TLS transport, sending what it has gathered before its
+    close_notify, and closing with a deadline when the client ends TLS.
 
     C{BufferingTLSTransport} gathers small writes and sends them on the next
     reactor turn.  When the client's close_notify (TLS's half-close) arrives
     in the same read as its last data, Twisted answers it and marks the
     connection lost before that turn, and drops the echo still gathered: 16
     to 48 KiB of 4 MiB, measured.  Flushing first keeps every byte.
+
+    When TLS ends (the client's close_notify, or a bad record), Twisted
+    closes the socket with C{loseConnection}, which waits until everything
+    queued is sent, and tells the protocol nothing: a client that stopped
+    reading held its connection for ever.  After the handshake, a
+    close_notify now reaches a half-closeable protocol as
+    C{readConnectionLost} (whose close has a deadline), and an error aborts
+    the socket at once: that session can carry nothing more.
     """
     from twisted.protocols.tls import BufferingTLSTransport
 
@@ -291,6 +304,15 @@ def _flushingTLS() -> type[Any]:
         def _shutdownTLS(self) -> None:
             self._aggregator.flush()
             super()._shutdownTLS()  # type: ignore[no-untyped-call]
+
+        def _tlsShutdownFinished(self, reason: Failure | None) -> None:
+            super()._tlsShutdownFinished(reason)  # type: ignore[no-untyped-call]
+            if not self._handshakeDone:
+                return  # the handshake deadline (admission's) bounds it
+            if reason is not None:
+                self.transport.abortConnection()  # type: ignore[union-attr]
+            elif IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
+                self.wrappedProtocol.readConnectionLost()
 
         def connectionLost(self, reason: Failure = connectionDone) -> None:
             super().connectionLost(reason)
