@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import random
+import weakref
+from fractions import Fraction
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -310,6 +312,29 @@ class QueueContractMixin:
         self.settle(1)
         self.assertFalse(self.queue.destroyTimer(h))
 
+    def test_destroyLetsGoOfTheTimerAndUserData(self: Any) -> None:
+        """
+        A handle kept after destroyTimer (a protocol's attribute) keeps
+        neither its timer nor its user data alive, pending when destroyed or
+        fired before.
+        """
+
+        class Target:
+            def __call__(self, userData: object) -> None:
+                pass
+
+        for fireFirst in (False, True):
+            h = self.queue.createTimer()
+            timer, data = Target(), Target()
+            self.queue.setTimer(h, timer, 1, data)
+            if fireFirst:
+                self.settle(1)
+            self.queue.destroyTimer(h)
+            refs = weakref.ref(timer), weakref.ref(data)
+            del timer, data
+            self.assertEqual([ref() for ref in refs], [None, None], fireFirst)
+            self.assertIn("destroyed", repr(h))
+
     def test_destroyedHandleIsInvalidEverywhere(self: Any) -> None:
         h = self.queue.createTimer()
         self.queue.destroyTimer(h)
@@ -347,6 +372,9 @@ class QueueContractMixin:
             (ValueError, math.inf),
             (ValueError, -math.inf),
             (ValueError, maximum * 1.0001),
+            (ValueError, 10**400),  # too large for a float: not an OverflowError
+            (ValueError, -(10**400)),
+            (ValueError, Fraction(10**400, 3)),
             (TypeError, "1"),
             (TypeError, None),
             (TypeError, True),
@@ -361,6 +389,26 @@ class QueueContractMixin:
         self.assertEqual(self.assertFiresAt(1005), "kept")
         self.assertEqual(self.fired, [])
         self.assertEqual(self.counters.pending, 0)
+
+    def test_aTimeoutTooLargeForAFloatIsAValueErrorNamingIt(self: Any) -> None:
+        """Shortened if its repr is long, and even past Python's int-to-str limit."""
+        h = self.queue.createTimer()
+        for timeout, named in (
+            (10**400, "1000000000"),
+            (Fraction(10**400, 3), "Fraction(1000000000"),
+            (10**5000, "an int of 16610 bits"),
+        ):
+            q = self.queue
+            for call, args in (
+                (q.setTimer, (h, self.timer, timeout)),
+                (q.updateTimer, (h, self.timer, timeout)),
+                (q.setOneShotTimer, (self.timer, timeout)),
+            ):
+                e = self.assertRaises(ValueError, call, *args)
+                self.assertIn(named, str(e))
+                self.assertLess(len(str(e)), 200)
+        self.assertFalse(self.queue.isSet(h))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_invalidTimer(self: Any) -> None:
         h = self.queue.createTimer()
@@ -379,8 +427,6 @@ class QueueContractMixin:
         self.assertEqual(self.timer.calls, [])
 
     def test_numbersOtherThanFloat(self: Any) -> None:
-        from fractions import Fraction
-
         h = self.queue.createTimer()
         self.queue.setTimer(h, self.timer, Fraction(3, 2), "f")
         self.assertEqual(self.assertFiresAt(1001.5), "f")
@@ -521,6 +567,38 @@ class QueueContractMixin:
         self.assertFalse(self.queue.cancelTimer(handles[1]))
         self.assertFalse(self.queue.destroyTimer(handles[1]))
         self.assertEqual(self.queue.shutdown(), 0)
+
+    def test_shutdownRunsNoCodeOfTheReactorsOtherCalls(self: Any) -> None:
+        """
+        Another call on the same reactor, whose callable has an C{__eq__}
+        that raises, is neither compared, nor cancelled, nor counted; the
+        queue's own timers are all cancelled.
+        """
+        compared: list[object] = []
+
+        class Job:
+            def __eq__(self, other: object) -> bool:
+                compared.append(other)
+                raise AttributeError("not comparable")
+
+            __hash__ = object.__hash__
+
+            def __call__(self) -> None:
+                pass
+
+        foreign = self.clock.callLater(10, Job())
+        handles = [self.queue.createTimer() for _ in range(2)]
+        for h in handles:
+            self.queue.setTimer(h, self.timer, 5)
+        self.queue.setOneShotTimer(self.timer, 5)
+        self.assertEqual(self.queue.shutdown(), 3)
+        self.assertEqual(compared, [])
+        self.assertFalse(any(self.queue.isSet(h) for h in handles))
+        self.assertEqual(self.clock.getDelayedCalls(), [foreign])
+        self.assertTrue(foreign.active())
+        foreign.cancel()
+        self.settle(10)
+        self.assertEqual(self.timer.calls, [])
 
     def test_shutdownFromACallback(self: Any) -> None:
         a, b = self.queue.createTimer(), self.queue.createTimer()

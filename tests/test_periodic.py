@@ -166,6 +166,58 @@ class PeriodicTestsMixin:
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)  # type: ignore[attr-defined]
         self.assertEqual(self.counters.pending, 0)
 
+    def test_aRaisingFunctionStopsItAndSaysSo(self) -> None:
+        """As a LoopingCall's: the queue logs the error, nothing is pending,
+        running is False; start() starts again."""
+
+        def bad(late: float, skipped: int) -> None:
+            self.record(late, skipped)
+            self.assertTrue(self.periodic.running)  # inside the call, it still runs
+            if len(self.calls) == 2:
+                raise ZeroDivisionError("one bad call")
+
+        self.periodic = Periodic(self.queue, 1.0, bad)
+        self.periodic.start()
+        self.elapse(5.005)
+        self.assertEqual(len(self.calls), 2)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)  # type: ignore[attr-defined]
+        self.assertFalse(self.periodic.running)
+        self.assertEqual(self.counters.pending, 0)
+        self.periodic.start()
+        self.assertTrue(self.periodic.running)
+        self.elapse(1.05)
+        self.assertEqual(len(self.calls), 3)
+
+    def test_aFunctionThatRestartsItThenRaisesLeavesItRunning(self) -> None:
+        def restartThenRaise(late: float, skipped: int) -> None:
+            self.record(late, skipped)
+            if len(self.calls) == 1:
+                self.periodic.stop()
+                self.periodic.start()
+                raise ZeroDivisionError("after the restart")
+
+        self.periodic = Periodic(self.queue, 1.0, restartThenRaise)
+        self.periodic.start()
+        self.elapse(3.05)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)  # type: ignore[attr-defined]
+        self.assertTrue(self.periodic.running)
+        self.assertEqual(len(self.calls), 3)
+
+    def test_notRunningAfterTheFunctionShutsTheQueueDown(self) -> None:
+        def shutdown(late: float, skipped: int) -> None:
+            self.queue.shutdown()
+
+        self.periodic = Periodic(self.queue, 1.0, shutdown)
+        self.periodic.start()
+        self.elapse(1.05)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)  # type: ignore[attr-defined]
+        self.assertFalse(self.periodic.running)
+
+    def test_startOnAQueueShutDownRaisesAndIsNotRunning(self) -> None:
+        self.queue.shutdown()
+        self.assertRaises(RuntimeError, self.periodic.start)
+        self.assertFalse(self.periodic.running)
+
     def test_badInterval(self) -> None:
         for bad in (0, -1, float("nan"), float("inf"), "1"):
             self.assertRaises(ValueError, Periodic, self.queue, bad, self.record)
@@ -173,6 +225,26 @@ class PeriodicTestsMixin:
 
 class WheelPeriodicTests(PeriodicTestsMixin, SynchronousTestCase):
     makeQueue = TimerWheel
+
+    def test_latenessWithinTheGranularityIsNotASkip(self) -> None:
+        assertLatenessWithinTheGranularityIsNotASkip(self, TimerWheel)
+
+
+def assertLatenessWithinTheGranularityIsNotASkip(case: SynchronousTestCase, makeQueue: Any) -> None:
+    """An interval under half the tick: a call late by almost a tick (more
+    than two intervals) is made, not skipped."""
+    clock = Clock()
+    calls: list[tuple[float, int]] = []
+    periodic = Periodic(
+        makeQueue(clock, granularity=0.01), 0.004, lambda late, s: calls.append((late, s))
+    )
+    clock.advance(0.0061)
+    periodic.start()  # due at 0.0101: the wheel's tick of 0.02
+    clock.advance(0.0139)
+    [(late, skipped)] = calls
+    case.assertEqual(skipped, 0)
+    case.assertAlmostEqual(late, 0.0099)
+    case.assertEqual(periodic.skipped, 0)
 
 
 class ReactorQueuePeriodicTests(PeriodicTestsMixin, SynchronousTestCase):
@@ -187,6 +259,12 @@ class ThreadSafePeriodicTests(PeriodicTestsMixin, SynchronousTestCase):
     """A queue that is not one of the base's (re-armed through setTimer)."""
 
     makeQueue = staticmethod(_threadSafeWheel)
+
+    def test_latenessWithinTheGranularityIsNotASkip(self) -> None:
+        """The wrapper tells the wrapped wheel's granularity."""
+        assertLatenessWithinTheGranularityIsNotASkip(
+            self, lambda clock, **kw: ThreadSafeTimerQueue(TimerWheel(clock, **kw))
+        )
 
 
 class CountingWheel(TimerWheel):

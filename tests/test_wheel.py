@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from twisted.internet import defer, reactor, task
@@ -62,6 +63,8 @@ class TimerWheelTests(SynchronousTestCase):
             {"maximumTimeout": 0},
             {"maximumTimeout": float("inf")},
             {"granularity": 1e-9, "maximumTimeout": 1e9},
+            {"granularity": 10**400},  # too large for a float: not an OverflowError
+            {"maximumTimeout": 10**400},
         ):
             self.assertRaises(ValueError, TimerWheel, self.clock, **kwargs)
         for kwargs in ({"granularity": "0.1"}, {"slots": 8.0}, {"maximumTimeout": None}):
@@ -160,6 +163,43 @@ class TimerWheelTests(SynchronousTestCase):
         self.clock.advance(100)
         self.assertEqual(len(self.fired), 1)
         self.assertEqual(counters.pending, 0)
+
+    def test_aDeadlineOnATickFiresAtThatTick(self) -> None:
+        """
+        Timeouts of whole ticks (0.07 s: 0.07 / 0.01 is 7.000000000000001;
+        0.35 s: 35 * 0.01 is 0.35000000000000003) fire when the clock reads
+        the deadline, from level 0, level 1 (past 10.24 s) and another epoch.
+        """
+        for start in (0.0, 1000.0):
+            missed = []
+            for k in range(1, 2001):
+                timeout = round(k * 0.01, 2)
+                clock, fired = Clock(), []
+                clock.advance(start)
+                wheel = TimerWheel(clock)
+                wheel.setTimer(wheel.createTimer(), fired.append, timeout, k)
+                clock.advance(timeout)
+                if fired != [k]:
+                    missed.append(timeout)
+            self.assertEqual(missed, [], start)
+
+    def test_theWakeForATickIsAtItsTime(self) -> None:
+        clock = Clock()
+        wheel = TimerWheel(clock)
+        wheel.setTimer(wheel.createTimer(), self.record, 0.35, "on the tick")
+        [call] = clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), 0.35)
+
+    def test_aDeadlineAHairPastATickIsNeverEarly(self) -> None:
+        clock = Clock()
+        wheel = TimerWheel(clock)
+        fired: list[float] = []
+        for timeout in (0.07, 0.35, 1.0):
+            after = math.nextafter(timeout, math.inf)
+            wheel.setTimer(wheel.createTimer(), lambda _: fired.append(clock.seconds()), after)
+        while clock.getDelayedCalls():
+            clock.advance(clock.getDelayedCalls()[0].getTime() - clock.seconds())
+        self.assertEqual(fired, [0.08, 0.36, 1.01])
 
     def test_idleWheelSkipsAhead(self) -> None:
         """After a long idle time, a new timer goes straight into its slot."""

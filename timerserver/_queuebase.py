@@ -70,11 +70,30 @@ def checkTimeout(timeout: object, maximum: float) -> float:
     """
     if type(timeout) is bool or not isinstance(timeout, numbers.Real):
         raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
-    value = float(timeout)
-    # NaN fails both comparisons; infinity fails the second.
+    value = _asFloat(timeout)
+    # NaN fails both comparisons; infinity (or a number past the floats) the second.
     if 0 <= value <= maximum:
         return value
-    raise ValueError(f"timeout must be between 0 and {maximum} seconds, not {timeout!r}")
+    raise ValueError(f"timeout must be between 0 and {maximum} seconds, not {_shown(timeout)}")
+
+
+def _asFloat(value: numbers.Real) -> float:
+    """C{float(value)}, or an infinity of its sign for a number too large for a float."""
+    try:
+        return float(value)
+    except OverflowError:  # 10**400, a huge Fraction
+        return -math.inf if value < 0 else math.inf
+
+
+def _shown(value: object) -> str:
+    """The repr of C{value} for an error message, shortened if it is a huge number."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past sys.get_int_max_str_digits()
+        return f"an int of {cast(int, value).bit_length()} bits"
+    if len(text) > 60:
+        return f"{text[:40]}... ({len(text)} characters)"
+    return text
 
 
 def checkTimer(timer: object) -> bool:
@@ -103,9 +122,9 @@ def positiveFinite(name: str, value: object) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, not {value!r}")
-    result = float(value)
+    result = _asFloat(value)
     if not (0 < result < math.inf):
-        raise ValueError(f"{name} must be finite and > 0, not {value!r}")
+        raise ValueError(f"{name} must be finite and > 0, not {_shown(value)}")
     return result
 
 

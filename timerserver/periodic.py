@@ -15,9 +15,16 @@ How it differs from C{twisted.internet.task.LoopingCall}:
    L{skipped} and passed to the function, and the schedule goes on from the
    latest one due, so at most two calls go out back to back.  Lateness within
    the queue's granularity never counts as a skip (C{LoopingCall} counts
-   every missed interval).
+   every missed interval): the limit is one interval plus the granularity
+   when that is more than two intervals.  But a queue fires a handle at most
+   once a tick, so an interval shorter than its granularity cannot be kept:
+   one call a tick is made, and the others fall behind until they are
+   skipped and counted.
  - The function gets how late the call is and how many were skipped just
    before it; it is not given a Deferred to wait for.
+ - When the function raises, the queue logs the error and the calls stop,
+   as C{LoopingCall}'s do: L{running} becomes False, and L{start} starts
+   again.
 """
 
 from __future__ import annotations
@@ -49,12 +56,16 @@ class Periodic:
     @param clock: the clock of the schedule: the queue's own (C{queue.clock})
         if C{None}, so that there is one time source.
     @ivar skipped: calls skipped since this was made.
-    @ivar running: whether it is started.
+    @ivar running: whether its next call is set: True from L{start} until
+        L{stop} or L{close}, or until the function raises (the calls stop)
+        or leaves the queue shut down; inside the function, True unless it
+        stopped it.  A queue shut down from outside cancels the call without
+        telling it.
     """
 
     __slots__ = (
-        "_due", "_handle", "_ours", "clock", "function", "interval", "queue", "running",
-        "skipped",
+        "_due", "_handle", "_ours", "_skipAfter", "clock", "function", "interval", "queue",
+        "running", "skipped",
     )  # fmt: skip
 
     def __init__(
@@ -75,6 +86,11 @@ class Periodic:
         self.queue = queue
         self.clock: IReactorTime = clock
         self.interval = float(interval)
+        # Late by this much, or more, a call skips the older ones: two
+        # intervals, or one plus the queue's granularity if that is more,
+        # so that lateness within the granularity is never a skip.
+        granularity = getattr(queue, "granularity", 0.0)
+        self._skipAfter = max(2.0 * self.interval, self.interval + granularity)
         self.function = function
         self.skipped = 0
         self.running = False
@@ -94,9 +110,12 @@ class Periodic:
         """Call the function every interval, the first time one interval from now."""
         if self._handle is None:
             raise RuntimeError("start() after close()")
-        self.running = True
+        # Running once set: setTimer raises on a queue that was shut down,
+        # and then nothing is set.
+        self.running = False
         self._due = self.clock.seconds() + self.interval
         self.queue.setTimer(self._handle, self, self.interval)
+        self.running = True
 
     def stop(self) -> None:
         """Stop calling; L{start} may start again."""
@@ -119,7 +138,7 @@ class Periodic:
         now = self.clock.seconds()
         late = now - self._due
         skipped = 0
-        if late >= 2.0 * interval:
+        if late >= self._skipAfter:
             # Two intervals or more late (a stall, not the queue's granularity):
             # this call stands for the latest one due; the older ones are skipped.
             skipped = math.floor(late / interval)
@@ -127,12 +146,27 @@ class Periodic:
             self._due += skipped * interval
             late -= skipped * interval
         due = self._due
-        self.function(late, skipped)
-        # Unless the function stopped, closed or restarted it (start() moves
-        # the schedule and sets the handle itself).
-        if self.running and self._handle is not None and self._due == due:
-            due = self._due = due + interval
-            if self._ours is not None:
-                self._ours._setAgain(self._handle, due - now if due > now else 0.0, now)
-            else:
-                self.queue.setTimer(self._handle, self, due - now if due > now else 0.0)
+        try:  # free unless it raises (CPython 3.11's exceptions)
+            self.function(late, skipped)
+            # Unless the function stopped, closed or restarted it (start() moves
+            # the schedule and sets the handle itself).
+            if self.running and self._handle is not None and self._due == due:
+                due = self._due = due + interval
+                if self._ours is not None:
+                    self._ours._setAgain(self._handle, due - now if due > now else 0.0, now)
+                else:
+                    self.queue.setTimer(self._handle, self, due - now if due > now else 0.0)
+        except BaseException:
+            self._raised()
+            raise
+
+    def _raised(self) -> None:
+        """
+        The function, or setting the next call, raised: the calls go on only
+        if the function set them again itself (a restart before it raised).
+        """
+        handle = self._handle
+        try:
+            self.running = handle is not None and self.queue.isSet(handle)
+        except Exception:
+            self.running = False

@@ -5,6 +5,7 @@ pending timer.
 
 from __future__ import annotations
 
+from types import MethodType
 from typing import cast
 
 from twisted.internet.base import DelayedCall
@@ -68,12 +69,17 @@ class ReactorTimerQueue(TimerQueueBase[ReactorTimerHandle]):
         h.deadline = None
 
     def _cancelAll(self) -> list[ReactorTimerHandle]:
-        fire = self._fire
+        # Ours are the calls of this queue's own _fire, told by identity: the
+        # reactor's other calls are anyone's, and == would run their __eq__.
+        fire = type(self)._fire
         calls = cast("list[DelayedCall]", self._reactor.getDelayedCalls())
         pending = [
             cast(ReactorTimerHandle, call.args[0])
             for call in calls
-            if call.active() and call.func == fire
+            if type(call.func) is MethodType
+            and call.func.__self__ is self
+            and call.func.__func__ is fire
+            and call.active()
         ]
         for h in pending:
             self._disarm(h)

@@ -117,6 +117,11 @@ class ThreadSafeTimerQueue:
         """The reactor whose thread runs the callbacks."""
         return self._reactor
 
+    @property
+    def granularity(self) -> float:
+        """The wrapped queue's (0 if it has none): how late its timers may fire."""
+        return float(getattr(self._queue, "granularity", 0.0))
+
     def __repr__(self) -> str:
         return f"<ThreadSafeTimerQueue over {self._queue!r}>"
 
@@ -312,6 +317,9 @@ class ThreadSafeTimerQueue:
             h = self._live(handle)
             wasPending = self._disarm(h, "destroy")
             h.queue = None
+            # As the wrapped queues do: a handle kept after it is destroyed
+            # (a protocol's attribute) keeps neither its timer nor its data.
+            h.timer = h.userData = None
             return wasPending
 
     def setOneShotTimer(self, timer: object, timeout: float, userData: object = None) -> None:

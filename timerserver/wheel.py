@@ -2,9 +2,11 @@
 L{TimerWheel}: a hierarchical hashed timing wheel implementing L{IQueueTimers}.
 
 Time is cut into ticks of C{granularity} seconds, counted from the reactor's
-epoch.  A timer due at C{deadline} belongs to tick C{ceil(deadline /
-granularity)}, so it never fires early and, when the reactor is not stalled,
-at most one granularity late.
+epoch: tick C{n} is at C{n / (1 / granularity)} seconds (with a granularity
+of 0.01, tick 35 is at 0.35, not at C{35 * 0.01 == 0.35000000000000003}).  A
+timer due at C{deadline} belongs to the first tick at or after it, so it
+never fires early and, when the reactor is not stalled, at most one
+granularity late; a deadline that falls on a tick fires at that tick.
 
 Two levels of slots, each a dict of handles, make set, update and cancel O(1)
 dict operations for any timeout up to C{slots * upperSlots * granularity}
@@ -115,6 +117,16 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
                 f"{granularity!r}: deadlines would no longer map to ticks"
             )
         self.granularity: float = granularity
+        self._perSecond: float = 1.0 / granularity
+        """Ticks a second: tick C{n} is at C{n / _perSecond} seconds."""
+        self._perSecondDown: float = self._perSecond * (1.0 - 2.0**-50)
+        """
+        A hair less, for L{_arm}: C{ceil(deadline * _perSecondDown)} is the
+        tick of a deadline on a tick's time, whatever the rounding (at most
+        3 * 2**-53 of it), or one tick early for a deadline a few ulps past
+        one, which L{_fire} then moves on: never late, never early, and no
+        dearer than C{ceil(deadline / granularity)}.
+        """
         self._size: int = slots
         self._mask: int = slots - 1
         self._shift: int = slots.bit_length() - 1
@@ -170,6 +182,11 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
         self._overflowLive += 1
         return (revolution - self._upperSize + 1) << self._shift
 
+    def _tickOf(self, deadline: float) -> int:
+        """The first tick at or after C{deadline}: L{_arm}'s, checked."""
+        tick = math.ceil(deadline * self._perSecondDown)
+        return tick + 1 if tick / self._perSecond < deadline else tick
+
     def _unplace(self, h: WheelTimerHandle) -> None:
         slot: Any = h.slot  # a level-0 slot, a level-1 slot or an overflow entry
         kind = type(slot)
@@ -202,7 +219,7 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
             # from now, past its idle ticks or back after the clock went back.
             self._tick = math.floor(now / self.granularity)
         h.deadline = deadline
-        tick = math.ceil(deadline / self.granularity)
+        tick = math.ceil(deadline * self._perSecondDown)
         if tick <= self._tick:
             tick = self._tick + 1
         wake = self._place(h, tick)
@@ -242,7 +259,7 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
         if self._call is not None:
             self._call.cancel()
         self._callTick = tick
-        self._call = self._reactor.callLater(max(0.0, tick * self.granularity - now), self._advance)
+        self._call = self._reactor.callLater(max(0.0, tick / self._perSecond - now), self._advance)
 
     def _advance(self) -> None:
         """Fire every timer of every tick up to now, then sleep until the next."""
@@ -313,15 +330,15 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
             h = entry[2]
             if h is not None:
                 self._overflowLive -= 1
-                self._place(h, max(entry[0], math.ceil(h.deadline / self.granularity)))
+                self._place(h, max(entry[0], self._tickOf(h.deadline)))
         index = revolution & self._upperMask
         upper = self._upper[index]
         if upper:
             self._upper[index] = None
             self._inUpper -= len(upper)
-            granularity = self.granularity
+            tickOf = self._tickOf
             for h in upper:
-                self._place(h, max(math.ceil(h.deadline / granularity), self._tick))  # type: ignore[operator]
+                self._place(h, max(tickOf(h.deadline), self._tick))  # type: ignore[arg-type]
 
     def _fire(self, batch: _Slot, now: float) -> None:
         """Expire the timers of one tick, in deadline order."""
@@ -341,7 +358,7 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
                 if deadline > now or catchingUp:
                     # Re-armed later since it was placed (or a float rounding put
                     # it a hair early): place it where its deadline now belongs.
-                    tick = math.ceil(deadline / granularity)
+                    tick = self._tickOf(deadline)
                     if deadline > now or tick > self._tick:
                         self._place(h, max(tick, self._tick + 1))
                         continue
