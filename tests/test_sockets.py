@@ -123,6 +123,38 @@ class FileLimitTests(ServerCase):
         busy = [g for g in greetings if g != WELCOME]
         self.assertEqual(busy, [b"Server busy\r\n"] * 4)
 
+    def test_aConnectFloodAtTheLimitNeverRunsOutOfDescriptors(self) -> None:
+        """
+        At the default --max-connections, 600 connects at once are each told
+        busy and closed in the accept loop, one descriptor at a time: the
+        process never runs out, and nothing is logged past the rate limit.
+        """
+        server = self.start("--interval", "1", openFiles=200)  # serves 200 - 64 = 136
+        held = [self.connect(server) for _ in range(136)]
+        for sock in held:
+            self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+        flood = []
+        for _ in range(600):
+            sock = socket.socket()
+            self.addCleanup(sock.close)
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", server.port))
+            flood.append(sock)
+        time.sleep(2)
+        told = 0
+        for sock in flood:
+            sock.settimeout(2)
+            try:
+                told += recvExactly(sock, len(b"Server busy\r\n"), timeout=2) == b"Server busy\r\n"
+            except OSError:
+                pass
+        self.assertEqual(told, 600)
+        self.assertNotIn("EMFILE", server.output)
+        self.assertLessEqual(server.output.count("refused connection"), 20)
+        held[0].close()
+        time.sleep(0.3)
+        self.assertServing(server)
+
     def test_kernelLimitThenRecovery(self) -> None:
         """Past the file limit clients are dropped; the rest stay on time; then it recovers."""
         server = self.start("--interval", "0.2", "--max-connections", "1000", openFiles=64)

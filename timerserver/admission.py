@@ -41,6 +41,7 @@ from timerserver import reasons
 from timerserver.eventlog import EventLog
 from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
 from timerserver.layer import Layer, LayerFactory, halfCloseableTwin, over
+from timerserver.transport import closeNow, writeNow
 
 BUSY = b"Server busy\r\n"
 
@@ -48,13 +49,20 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Busy(Protocol):
-    """Tells a refused plain TCP client C{Server busy} and closes."""
+    """
+    Tells a refused plain TCP client C{Server busy} and closes, in the
+    accept loop itself where it can: a flood of refused connects then holds
+    one descriptor at a time, not one per socket of an accept batch (which
+    ran the process out of them and into Twisted's own unthrottled log of
+    every socket it then closed).
+    """
 
     transport: Any  # the socket's, from makeConnection on
 
     def connectionMade(self) -> None:
-        self.transport.write(BUSY)
-        self.transport.loseConnection()
+        writeNow(self.transport, BUSY)
+        if not closeNow(self.transport):
+            self.transport.loseConnection()
 
 
 class Admission(LayerFactory):
