@@ -1,7 +1,8 @@
 """
 The master's supervision, driven by task.Clock and a fake process reactor:
 failed spawns, the stop deadline, scrape deadlines, what a worker can send
-it (malformed messages, lines without end), and steering by its load.
+it (malformed messages, lines without end), and steering by its load; and
+one real worker process, started as the master starts it, for what it imports.
 """
 
 from __future__ import annotations
