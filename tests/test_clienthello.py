@@ -8,7 +8,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from timerserver.clienthello import MAX_RECORD, ClientHelloLayer
+from timerserver.clienthello import MAX_CLIENT_HELLO, MAX_RECORD, ClientHelloLayer
 
 
 class Recorder(Protocol):
@@ -71,3 +71,23 @@ class ClientHelloTests(SynchronousTestCase):
         connected.dataReceived(record(b"h"))
         connected.connectionLost(None)
         self.assertEqual(inner.events[-1], ("lost",))
+
+    def test_aClientHelloDeclaringMoreThanItsLimitIsDropped(self) -> None:
+        """
+        OpenSSL would hold every record of a ClientHello that declares up to
+        128 KiB: one declaring more than MAX_CLIENT_HELLO never reaches it.
+        """
+        body = bytes([1]) + (MAX_CLIENT_HELLO + 1).to_bytes(3, "big") + b"h" * 2000
+        outer, inner = layer()
+        outer.dataReceived(record(body))
+        self.assertEqual(inner.events, [])
+        self.assertTrue(outer.transport.disconnecting)
+        outer.dataReceived(record(b"h" * 2000))  # the rest of it, already on its way
+        outer.connectionLost()
+        self.assertEqual(inner.events, [])
+
+    def test_aClientHelloUpToItsLimitIsPassedOn(self) -> None:
+        body = bytes([1]) + MAX_CLIENT_HELLO.to_bytes(3, "big") + b"h" * 2000
+        outer, inner = layer()
+        outer.dataReceived(record(body))
+        self.assertEqual(inner.events, [("made", outer), ("data", record(body))])
