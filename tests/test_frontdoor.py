@@ -183,6 +183,18 @@ class ProxyFrontDoorTests(FrontDoorCase):
         sock.sendall(header())
         self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
 
+    def test_overThePerPeerLimitOverTLSIsClosedWithoutAWord(self) -> None:
+        """haproxy:ssl: a header over --max-per-peer gets no clear-text Server busy."""
+        certs = Certificates()
+        server = self.start("--max-per-peer", "1", port="haproxy:" + certs.endpoint())
+        first, second = self.connect(server), self.connect(server)
+        first.sendall(header("9.9.9.1"))
+        time.sleep(0.3)  # the first is in
+        second.sendall(header("9.9.9.1", 50001))
+        self.assertClosedAtOnce(second)
+        server.waitForLine(r"refused connection from .*9[.]9[.]9[.]1", 5)
+        self.assertNotIn("Traceback", server.output)
+
     def test_badHeadersAreOneLineEachNeverATraceback(self) -> None:
         server = self.start("--max-per-peer", "1", port="haproxy:tcp:0:interface=127.0.0.1")
         for bad in (

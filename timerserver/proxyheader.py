@@ -35,6 +35,7 @@ from twisted.internet.interfaces import INegotiated
 
 from timerserver import reasons
 from timerserver.admission import gateOf
+from timerserver.clienthello import ClientHelloLayer
 from timerserver.layer import Layer, LayerFactory, halfCloseableTwin
 
 V1_PREFIX = b"PROXY "
@@ -204,7 +205,8 @@ class ProxyHeaderLayer(Layer):
         gate = gateOf(self.transport)
         if info.source is not None and gate is not None:
             # Busy in clear only where no TLS handshake would come first.
-            plain = not INegotiated.providedBy(self.wrappedProtocol)
+            above = self.wrappedProtocol
+            plain = not (isinstance(above, ClientHelloLayer) or INegotiated.providedBy(above))
             if not gate.claimPeer(info.source, busy=plain):
                 return
         self.info = info
