@@ -114,6 +114,12 @@ class BadListenerTests(SynchronousTestCase):
             self.assertOneLine("haproxy:tcp:1", 50, value, option="--proxy-from")
         self.assertOneLine("tcp:1", 50, "10.0.0.0/8", option="--proxy-from")
 
+    def test_proxyFromOnAUnixSocketIsAnErrorNotIgnored(self) -> None:
+        """A unix socket's peers have no address: --proxy-from could check nothing."""
+        for description in ("haproxy:unix:/tmp/ts.sock", "haproxy:systemd:domain=UNIX:index=0"):
+            self.assertOneLine(description, 50, "10.0.0.0/8", option="--proxy-from")
+            self.assertEqual(Listener.parse(description).family, "UNIX")
+
     def test_sslWithoutPyOpenSSLNamesTheExtra(self) -> None:
         certs = Certificates()
         key = str(certs.key)

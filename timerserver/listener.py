@@ -144,6 +144,11 @@ class Listener:
             backlog = _number(description, "backlog", kw["backlog"], 1, MAX_BACKLOG)
         kw["backlog"] = str(backlog)
         listener = cls._parseKind(description, kind, args[1:], kw, backlog)
+        if proxy and proxyFrom is not None and listener.family == "UNIX":
+            raise usage.UsageError(
+                "--proxy-from: a unix socket's peers have no address to check;"
+                " its file permissions (mode=) decide who may send a PROXY header"
+            )
         listener = cls(**{**listener.__dict__, "proxy": proxy, "trusted": trusted})
         listener.check()
         return listener
