@@ -38,7 +38,7 @@ class ClientHelloLayer(Layer):
 
     def __init__(self, wrappedProtocol: Any) -> None:
         Layer.__init__(self, wrappedProtocol)
-        self._pending: bytes | None = b""
+        self._pending: bytes | bytearray | None = b""
 
     def connectionMade(self) -> None:
         """Wait for the client's first record."""
@@ -49,12 +49,15 @@ class ClientHelloLayer(Layer):
             if not self._dropped:
                 self.wrappedProtocol.dataReceived(data)
             return
-        pending += data
+        if pending:
+            pending += data  # a bytearray: a record sent a byte at a time is no quadratic copy
+        else:
+            pending = data  # usually the whole record, in one read
         if len(pending) < 5 or (
             pending[0] == HANDSHAKE
             and len(pending) < min(MAX_RECORD, 5 + int.from_bytes(pending[3:5], "big"))
         ):
-            self._pending = pending
+            self._pending = bytearray(pending) if type(pending) is bytes else pending
             return
         # A whole record, or not TLS at all: TLS decides what it is.
         self._pending = None
@@ -65,7 +68,7 @@ class ClientHelloLayer(Layer):
                 return
         self.wrappedProtocol.makeConnection(self)
         if self.connected and not self.disconnecting:
-            self.wrappedProtocol.dataReceived(pending)
+            self.wrappedProtocol.dataReceived(bytes(pending))
 
     def _drop(self, why: str) -> None:
         """Abort the socket before TLS is built: through its gate (logged), if it has one."""
