@@ -12,7 +12,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -21,6 +23,14 @@ def elapse(clock: Clock, seconds: float, step: float = 0.01) -> None:
     """Let C{seconds} pass in steps of C{step}, as a running reactor would."""
     for _ in range(round(seconds / step)):
         clock.advance(step)
+
+
+def captureLog(test: SynchronousTestCase) -> list[dict[str, Any]]:
+    """The events logged from now until C{test} ends."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    test.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
 
 
 def peer(host: str = "127.0.0.1", port: int = 40000) -> IPv4Address:

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.helpers import captureLog
 from timerserver import steering
 from timerserver.listener import Listener
 from timerserver.steering import (
@@ -267,12 +268,7 @@ class LoopbackTests(SynchronousTestCase):
 
 class RefusedTests(SynchronousTestCase):
     def logged(self) -> list[dict[str, Any]]:
-        from twisted.logger import globalLogPublisher
-
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        return events
+        return captureLog(self)
 
     def test_aSharedSocketIsOneLineOnce(self) -> None:
         sockets = WorkerSockets(Listener.parse("tcp:0:interface=127.0.0.1"), Clock(), 2)

@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.helpers import captureLog
 from timerserver.config import ServerConfig
 from timerserver.listener import Listener
 from timerserver.messages import (
@@ -142,11 +143,7 @@ class SpawnTests(SynchronousTestCase):
     def test_failedSpawnIsRetriedWithBackOffAndRecordsNothing(self) -> None:
         service, reactor = pool(workers=1)
         reactor.failure = OSError(errno.EMFILE, "Too many open files")
-        logged: list[dict[str, Any]] = []
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        logged = captureLog(self)
         service.startService()
         self.assertEqual((service.workers, service.spare), ({}, None))
         delays = []
@@ -187,11 +184,7 @@ class ExitStatusTests(SynchronousTestCase):
     def test_aWorkerKilledByARealTimeSignalIsReplaced(self) -> None:
         """Signal 35 (SIGRTMIN+1 with glibc) has no name in the signal module."""
         service, reactor = pool()
-        logged: list[dict[str, Any]] = []
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        logged = captureLog(self)
         service.startService()
         one, _, spare = reactor.processes
         one.end(Failure(ProcessTerminated(signal=signal.SIGRTMIN + 1)))
@@ -393,11 +386,7 @@ class WorkerOutputTests(SynchronousTestCase):
     def worker(self) -> tuple[WorkerProcess, list[dict[str, Any]]]:
         service, _ = pool(workers=1)
         service.startService()
-        logged: list[dict[str, Any]] = []
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        logged = captureLog(self)
         return service.workers[1], logged
 
     def test_logEventsAreReEmittedWithTheWorkersNumber(self) -> None:
@@ -433,11 +422,7 @@ class WorkerOutputTests(SynchronousTestCase):
         """They are ignored, the request is over, and the sums never see them."""
         service, reactor = pool(workers=1)
         service.startService()
-        logged: list[dict[str, Any]] = []
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        logged = captureLog(self)
         process = service.workers[1].transport
         d = service.metricsSource()
         [request] = process.messages()[1:]
@@ -549,11 +534,7 @@ class SteeringTests(SynchronousTestCase):
     def test_withoutSocketsOfItsOwnTheHashStays(self) -> None:
         """unix: and systemd: endpoints: one shared socket, one line, no error."""
         service, reactor = pool()
-        logged: list[dict[str, Any]] = []
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        logged = captureLog(self)
         service.startService()
         one, two, _ = reactor.processes
         for count in (10, 1000, 5):

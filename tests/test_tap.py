@@ -10,6 +10,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.helpers import captureLog
 from tests.serverprocess import runTwistd
 from timerserver import ReactorTimerQueue, TimerWheel, cores
 from timerserver.config import DEFAULT_MESSAGE, DEFAULT_WELCOME, defaultGranularity
@@ -342,12 +343,9 @@ class LateListenTests(SynchronousTestCase):
 
     def test_lateFailureIsLoggedAndStopsTheReactor(self) -> None:
         from twisted.internet import error
-        from twisted.logger import globalLogPublisher
 
         service, pending, reactor = self.service()
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = captureLog(self)
         service.privilegedStartService()
         self.assertFalse(reactor.hasStopped)
         pending.errback(error.CannotListenError("127.0.0.1", 5050, OSError(98, "in use")))

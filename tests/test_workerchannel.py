@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.helpers import captureLog
 from timerserver.messages import LogEvent, StatsAnswer, StopFigures, decode
 from timerserver.workerchannel import ChannelLogObserver, OutChannel
 
@@ -73,9 +74,7 @@ class ChannelTests(SynchronousTestCase):
 
     def test_drainingWritesEverythingAndLogsTheDropCountOnce(self) -> None:
         channel = self.channel()
-        logged: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        logged = captureLog(self)
         for i in range(3000):
             channel.send(LogEvent("info", f"line {i} " + "x" * 200), droppable=True)
         channel.send(StopFigures(4, 5, 6))

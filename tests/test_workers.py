@@ -17,6 +17,7 @@ from collections.abc import Callable
 import psutil
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.helpers import captureLog
 from tests.serverprocess import (
     MESSAGE,
     WELCOME,
@@ -267,8 +268,6 @@ class ControlTests(SynchronousTestCase):
     """The master's messages, as a worker reads them."""
 
     def test_aMalformedMessageIsLoggedAndIgnored(self) -> None:
-        from twisted.logger import globalLogPublisher
-
         from timerserver.messages import StatsRequest, encode
         from timerserver.worker import Control
 
@@ -278,9 +277,7 @@ class ControlTests(SynchronousTestCase):
             def answer(self, id: int) -> None:
                 answered.append(id)
 
-        logged: list[dict[str, object]] = []
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        logged = captureLog(self)
         control = Control(Worker())  # type: ignore[arg-type]
         control.dataReceived(b"[" * 100_000 + b"\n" + encode(StatsRequest(3)))
         self.assertEqual(answered, [3])
