@@ -68,7 +68,7 @@ class ClientHelloTests(SynchronousTestCase):
         outer.connectionLost(None)
         self.assertEqual(inner.events, [])
         connected, inner = layer()
-        connected.dataReceived(record(b"h"))
+        connected.dataReceived(record(b"hhhh"))
         connected.connectionLost(None)
         self.assertEqual(inner.events[-1], ("lost",))
 
@@ -85,6 +85,15 @@ class ClientHelloTests(SynchronousTestCase):
         outer.dataReceived(record(b"h" * 2000))  # the rest of it, already on its way
         outer.connectionLost()
         self.assertEqual(inner.events, [])
+
+    def test_aHandshakeHeaderSplitOverRecordsIsDropped(self) -> None:
+        """A first record of 0 to 3 bytes would hide the length of the ClientHello."""
+        big = bytes([1]) + (MAX_CLIENT_HELLO * 8).to_bytes(3, "big") + b"h" * 2000
+        for cut in range(4):
+            outer, inner = layer()
+            outer.dataReceived(record(big[:cut]) + record(big[cut:]))
+            self.assertEqual(inner.events, [], cut)
+            self.assertTrue(outer.transport.disconnecting, cut)
 
     def test_aClientHelloUpToItsLimitIsPassedOn(self) -> None:
         body = bytes([1]) + MAX_CLIENT_HELLO.to_bytes(3, "big") + b"h" * 2000

@@ -124,6 +124,33 @@ class TLSTests(SynchronousTestCase):
         self.assertIsNone(_serverSendQueue(server.port))
         self.assertNotIn("Traceback", server.output)
 
+    def test_closeNotifyRightAfterTheClientHelloIsNoTraceback(self) -> None:
+        """
+        pyOpenSSL reports it as a ZeroReturnError with no reason, which
+        Twisted's TLS layer could not read (an IndexError traceback per
+        connection): it is one rate-limited line instead.
+        """
+        server = self.start()
+        for _ in range(30):
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            self.addCleanup(raw.close)
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = self.certs.clientContext().wrap_bio(
+                incoming, outgoing, server_hostname="localhost"
+            )
+            with self.assertRaises(ssl.SSLWantReadError):
+                tls.do_handshake()
+            raw.sendall(outgoing.read() + b"\x15\x03\x03\x00\x02\x01\x00")  # close_notify
+            try:
+                while raw.recv(65536):
+                    pass
+            except OSError:
+                pass
+        server.waitForLine(r"dropped connection from .*TLS error", 10)
+        self.assertServing(server)
+        self.assertNotIn("Traceback", server.output)
+        self.assertNotIn("Unhandled", server.output)
+
     def assertServing(self, server: ServerProcess) -> None:
         sock = self.connect(server)
         self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)

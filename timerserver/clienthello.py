@@ -12,7 +12,8 @@ admission's handshake deadline.
 A ClientHello may declare up to about 128 KiB spread over several records,
 all of which OpenSSL would hold until the handshake ends (245 KiB a socket,
 measured).  Real ones take a few KiB, so one that declares more than
-L{MAX_CLIENT_HELLO} is dropped with its first record.
+L{MAX_CLIENT_HELLO} is dropped with its first record, and so is a first
+record too short to hold the handshake header that declares it.
 """
 
 from __future__ import annotations
@@ -61,9 +62,14 @@ class ClientHelloLayer(Layer):
             return
         # A whole record, or not TLS at all: TLS decides what it is.
         self._pending = None
-        if pending[0] == HANDSHAKE and pending[5:6] == bytes([CLIENT_HELLO]):
+        if pending[0] == HANDSHAKE:
+            # The handshake header (type, 24-bit length) must be in the first
+            # record: split over records, its length would go unread.
+            if int.from_bytes(pending[3:5], "big") < 4:
+                self._drop("a first TLS record too short for a handshake header")
+                return
             declared = int.from_bytes(pending[6:9], "big")
-            if declared > MAX_CLIENT_HELLO:
+            if pending[5] == CLIENT_HELLO and declared > MAX_CLIENT_HELLO:
                 self._drop(f"a ClientHello of {declared} bytes (at most {MAX_CLIENT_HELLO})")
                 return
         self.wrappedProtocol.makeConnection(self)

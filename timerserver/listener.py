@@ -303,7 +303,17 @@ def _flushingTLS() -> type[Any]:
     C{readConnectionLost} (whose close has a deadline), and an error aborts
     the socket at once: that session can carry nothing more.
     """
+    from OpenSSL import SSL
     from twisted.protocols.tls import BufferingTLSTransport
+
+    def readable(error: SSL.Error) -> bool:
+        """Whether Twisted can read C{error}'s reason (a ZeroReturnError may have none)."""
+        args = error.args
+        if isinstance(error, SSL.SysCallError):
+            return len(args) == 2 and isinstance(args[1], str)
+        if not args or not isinstance(args[0], list):
+            return False
+        return all(isinstance(e, tuple) and len(e) == 3 and isinstance(e[2], str) for e in args[0])
 
     class FlushingTLSTransport(BufferingTLSTransport):
         def _shutdownTLS(self) -> None:
@@ -311,6 +321,12 @@ def _flushingTLS() -> type[Any]:
             super()._shutdownTLS()  # type: ignore[no-untyped-call]
 
         def _tlsShutdownFinished(self, reason: Failure | None) -> None:
+            if reason is not None and isinstance(reason.value, SSL.Error):
+                if not readable(reason.value):
+                    # Twisted's own check of it would raise (a traceback a client
+                    # can cause: close_notify right after its ClientHello).
+                    what = type(reason.value).__name__
+                    reason = Failure(SSL.Error([("", "", f"{what} in the handshake")]))
             super()._tlsShutdownFinished(reason)  # type: ignore[no-untyped-call]
             if not self._handshakeDone:
                 return  # the handshake deadline (admission's) bounds it
