@@ -6,11 +6,13 @@ file descriptors, and shutdown with a stuck client.  Every wait is bounded.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
 import struct
 import time
+from typing import Any
 
 import psutil
 from twisted.trial.unittest import SynchronousTestCase
@@ -130,20 +132,36 @@ class FileLimitTests(ServerCase):
         process never runs out, and nothing is logged past the rate limit.
         """
         server = self.start("--interval", "1", openFiles=200)  # serves 200 - 64 = 136
-        held = [self.connect(server) for _ in range(136)]
-        for sock in held:
+        self.assertFloodIsToldBusy(server, lambda: (socket.socket(), ("127.0.0.1", server.port)))
+        self.assertServing(server)
+
+    def test_aConnectFloodAtTheLimitOfAUnixSocket(self) -> None:
+        path = os.path.join(self.mktemp() + ".sock")
+        server = self.start(
+            "--interval", "1", openFiles=200, port=f"unix:{path}", portPattern=r"listening on ()"
+        )  # fmt: skip
+        self.assertFloodIsToldBusy(server, lambda: (socket.socket(socket.AF_UNIX), path))
+
+    def assertFloodIsToldBusy(self, server: ServerProcess, client: Any) -> None:
+        """Hold the server's 136 places, then flood it: all 600 are told busy at once."""
+        held = []
+        for _ in range(136):
+            sock, address = client()
+            self.addCleanup(sock.close)
+            sock.settimeout(5)
+            sock.connect(address)
             self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+            held.append(sock)
         flood = []
         for _ in range(600):
-            sock = socket.socket()
+            sock, address = client()
             self.addCleanup(sock.close)
             sock.setblocking(False)
-            sock.connect_ex(("127.0.0.1", server.port))
+            sock.connect_ex(address)
             flood.append(sock)
         time.sleep(2)
         told = 0
         for sock in flood:
-            sock.settimeout(2)
             try:
                 told += recvExactly(sock, len(b"Server busy\r\n"), timeout=2) == b"Server busy\r\n"
             except OSError:
@@ -153,7 +171,6 @@ class FileLimitTests(ServerCase):
         self.assertLessEqual(server.output.count("refused connection"), 20)
         held[0].close()
         time.sleep(0.3)
-        self.assertServing(server)
 
     def test_kernelLimitThenRecovery(self) -> None:
         """Past the file limit clients are dropped; the rest stay on time; then it recovers."""

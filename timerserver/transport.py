@@ -1,5 +1,5 @@
 """
-L{writeNow}: write to a TCP transport the way asyncio does, sending at once
+L{writeNow}: write to a stream socket (TCP or unix) the way asyncio does, sending at once
 when nothing is queued; L{closeNow}: close one with nothing queued at once.
 
 Twisted's C{transport.write} always queues: it registers the socket for
@@ -16,7 +16,7 @@ from __future__ import annotations
 from errno import ECONNRESET, ENOTCONN, EPIPE, ETIMEDOUT
 from typing import Any
 
-from twisted.internet import error, tcp
+from twisted.internet import error, tcp, unix
 from twisted.python.failure import Failure
 
 _DONE = Failure(error.ConnectionDone())
@@ -26,12 +26,12 @@ _BROKEN = frozenset({ECONNRESET, ENOTCONN, EPIPE, ETIMEDOUT})
 
 def writeNow(transport: Any, data: bytes) -> None:
     """
-    Write C{data} to C{transport}: sent at once if it is a TCP server
+    Write C{data} to C{transport}: sent at once if it is a TCP or unix server
     connection with nothing queued, else (and for any part not sent) queued
     with C{transport.write}.
     """
     if (
-        type(transport) is tcp.Server
+        ((kind := type(transport)) is tcp.Server or kind is unix.Server)
         and not transport.dataBuffer  # b"" once drained (doWrite resets it)
         and not getattr(transport, "_tempDataLen", 1)  # else queue, whatever Twisted renamed
         and transport.connected
@@ -57,12 +57,12 @@ def writeNow(transport: Any, data: bytes) -> None:
 
 def isFlushed(transport: Any) -> bool:
     """
-    Whether C{transport} is a TCP server connection with nothing left to
+    Whether C{transport} is a TCP or unix server connection with nothing left to
     write: its C{loseConnection} then completes on the next reactor turn and
     needs no timeout to watch it.
     """
     return (
-        type(transport) is tcp.Server
+        ((kind := type(transport)) is tcp.Server or kind is unix.Server)
         and not transport.dataBuffer
         and not getattr(transport, "_tempDataLen", 1)
     )
@@ -70,7 +70,7 @@ def isFlushed(transport: Any) -> bool:
 
 def closeNow(transport: Any) -> bool:
     """
-    Close C{transport} in this turn if it is a TCP server connection with
+    Close C{transport} in this turn if it is a TCP or unix server connection with
     nothing left to write, as Twisted closes a connection whose protocol
     does not take a half-close when the client's FIN arrives; whether it did.
 
