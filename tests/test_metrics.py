@@ -373,6 +373,10 @@ class ProcessFiguresTests(SynchronousTestCase):
             at["process_resident_memory_bytes"], before["process_resident_memory_bytes"]
         )
         self.assertEqual(set(at), set(before))
+        # Out of descriptors, and it says so: none open of the limit would hide it.
+        self.assertEqual(at["process_max_fds"], probe)
+        self.assertEqual(at["process_open_fds"], probe)
+        self.assertEqual(before["process_max_fds"], soft)
 
 
 class StopTests(TestCase):

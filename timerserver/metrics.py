@@ -24,6 +24,7 @@ prometheus-client is optional: C{pip install 'timerserver[metrics]'}.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -81,10 +82,12 @@ _lastProcess: dict[str, float] = {}
 
 def processFigures() -> dict[str, float]:
     """
-    This process's figures: CPU from C{getrusage} (which needs no
-    descriptor), the rest from prometheus-client's own process collector,
-    which reads C{/proc/self} and gives nothing at the open-file limit; then
-    the last figures it gave stand in, so that no sum drops.
+    This process's figures: CPU and the descriptor limit from C{getrusage}
+    and C{getrlimit} (which need no descriptor), the rest from
+    prometheus-client's own process collector, which reads C{/proc/self} and
+    gives nothing at the open-file limit.  Then the descriptors open count
+    as the whole limit (none could be opened), and the memory figures last
+    read stand in, so that no sum drops.
     """
     import resource
 
@@ -96,7 +99,14 @@ def processFigures() -> dict[str, float]:
         for sample in family.samples
     }
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    _lastProcess.update(read, process_cpu_seconds_total=usage.ru_utime + usage.ru_stime)
+    limit = float(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    if not read and os.path.isdir("/proc/self"):
+        read["process_open_fds"] = limit
+    _lastProcess.update(
+        read,
+        process_cpu_seconds_total=usage.ru_utime + usage.ru_stime,
+        process_max_fds=limit,
+    )
     return dict(_lastProcess)
 
 
