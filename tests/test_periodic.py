@@ -250,6 +250,16 @@ def assertLatenessWithinTheGranularityIsNotASkip(case: SynchronousTestCase, make
 class ReactorQueuePeriodicTests(PeriodicTestsMixin, SynchronousTestCase):
     makeQueue = ReactorTimerQueue
 
+    def test_aQueueWhoseGranularityIsNotANumberIsTakenAsExact(self) -> None:
+        """A third party's queue may use the name for something else."""
+        queue = ReactorTimerQueue(self.clock)
+        queue.granularity = "fine"  # type: ignore[attr-defined]
+        calls: list[float] = []
+        periodic = Periodic(queue, 1.0, lambda late, skipped: calls.append(late))
+        periodic.start()
+        self.clock.advance(1.0)
+        self.assertEqual(calls, [0.0])
+
 
 def _threadSafeWheel(clock: Clock, monitor: TimerQueueCounters) -> ThreadSafeTimerQueue:
     return ThreadSafeTimerQueue(TimerWheel(clock, monitor=monitor))

@@ -90,6 +90,8 @@ class Periodic:
         # intervals, or one plus the queue's granularity if that is more,
         # so that lateness within the granularity is never a skip.
         granularity = getattr(queue, "granularity", 0.0)
+        if isinstance(granularity, bool) or not isinstance(granularity, (int, float)):
+            granularity = 0.0  # a third party's queue may use the name for something else
         self._skipAfter = max(2.0 * self.interval, self.interval + granularity)
         self.function = function
         self.skipped = 0
