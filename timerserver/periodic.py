@@ -89,10 +89,12 @@ class Periodic:
         # Late by this much, or more, a call skips the older ones: two
         # intervals, or one plus the queue's granularity if that is more,
         # so that lateness within the granularity is never a skip.
-        granularity = getattr(queue, "granularity", 0.0)
-        if isinstance(granularity, bool) or not isinstance(granularity, (int, float)):
-            granularity = 0.0  # a third party's queue may use the name for something else
-        self._skipAfter = max(2.0 * self.interval, self.interval + granularity)
+        try:
+            past = self.interval + getattr(queue, "granularity", 0.0)
+        except TypeError:  # a third party's queue may use the name for something else
+            past = self.interval
+        twice = 2.0 * self.interval
+        self._skipAfter = past if past > twice else twice
         self.function = function
         self.skipped = 0
         self.running = False
