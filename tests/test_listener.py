@@ -104,10 +104,21 @@ class BadListenerTests(SynchronousTestCase):
             "unix:",
             "systemd:domain=APPLETALK:index=0",
             "haproxy:bogus:1",
+            # An IPv6 address's colons unescaped: not every interface instead.
+            "tcp:5050:interface=::1",
+            "tcp6:5050:interface=::1",
+            "haproxy:tcp:5050:interface=::1",
+            "tcp:5050:::",
+            "tcp:5050:interface=",
+            "tcp:5050:interface=127.0.0.1:junk",
             "ssl:1:privateKey=/nonexistent.pem",
             "",
         ):
             self.assertOneLine(description)
+
+    def test_anEscapedIPv6InterfaceIsThatInterface(self) -> None:
+        listener = Listener.parse("tcp:5050:interface=\\:\\:1")
+        self.assertEqual((listener.host, listener.family), ("::1", "INET6"))
 
     def test_badProxyFrom(self) -> None:
         for value in ("", "10.0.0.0/33", "nonsense", "any,10.0.0.0/8", ","):

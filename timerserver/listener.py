@@ -173,12 +173,20 @@ class Listener:
         if not args:
             raise _fail(description, "give a port number")
         port = _number(description, "port", args[0], 0, 65535)
+        # An IPv6 address's unescaped colons end up as empty or extra fields:
+        # taken as they come, "interface=::1" would listen on every interface.
+        if len(args) > 1 or kw.get("interface") == "":
+            if kind == "ssl" and kw.get("interface") != "":
+                raise _fail(description, "give TLS files as privateKey= and certKey=")
+            raise _fail(
+                description,
+                "fields after the port that are not name=value, or an empty interface= "
+                "(escape an IPv6 address's colons: interface=\\:\\:1)",
+            )
         host = kw.pop("interface", "::" if kind == "tcp6" else "")
         tls = None
         if kind == "ssl":
             tls = tuple(sorted((k, v) for k, v in kw.items() if k != "backlog"))
-            if len(args) > 1:
-                raise _fail(description, "give TLS files as privateKey= and certKey=")
         elif set(kw) != {"backlog"}:
             raise _fail(description, f"unknown arguments {sorted(set(kw) - {'backlog'})}")
         ipv6 = isIPv6Address(host)
