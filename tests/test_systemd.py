@@ -19,12 +19,12 @@ UNITS = ROOT / "contrib" / "systemd"
 
 
 class SocketActivationTests(SynchronousTestCase):
-    def activate(self, *args: str) -> tuple[ServerProcess, int]:
+    def activate(self, *args: str, fdname: str = "timerserver") -> tuple[ServerProcess, int]:
         tool = shutil.which("systemd-socket-activate")
         if tool is None:
             raise SkipTest("systemd-socket-activate is not installed (Debian package systemd)")
         port = freePort()
-        command = [tool, "--fdname=timerserver", "-l", f"127.0.0.1:{port}"]
+        command = [tool, f"--fdname={fdname}", "-l", f"127.0.0.1:{port}"]
         command += twistdCommand(
             "-n", "--pidfile=", "timerserver", "--port", "systemd:domain=INET:name=timerserver",
             *args,
@@ -50,6 +50,15 @@ class SocketActivationTests(SynchronousTestCase):
         self.assertWelcomed(port)
         server.stop()
         self.assertIn("stopped listening on systemd:domain=INET:name=timerserver", server.output)
+
+    def test_aSocketOfAnotherNameIsOneLine(self) -> None:
+        """A unit whose FileDescriptorName= is not the --port's name: one line, no traceback."""
+        for args in ((), ("--workers", "2")):
+            server, port = self.activate(*args, fdname="other")
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                server.waitForLine(r"cannot listen on systemd:.*no socket 'timerserver'", 20)
+            self.assertNotEqual(server.stop(timeout=20), 0)
+            self.assertNotIn("Traceback", server.output)
 
     def test_theMasterHandsTheSocketToItsWorkers(self) -> None:
         server, port = self.activate("--workers", "2")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -267,7 +268,17 @@ class Listener:
         inherited listening socket (a worker's).
         """
         if fd is None:
-            endpoint: IStreamServerEndpoint = endpoints.serverFromString(reactor, self.socket)
+            try:
+                endpoint: IStreamServerEndpoint = endpoints.serverFromString(reactor, self.socket)
+            except (KeyError, IndexError) as e:  # systemd: no such descriptor name or index
+                if self.kind != "systemd":
+                    raise
+                names = os.environ.get("LISTEN_FDNAMES", "")
+                raise SystemExit(
+                    f"twistd timerserver: cannot listen on {self.description}: no socket "
+                    f"{e} passed by systemd (LISTEN_FDNAMES={names!r}; a unit's "
+                    f"FileDescriptorName=, systemd-socket-activate's --fdname=)"
+                ) from None
             return endpoint
         return endpoints.AdoptedStreamServerEndpoint(reactor, fd, FAMILIES[self.family])
 
