@@ -196,6 +196,29 @@ class FileLimitTests(ServerCase):
 
 
 class ShutdownTests(ServerCase):
+    def test_signalsDuringTheStopAreOneLineEach(self) -> None:
+        """A second SIGTERM or SIGINT while a stuck client holds the stop up."""
+        for workers in ("1", "2"):
+            server = self.start("--workers", workers, "--shutdown-timeout", "2")
+            stuck = self.connect(server, rcvbuf=4096)
+            self.assertEqual(recvExactly(stuck, len(WELCOME)), WELCOME)
+            stuck.setblocking(False)
+            for _ in range(200):  # echo it will not read: its close cannot flush
+                try:
+                    stuck.send(b"z" * 65536)
+                except BlockingIOError:
+                    time.sleep(0.005)
+            server.process.send_signal(signal.SIGTERM)
+            server.waitForLine(r"Received SIGTERM", 5)
+            for again in (signal.SIGINT, signal.SIGTERM):
+                time.sleep(0.2)
+                server.process.send_signal(again)
+            self.assertIn(server.stop(timeout=15), (0, -signal.SIGTERM))
+            self.assertIn("SIGINT again: already stopping", server.output)
+            self.assertIn("SIGTERM again: already stopping", server.output)
+            self.assertNotIn("Traceback", server.output)
+            self.assertNotIn("ReactorNotRunning", server.output)
+
     def test_stuckClientDoesNotDelayExit(self) -> None:
         big = "z" * 20000 + "\\r\\n"
         server = self.start(

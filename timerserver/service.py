@@ -9,10 +9,11 @@ cancel every timer.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -89,6 +90,40 @@ def listen(
             f"twistd timerserver: cannot listen on {description}: {result.getErrorMessage()}"
         )
     return result
+
+
+class ServerRoot(MultiService):
+    """
+    The service C{twistd timerserver} runs: once the reactor begins to stop,
+    a second SIGTERM or SIGINT is one log line, not Twisted's
+    C{ReactorNotRunning} traceback (the stop is already under way, bounded
+    by C{--shutdown-timeout}).
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any) -> None:
+        MultiService.__init__(self)
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        MultiService.startService(self)
+        addTrigger = getattr(self._reactor, "addSystemEventTrigger", None)
+        if addTrigger is not None:
+            addTrigger("before", "shutdown", self._stopping)
+
+    def _stopping(self) -> None:
+        try:
+            for number in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(number, self._again)
+        except ValueError:  # not the main thread: Twisted installed none either
+            pass
+
+    def _again(self, number: int, frame: object) -> None:
+        self._log.info(
+            "{signal} again: already stopping (within --shutdown-timeout)",
+            signal=signal.Signals(number).name,
+        )
 
 
 class TimerServerService(Service):

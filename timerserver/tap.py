@@ -267,7 +267,9 @@ def makeService(options: Options) -> IService:
     reactor = cast(IReactorTime, options._reactor)
     # Before anything is scheduled: a wall-clock step moves no timer.
     useMonotonicTime(reactor)
-    parent = MultiService()
+    from timerserver.service import ServerRoot
+
+    parent: MultiService = ServerRoot(reactor)
     if config.workers > 1:
         from timerserver.supervisor import WorkerPoolService
 
