@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import socket
 import struct
@@ -173,8 +174,13 @@ class FileLimitTests(ServerCase):
         time.sleep(0.3)
 
     def test_kernelLimitThenRecovery(self) -> None:
-        """Past the file limit clients are dropped; the rest stay on time; then it recovers."""
-        server = self.start("--interval", "0.2", "--max-connections", "1000", openFiles=64)
+        """
+        The host lowers the open-file limit under the server (prlimit): past
+        it clients are dropped, each a rate-limited log line; the rest stay on
+        time; then it recovers.
+        """
+        server = self.start("--interval", "0.2")
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (64, 64))
         socks = []
         for _ in range(80):
             try:
@@ -183,6 +189,11 @@ class FileLimitTests(ServerCase):
                 break
         served = [s for s in socks if recvExactly(s, len(WELCOME), timeout=2) == WELCOME]
         self.assertLess(len(served), len(socks))  # some were refused by the kernel limit
+        server.waitForLine(r"out of file descriptors \(EMFILE\)", 5)
+        self.assertNotIn("EMFILE recovery", server.output)  # Twisted's line a socket
+        dropped = server.output.count("out of file descriptors (EMFILE)")
+        self.assertGreater(dropped, 0)
+        self.assertLessEqual(dropped, 20)
         self.assertGreater(len(served), 20)
         started = time.monotonic()
         for s in served[:10]:

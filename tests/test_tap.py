@@ -13,9 +13,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.helpers import captureLog
 from tests.serverprocess import runTwistd
 from timerserver import ReactorTimerQueue, TimerWheel, cores
-from timerserver.config import DEFAULT_MESSAGE, DEFAULT_WELCOME, defaultGranularity
+from timerserver.config import DEFAULT_MESSAGE, DEFAULT_WELCOME, FILE_RESERVE, defaultGranularity
 from timerserver.service import TimerServerService
-from timerserver.tap import Options, makeService
+from timerserver.tap import Options, makeService, openFileLimit
 
 
 def parse(*args: str) -> Options:
@@ -237,10 +237,26 @@ class RangeTests(SynchronousTestCase):
     def test_boundsAreAccepted(self) -> None:
         for args in (
             ["--backlog", "1"], ["--backlog", "65535"], ["--interval", "0.001"],
-            ["--interval", "4294967.294"], ["--max-connections", "10000000"],
+            ["--interval", "4294967.294"],
+            ["--max-connections", str(openFileLimit() - FILE_RESERVE)],
+            ["--interval", "0.5", "--granularity", "0.5"],
             ["--handshake-timeout", "0.001"], ["--max-buffer", str(1 << 30)],
         ):  # fmt: skip
             parse(*args)
+
+    def test_limitsTheProcessCannotMeetAreRefused(self) -> None:
+        """
+        More connections than the open-file limit allows (the kernel would
+        refuse them, not admission), or a tick longer than the interval.
+        """
+        room = openFileLimit() - FILE_RESERVE
+        for args, expected in (
+            (["--max-connections", str(room + 1)], f"--max-connections: at most {room} "),
+            (["--interval", "0.5", "--granularity", "0.6"], "--granularity: at most --interval"),
+        ):
+            e = self.assertRaises(usage.UsageError, Options().parseOptions, args)
+            self.assertIn(expected, str(e))
+            self.assertNotIn("\n", str(e))
 
     def test_twistdExitsWithStatusOneAndOneLine(self) -> None:
         """The end-to-end path, for the two values the issue found."""

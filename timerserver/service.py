@@ -24,7 +24,7 @@ from timerserver.config import DEFAULT_SHUTDOWN_TIMEOUT, ServerConfig
 from timerserver.factory import TimerServerFactory
 from timerserver.interfaces import IQueueTimers
 from timerserver.lateness import LatenessHistogram
-from timerserver.listener import Listener
+from timerserver.listener import Listener, rateLimitAcceptLog
 from timerserver.monitor import TimerQueueCounters
 from timerserver.proxyheader import ProxyHeaderFactory
 from timerserver.reactorqueue import ReactorTimerQueue
@@ -174,6 +174,7 @@ class TimerServerService(Service):
 
     def _listening(self, port: IListeningPort) -> None:
         self._port = port
+        rateLimitAcceptLog(port, self.factory.events)
         self._log.info(
             "timerserver listening on {address}, {queue!r}, interval {interval}s",
             address=port.getHost(),

@@ -211,11 +211,24 @@ class Options(usage.Options):
             if self["timer-queue"] != "wheel":
                 raise usage.UsageError("--granularity: only applies to --timer-queue wheel")
             granularity = seconds(self["granularity"], "granularity", 60.0)
-        maxConnections = (
-            max(1, openFileLimit() - FILE_RESERVE)
-            if self["max-connections"] is None
-            else wholeNumber(self["max-connections"], "max-connections", 1)
-        )
+            if granularity > interval:
+                raise usage.UsageError(
+                    f"--granularity: at most --interval ({interval:g}), not "
+                    f"{self['granularity']!r}: every message would be more than an interval late"
+                )
+        # What the process can hold, its own descriptors aside: a limit above
+        # it would be met by the kernel instead (EMFILE), not by admission.
+        limit = openFileLimit()
+        room = max(1, limit - FILE_RESERVE)
+        maxConnections = room
+        if self["max-connections"] is not None:
+            maxConnections = wholeNumber(self["max-connections"], "max-connections", 1)
+            if maxConnections > room:
+                raise usage.UsageError(
+                    f"--max-connections: at most {room} with this process's open-file limit "
+                    f"of {limit} ({FILE_RESERVE} kept for its own use), not {maxConnections}: "
+                    "raise the limit (ulimit -n, systemd's LimitNOFILE=) or lower the value"
+                )
         backlog = wholeNumber(self["backlog"], "backlog", 1, MAX_BACKLOG)
         self.config = ServerConfig(
             listener=Listener.parse(self["port"], backlog, self["proxy-from"]),
