@@ -243,7 +243,9 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(t2.value(), BUSY)
         self.assertEqual(h.admission.refused["peer"], 1)
         helpers.lose(second)
-        self.assertEqual(h.admission.closed, {})  # refused, not closed
+        # Accepted first, so refused and closed both: accepted = open + closed.
+        self.assertEqual(h.admission.closed, {"peer": 1})
+        self.assertEqual(h.admission.accepted, 2)
         self.assertEqual(h.admission.perPeer, {"192.0.2.7": 1})
         third, t3 = h.accept(port=3)
         third.dataReceived(v1("192.0.2.8"))

@@ -197,7 +197,6 @@ class Gate(Layer):
         self.peer: str | None = None
         self.reason: str | None = None
         """Why the server dropped it before it reached the protocol."""
-        self.refused = False
 
     def connectionMade(self) -> None:
         admission = self.admission
@@ -222,8 +221,7 @@ class Gate(Layer):
             admission.handshaking.discard(self)
             admission.queue.destroyTimer(self._handle)
             self._handle = None
-            if not self.refused:
-                admission.closed[self.reason or reasons.CLIENT] += 1
+            admission.closed[self.reason or reasons.CLIENT] += 1
         Layer.connectionLost(self, reason)
 
     def logPrefix(self) -> str:
@@ -241,7 +239,7 @@ class Gate(Layer):
         peer: str = address.host
         if not admission._peerRoom(peer):
             admission.refused[reasons.PEER] += 1
-            self.refused = True
+            self.reason = reasons.PEER  # accepted, so counted closed too: accepted = open + closed
             admission.events.event("refused", address, ": too many from host")
             if busy:
                 self.transport.write(BUSY)

@@ -30,4 +30,6 @@ HANDSHAKE = "handshake"
 """No TLS handshake or PROXY header within C{--handshake-timeout}."""
 PROXY = "proxy"
 """A malformed or invalid PROXY header."""
-CLOSED = (CLIENT, IDLE, STALLED, BUFFER, CLOSE_TIMEOUT, SHUTDOWN, TLS, HANDSHAKE, PROXY)
+# And PEER: behind haproxy:, a socket over --max-per-peer for the address its
+# header claims was accepted first, so it is refused and closed both.
+CLOSED = (CLIENT, IDLE, STALLED, BUFFER, CLOSE_TIMEOUT, SHUTDOWN, TLS, HANDSHAKE, PROXY, PEER)
