@@ -18,6 +18,7 @@ from timerserver import steering
 from timerserver.listener import Listener
 from timerserver.steering import (
     MIN_INTERVAL,
+    REFRESH,
     SCALE,
     STALE_AFTER,
     Steering,
@@ -180,6 +181,24 @@ class SteeringTests(SynchronousTestCase):
         steer.report(0, 100)  # worker 2 stopped reporting (SIGSTOP, wedged)
         self.assertEqual(attached, [[1000, 0]])
 
+    def test_theProgramIsAttachedAgainEveryRefresh(self) -> None:
+        """Another process of the same user may have attached its own to the group."""
+        steer, clock, attached = self.steering()
+        steer.started(0)
+        steer.started(1)
+        self.assertEqual(len(attached), 2)
+        for _ in range(int(REFRESH / MIN_INTERVAL) - 1):
+            clock.advance(MIN_INTERVAL)
+            steer.report(0, 0)
+            steer.report(1, 0)
+        self.assertEqual(len(attached), 2)  # unchanged: not attached again yet
+        clock.advance(MIN_INTERVAL)
+        steer.report(0, 0)
+        self.assertEqual(attached[2:], [[500, 500]])  # the same program, again
+        clock.advance(MIN_INTERVAL)
+        steer.report(1, 0)
+        self.assertEqual(len(attached), 3)  # and not again until the next refresh
+
     def test_aRefusalIsFinal(self) -> None:
         clock = Clock()
         calls: list[list[int]] = []
@@ -294,3 +313,46 @@ class RefusedTests(SynchronousTestCase):
         self.assertFalse(sockets.steer([1, 0]))
         [event] = events
         self.assertEqual(event["why"], "Protocol not available")
+
+
+class PortInUseTests(SynchronousTestCase):
+    """A second C{--workers} master on a port in use: one line, not a second group member."""
+
+    def group(self, port: int = 0, count: int = 2) -> WorkerSockets:
+        sockets = WorkerSockets(Listener.parse(f"tcp:{port}:interface=127.0.0.1"), Clock(), count)
+        sockets.listen()
+        self.addCleanup(sockets.close)
+        return sockets
+
+    def test_anotherMastersPortIsInUse(self) -> None:
+        first = self.group()
+        port = first.address.port  # type: ignore[attr-defined]
+        second = WorkerSockets(Listener.parse(f"tcp:{port}:interface=127.0.0.1"), Clock(), 2)
+        e = self.assertRaises(SystemExit, second.listen)
+        self.assertEqual(
+            str(e),
+            f"twistd timerserver: cannot listen on tcp:{port}:interface=127.0.0.1: "
+            f"Couldn't listen on 127.0.0.1:{port}: [Errno 98] Address already in use.",
+        )
+        self.assertEqual((second.fds, second._sockets), ([], []))  # nothing left open
+        self.assertFalse(second.perWorker)
+        # The first group is whole: clients still reach only its sockets.
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.addCleanup(client.close)
+        accepted = 0
+        for sock in first._sockets:
+            try:
+                sock.accept()[0].close()
+                accepted += 1
+            except BlockingIOError:
+                pass
+        self.assertEqual(accepted, 1)
+
+    def test_aFreePortIsListenedOnAgain(self) -> None:
+        """The probe lets go of the port: the group binds it, and again once closed."""
+        first = self.group()
+        port = first.address.port  # type: ignore[attr-defined]
+        first.close()
+        again = self.group(port)
+        self.assertEqual(again.address.port, port)  # type: ignore[attr-defined]
+        self.assertEqual(len(again.fds), 2)

@@ -369,3 +369,28 @@ class WorkerStartErrorTests(SynchronousTestCase):
         self.assertIn("Address already in use", line)
         self.assertNotIn("worker 1", output)
         self.assertNotIn("Traceback", output)
+
+
+class SecondMasterTests(WorkerCase):
+    def test_aSecondMasterOnTheSamePortIsOneLineAndTheFirstServesOn(self) -> None:
+        """
+        Before, the second master's SO_REUSEPORT sockets joined the first's
+        group and its steering program replaced the first's: it said it was
+        listening, served nothing, and the first's steering stayed wrong.
+        """
+        first = self.start("--welcome", "first\\r\\n")
+        port = first.port
+        result = runTwistd("--workers", "2", "-p", f"tcp:{port}:interface=127.0.0.1")
+        output = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 1, output)
+        [line] = [x for x in output.splitlines() if "cannot listen" in x]
+        self.assertIn(
+            f"cannot listen on tcp:{port}:interface=127.0.0.1: "
+            f"Couldn't listen on 127.0.0.1:{port}: [Errno 98] Address already in use.",
+            line,
+        )
+        self.assertNotIn("worker 1", output)
+        self.assertNotIn("Traceback", output)
+        for _ in range(10):
+            sock = self.connect(first)
+            self.assertEqual(recvExactly(sock, 7), b"first\r\n")

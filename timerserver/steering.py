@@ -39,7 +39,13 @@ reports again.
 
 L{Steering} re-attaches the program only when a share moved by more than
 L{THRESHOLD} thousandths, and at most once per L{MIN_INTERVAL} seconds: the
-kernel copies the program (a few dozen instructions) at each attach.
+kernel copies the program (a few dozen instructions) at each attach.  It
+also attaches it again every L{REFRESH} seconds, changed or not: the
+program belongs to the group, which any process of the same user can join
+with C{SO_REUSEPORT} and attach its own program to, and the kernel cannot
+be asked which program is attached.  The master refuses to join a group
+that is in use (L{timerserver.workersockets}), but a foreign process may
+not; this bounds how long one can keep the steering wrong.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ MIN_INTERVAL = 0.5
 """Seconds between two attaches at least."""
 STALE_AFTER = 2.0
 """Seconds without a report after which a worker gets no new connections."""
+REFRESH = 5.0
+"""Seconds after which the program is attached again even if unchanged."""
 
 _SKF_AD_RANDOM = 0xFFFFF000 + 56  # SKF_AD_OFF + SKF_AD_RANDOM
 _LD_W_ABS = 0x00 | 0x00 | 0x20  # BPF_LD | BPF_W | BPF_ABS
@@ -191,7 +199,8 @@ class Steering:
 
     def update(self, now: bool = False) -> None:
         """
-        Attach the program the counts ask for, if it differs enough and, unless
+        Attach the program the counts ask for, if it differs enough (or
+        L{REFRESH} has passed since the last attach) and, unless
         C{now} (a worker started or ended: rare, and bounded by the restart
         back-off), L{MIN_INTERVAL} has passed since the last attach.
         """
@@ -205,13 +214,15 @@ class Steering:
         wanted = shares(weights(live))
         current = self.current or shares([1.0] * len(self.counts))  # the hash: about even
         pairs = list(zip(wanted, current, strict=True))
+        last = self._lastAttach
         # A share to or from nothing always counts: with 50 workers or more an
         # even share is itself under the threshold.
-        if max(abs(a - b) for a, b in pairs) <= THRESHOLD and all(
-            (a == 0) == (b == 0) for a, b in pairs
+        if (
+            max(abs(a - b) for a, b in pairs) <= THRESHOLD
+            and all((a == 0) == (b == 0) for a, b in pairs)
+            and not (self.current is not None and last is not None and abs(time - last) >= REFRESH)
         ):
             return
-        last = self._lastAttach
         if not now and last is not None and abs(time - last) < MIN_INTERVAL:
             return  # the next report (within 0.5 s) tries again
         self._lastAttach = time

@@ -12,6 +12,13 @@ socket each split them 1,024/976, 986/1,014 and 1,037/963.  The master keeps eve
 so connections that arrive for a worker while it is being replaced wait in
 its socket's backlog for the new worker instead of being refused.
 
+Any process of the same user that sets C{SO_REUSEPORT} joins such a group,
+so before it binds its own the master binds the address once without it
+(unless the port is 0): a port another server listens on, a second
+C{--workers} master included, is the one-line "Address already in use" of a
+single server and exit status 1, rather than a second group member that
+serves nothing and replaces the first master's steering program.
+
 Other endpoints (C{unix:}, C{systemd:}) are listened on through Twisted as
 a single server would, and their one socket is shared by every worker.
 
@@ -28,6 +35,7 @@ from typing import Any, cast
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -92,6 +100,8 @@ class WorkerSockets:
         family = FAMILIES[listener.family]
         port = listener.port
         try:
+            if port:
+                _probe(family, listener.host, port)
             for _ in range(self.count):
                 sock = socket.socket(family, socket.SOCK_STREAM)
                 self._sockets.append(sock)
@@ -103,8 +113,9 @@ class WorkerSockets:
                 sock.setblocking(False)
         except OSError as e:
             self.close()
+            why = CannotListenError(listener.host, port, e)  # worded as a single server's
             raise SystemExit(
-                f"twistd timerserver: cannot listen on {self.description}: {e.strerror}"
+                f"twistd timerserver: cannot listen on {self.description}: {why}"
             ) from None
         host = self._sockets[0].getsockname()[0]
         self.address = (IPv6Address if family == socket.AF_INET6 else IPv4Address)(
@@ -148,3 +159,18 @@ class WorkerSockets:
         if self._port is not None:
             self._port.stopListening()
             self._port = None
+
+
+def _probe(family: int, host: str, port: int) -> None:
+    """
+    Bind C{(host, port)} the way a single server would, without
+    C{SO_REUSEPORT}, and let go of it: whoever listens there already (a
+    single server, or another C{--workers} master, whose group would
+    otherwise take our sockets in and our steering program with them)
+    makes it fail with C{EADDRINUSE}.
+
+    @raise OSError: the address is in use, or cannot be bound.
+    """
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted's listenTCP
+        probe.bind((host, port))
