@@ -36,6 +36,8 @@ class RoundTripTests(SynchronousTestCase):
             StopFigures(closed=10, cancelled=12, skipped=0),
             Load(0),
             Load(19368),
+            Load(3, 0),
+            Load(3, 960),
         ):
             line = encode(message)
             self.assertEqual(line.count(b"\n"), 1, line)  # one line, whatever the text holds
@@ -92,8 +94,15 @@ class MalformedTests(SynchronousTestCase):
             self.assertRaises(MalformedMessage, decode, json.dumps(line).encode())
 
     def test_load(self) -> None:
-        self.assertEqual(encode(Load(7)), b'{"type":"load","open":7}\n')
+        self.assertEqual(encode(Load(7, 900)), b'{"type":"load","open":7,"capacity":900}\n')
+        self.assertEqual(encode(Load(7)), b'{"type":"load","open":7,"capacity":null}\n')
+        self.assertEqual(decode(b'{"type":"load","open":7}'), Load(7, None))  # capacity unsaid
+        self.assertEqual(decode(b'{"type":"load","open":7,"capacity":0}'), Load(7, 0))
         for line in (
+            {"type": "load", "open": 7, "capacity": "7"},
+            {"type": "load", "open": 7, "capacity": 7.0},
+            {"type": "load", "open": 7, "capacity": True},
+            {"type": "load", "open": 7, "capacity": [7]},
             {"type": "load"},
             {"type": "load", "open": "7"},
             {"type": "load", "open": 7.0},
@@ -105,7 +114,10 @@ class MalformedTests(SynchronousTestCase):
         for count in (-1, MAX_LOAD, 10**400):
             line = b'{"type":"load","open":%d}' % count
             self.assertMalformed(line, "out of range")
+            line = b'{"type":"load","open":1,"capacity":%d}' % count
+            self.assertMalformed(line, "'capacity'")
         self.assertRaises(MalformedMessage, Load, -1)  # nor can one be made
+        self.assertRaises(MalformedMessage, Load, 1, -1)
 
     def test_deeplyNested(self) -> None:
         """JSON nested deeper than the parser's recursion limit: malformed, not a RecursionError."""

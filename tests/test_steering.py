@@ -101,6 +101,26 @@ class WeightTests(SynchronousTestCase):
         self.assertEqual(weights([None, 500]), [0.0, 50.0])
         self.assertEqual(weights([None, None]), [1.0, 1.0])  # nobody runs: uniform
 
+    def test_aFullWorkerGetsNothingWhileAnotherHasRoom(self) -> None:
+        """
+        The review's case: worker 1 at its open-file limit holds few
+        connections (it cannot accept more), and was the emptiest.
+        """
+        self.assertEqual(weights([2, 100], [0, 960]), [0.0, 10.0])
+        self.assertEqual(weights([2, 100], [2, 960]), [0.0, 10.0])  # at its capacity
+        self.assertEqual(weights([2, 100], [1, 960]), [0.0, 10.0])  # over it (lowered since)
+        # Among the others the counts steer as before: the full one is left out.
+        self.assertEqual(weights([5, 0, 1000, None], [5, None, 2000, 10]), [0, 1050, 50, 0])
+
+    def test_littleRoomIsAtMostThatMuchWeight(self) -> None:
+        self.assertEqual(weights([0, 1000], [3, 2000]), [3.0, 50.0])
+        self.assertEqual(weights([0, 1000], [5000, 2000]), [1050.0, 50.0])  # room to spare
+
+    def test_everyWorkerFullIsAsIfNoneWere(self) -> None:
+        """The kernel must send them somewhere: each refuses what it cannot hold."""
+        self.assertEqual(weights([0, 1000], [0, 1000]), weights([0, 1000]))
+        self.assertEqual(weights([None, 7], [None, 7]), [0.0, 1.0])
+
 
 class SteeringTests(SynchronousTestCase):
     def steering(self, count: int = 2) -> tuple[Steering, Clock, list[list[int]]]:
@@ -180,6 +200,21 @@ class SteeringTests(SynchronousTestCase):
         clock.advance(STALE_AFTER + 0.1)
         steer.report(0, 100)  # worker 2 stopped reporting (SIGSTOP, wedged)
         self.assertEqual(attached, [[1000, 0]])
+
+    def test_aFullWorkerIsSteeredAroundUntilItHasRoom(self) -> None:
+        steer, clock, attached = self.steering()
+        steer.started(0)
+        steer.started(1)
+        clock.advance(MIN_INTERVAL)
+        steer.report(0, 3, 0)  # its open-file limit was lowered: no room
+        self.assertEqual(attached[-1], [0, 1000])
+        self.assertEqual(steer.capacities, [0, None])
+        clock.advance(MIN_INTERVAL)
+        steer.report(0, 3, 900)  # raised again
+        self.assertEqual(attached[-1], [200, 800])  # 0 + 1 : 3 + 1
+        steer.ended(0)
+        steer.started(0)  # a fresh worker: its capacity is unknown until it reports
+        self.assertEqual(steer.capacities, [None, None])
 
     def test_theProgramIsAttachedAgainEveryRefresh(self) -> None:
         """Another process of the same user may have attached its own to the group."""

@@ -485,8 +485,28 @@ class SteeringTests(SynchronousTestCase):
         service.startService()
         return service, reactor, attached
 
-    def load(self, process: FakeProcess, count: int) -> None:
-        process.proto.childDataReceived(1, encode(Load(count)))
+    def load(self, process: FakeProcess, count: int, capacity: int | None = None) -> None:
+        process.proto.childDataReceived(1, encode(Load(count, capacity)))
+
+    def test_aFullWorkerGetsNoNewConnections(self) -> None:
+        """
+        Worker 1 at its open-file limit holds few connections, the fewest:
+        while worker 2 has room, worker 1 gets none; once it has room again,
+        it gets its share.
+        """
+        service, reactor, attached = self.pool()
+        one, two, _ = reactor.processes
+        reactor.advance(STEER_INTERVAL)
+        self.load(one, 2, 0)
+        self.load(two, 100, 960)
+        self.assertEqual(service.steering.capacities, [0, 960])
+        self.assertEqual(attached[-1], [0, 1000])
+        reactor.advance(STEER_INTERVAL)
+        self.load(one, 2, 900)
+        self.assertEqual(attached[-1], [953, 47])  # 98 + 5.1 : 0 + 5.1 (the floor)
+        reactor.advance(STEER_INTERVAL)
+        one.proto.childDataReceived(1, b'{"type":"load","open":2}\n')  # capacity not said
+        self.assertEqual(service.steering.capacities, [None, 960])
 
     def test_loadReportsSteer(self) -> None:
         service, reactor, attached = self.pool()

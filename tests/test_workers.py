@@ -223,6 +223,39 @@ class SteeringTests(WorkerCase):
         self.assertGreaterEqual(toTwo, 75, (toOne, toTwo))  # about 90 expected; the hash: 50
         self.assertNotIn("Traceback", server.output)
 
+    def test_aWorkerAtItsOpenFileLimitGetsNoNewConnections(self) -> None:
+        """
+        Worker 1's open-file limit is lowered to 5 descriptors over what it
+        holds (prlimit): its count stays the lowest, but it says it has no
+        room, so every new client goes to worker 2 and is welcomed (before,
+        most went to worker 1 and were closed by its EMFILE recovery).
+        """
+        server = self.start("--interval", "5")
+        pids = self.workerPids(server)
+        one = psutil.Process(pids[1])
+        one.rlimit(psutil.RLIMIT_NOFILE, (one.num_fds() + 5, one.rlimit(psutil.RLIMIT_NOFILE)[1]))
+        time.sleep(1.5)  # its next report (every 0.5 s) says so; the master steers at once
+        if "not steered" in server.output:
+            raise SkipTest("the kernel refuses SO_ATTACH_REUSEPORT_CBPF here")
+        clients = []
+        for _ in range(100):
+            sock = socket.socket()
+            self.addCleanup(sock.close)
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", server.port))
+            clients.append(sock)
+        deadline = time.monotonic() + 10
+        welcomed = 0
+        for sock in clients:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                welcomed += recvExactly(sock, len(WELCOME), sock.gettimeout() or 0.1) == WELCOME
+            except OSError:
+                pass
+        self.assertEqual(welcomed, 100)
+        self.assertEqual(self.served(pids[1], server.port), 0)
+        self.assertNotIn("EMFILE", server.output)
+
     def waitFor(self, condition: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
@@ -254,14 +287,39 @@ class LoadReportTests(SynchronousTestCase):
 
             class admission:
                 open = 42
+                maxConnections = 900
 
+        self.patch(resource, "getrlimit", lambda which: (4096, 4096))
         worker = Worker(Clock(), Channel(), [3])  # type: ignore[arg-type]
         worker.reportLoad()  # not configured yet: nothing
         worker.server = Server()  # type: ignore[assignment]
         worker.reportLoad()
         Server.running = False  # shutting down: nothing
         worker.reportLoad()
-        self.assertEqual(sent, [(Load(42), True)])
+        self.assertEqual(sent, [(Load(42, 900), True)])
+
+    def test_theCapacityFollowsTheCurrentOpenFileLimit(self) -> None:
+        """
+        A worker whose soft open-file limit was lowered under its
+        --max-connections (prlimit) says it can hold that limit less the
+        reserve, read afresh at every report; none left is 0.
+        """
+        from timerserver.config import FILE_RESERVE
+        from timerserver.messages import MAX_LOAD
+        from timerserver.worker import capacity
+
+        limit = [4096]
+        self.patch(resource, "getrlimit", lambda which: (limit[0], 1 << 20))
+        self.assertEqual(capacity(900), 900)
+        limit[0] = 500
+        self.assertEqual(capacity(900), 500 - FILE_RESERVE)
+        self.assertEqual(capacity(None), 500 - FILE_RESERVE)
+        limit[0] = 14  # the review's: 14 descriptors, under the reserve
+        self.assertEqual(capacity(900), 0)
+        limit[0] = resource.RLIM_INFINITY
+        self.assertEqual(capacity(900), 900)
+        self.assertIsNone(capacity(None))  # nothing bounds it
+        self.assertEqual(capacity(10**12), MAX_LOAD - 1)  # a Load can still carry it
 
 
 class ControlTests(SynchronousTestCase):

@@ -88,15 +88,19 @@ MAX_LOAD = 2**31
 class Load:
     """
     Worker to master, every half second: how many connections (sockets in
-    any stage) it holds now, which the master steers new connections by.
+    any stage) it holds now, and how many it can hold now (C{None}: not
+    said, no limit known), which the master steers new connections by.
     """
 
     TYPE: ClassVar[str] = "load"
     open: int
+    capacity: int | None = None
 
     def __post_init__(self) -> None:
-        if not 0 <= self.open < MAX_LOAD:
-            raise MalformedMessage(f"{self.TYPE}: field 'open' is {self.open}, out of range")
+        for name in ("open", "capacity"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < MAX_LOAD:
+                raise MalformedMessage(f"{self.TYPE}: field {name!r} is {value}, out of range")
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ TYPES: dict[str, type[Any]] = {
 _CHECKS: dict[str, tuple[type, ...]] = {
     "dict[str, Any]": (dict,),
     "int": (int,),
+    "int | None": (int, type(None)),
     "str": (str,),
     "str | None": (str, type(None)),
 }

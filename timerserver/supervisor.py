@@ -21,9 +21,9 @@ L{KILL_AFTER} seconds past the shutdown timeout (stopped, wedged), stops
 waiting L{GIVE_UP_AFTER} seconds past it whatever happens, and logs one
 stop line that sums the workers' L{StopFigures}.
 
-Each worker reports how many connections it holds every half second
-(L{Load}); the master steers new connections toward the emptier workers by
-them (L{Steering}).
+Each worker reports how many connections it holds, and how many it can
+hold, every half second (L{Load}); the master steers new connections toward
+the emptier workers by them, and away from full ones (L{Steering}).
 
 A scrape asks every worker for its figures with a deadline (L{SCRAPE_DEADLINE});
 one that misses it contributes its last answer and is shown as down.
@@ -263,10 +263,13 @@ class WorkerPoolService(Service):
         retry = (lambda: self.spawn(number)) if number else self.spawnSpare
         self._restarts[number] = self.reactor.callLater(delay, retry)
 
-    def workerLoad(self, worker: WorkerProcess, count: int) -> None:
-        """Worker C{worker} holds C{count} connections: steer by it, if it still runs."""
+    def workerLoad(self, worker: WorkerProcess, count: int, capacity: int | None = None) -> None:
+        """
+        Worker C{worker} holds C{count} connections and can hold C{capacity}:
+        steer by it, if it still runs.
+        """
         if not self.stopping and worker.number and self.workers.get(worker.number) is worker:
-            self.steering.report(worker.number - 1, count)
+            self.steering.report(worker.number - 1, count, capacity)
 
     def metricsSource(self) -> defer.Deferred[Any]:
         """

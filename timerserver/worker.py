@@ -14,8 +14,9 @@ L{timerserver.messages}, one a line:
    means the master is gone, and the worker shuts down gracefully, so that
    no worker outlives its master;
  - standard output (an L{OutChannel}: non-blocking, bounded): L{LogEvent}s,
-   a L{Load} every L{LOAD_PERIOD} seconds once configured (the master
-   steers new connections by them), L{StatsAnswer}s and, last,
+   a L{Load} every L{LOAD_PERIOD} seconds once configured (its open
+   connections and L{capacity}: the master steers new connections by them),
+   L{StatsAnswer}s and, last,
    L{StopFigures};
  - standard error: anything else (a crash before logging started, a bad
    configuration), one line.
@@ -36,9 +37,10 @@ from twisted.logger import Logger, globalLogBeginner
 from twisted.python import usage
 
 from timerserver.clock import useMonotonicTime
-from timerserver.config import ServerConfig
+from timerserver.config import FILE_RESERVE, ServerConfig
 from timerserver.messages import (
     MAX_LINE,
+    MAX_LOAD,
     Configure,
     Load,
     MalformedMessage,
@@ -149,13 +151,17 @@ class Worker:
 
     def reportLoad(self) -> None:
         """
-        Tell the master how many connections this worker holds: a count, not a
-        snapshot, sent as droppable as a log line (never waited for: the
-        next one follows within L{LOAD_PERIOD}).
+        Tell the master how many connections this worker holds and how many it
+        can hold now (L{capacity}): counts, not a snapshot, sent as droppable
+        as a log line (never waited for: the next one follows within
+        L{LOAD_PERIOD}).
         """
         server = self.server
         if server is not None and server.running:
-            self.channel.send(Load(max(0, server.admission.open)), droppable=True)
+            admission = server.admission
+            room = capacity(admission.maxConnections)
+            load = Load(min(max(0, admission.open), MAX_LOAD - 1), room)
+            self.channel.send(load, droppable=True)
 
     def stats(self) -> dict[str, Any]:
         """What the master's metrics sum: this worker's L{snapshot}, at most one a period."""
@@ -208,6 +214,32 @@ class Worker:
         self.reactor.run(installSignalHandlers=False)
         self.channel.drain(2.0)  # the stop figures and last lines, if the master reads
         return self.exitCode
+
+
+def softFileLimit() -> int | None:
+    """This process's soft open-file limit now (C{None}: none); a C{getrlimit} call."""
+    import resource
+
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ValueError, OSError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def capacity(maxConnections: int | None) -> int | None:
+    """
+    How many connections this process can hold now: the lower of
+    C{maxConnections} and its current soft open-file limit less
+    L{FILE_RESERVE} (as C{--max-connections} is set by default; the limit
+    may have been lowered since, by C{prlimit} say), or C{None} if neither
+    bounds it.  Cheap enough for every report.
+    """
+    soft = softFileLimit()
+    bounds = [] if maxConnections is None else [maxConnections]
+    if soft is not None:
+        bounds.append(soft - FILE_RESERVE)
+    return min(max(0, min(bounds)), MAX_LOAD - 1) if bounds else None
 
 
 def _devnull() -> int:

@@ -40,8 +40,8 @@ class Pool(Structural):
 
     reactor: Any
 
-    def workerLoad(self, worker: WorkerProcess, count: int) -> None:
-        """C{worker} holds C{count} connections now."""
+    def workerLoad(self, worker: WorkerProcess, count: int, capacity: int | None) -> None:
+        """C{worker} holds C{count} connections now, and can hold C{capacity}."""
 
     def workerEnded(self, worker: WorkerProcess, reason: Failure) -> None:
         """C{worker}'s process ended."""
@@ -123,7 +123,7 @@ class WorkerProcess(ProcessProtocol):
         if isinstance(message, LogEvent):
             self.logEvent(message)
         elif isinstance(message, Load):
-            self.pool.workerLoad(self, message.open)
+            self.pool.workerLoad(self, message.open, message.capacity)
         elif isinstance(message, StatsAnswer):
             self.statsAnswer(message)
         elif isinstance(message, StopFigures):
