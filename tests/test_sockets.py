@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import struct
+import tempfile
 import time
 from typing import Any
 
@@ -137,7 +139,9 @@ class FileLimitTests(ServerCase):
         self.assertServing(server)
 
     def test_aConnectFloodAtTheLimitOfAUnixSocket(self) -> None:
-        path = os.path.join(self.mktemp() + ".sock")
+        directory = tempfile.mkdtemp(prefix="timerserver-")  # absolute: the server's cwd differs
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "s.sock")
         server = self.start(
             "--interval", "1", openFiles=200, port=f"unix:{path}", portPattern=r"listening on ()"
         )  # fmt: skip
