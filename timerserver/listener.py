@@ -375,7 +375,7 @@ def _flushingTLS() -> type[Any]:
                     # Twisted's own check of it would raise (a traceback a client
                     # can cause: close_notify right after its ClientHello).
                     what = type(reason.value).__name__
-                    reason = Failure(SSL.Error([("", "", f"{what} in the handshake")]))
+                    reason = Failure(SSL.Error([("", "", f"{what} without a reason")]))
             super()._tlsShutdownFinished(reason)  # type: ignore[no-untyped-call]
             if not self._handshakeDone:
                 return  # the handshake deadline (admission's) bounds it
