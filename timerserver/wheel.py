@@ -343,10 +343,9 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle]):
     def _fire(self, batch: _Slot, now: float) -> None:
         """Expire the timers of one tick, in deadline order."""
         handles = sorted(batch, key=_byDeadline) if len(batch) > 1 else list(batch)
-        granularity = self.granularity
         # A stalled reactor catching up: a timer pushed back into a later
         # tick (by the "later" path of _arm) waits for that tick's turn.
-        catchingUp = now >= (self._tick + 1) * granularity
+        catchingUp = now >= (self._tick + 1) / self._perSecond  # past the next tick's time
         self._firing = batch
         try:
             for h in handles:
