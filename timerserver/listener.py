@@ -1,7 +1,7 @@
 """
 L{Listener}: C{--port} parsed once into a typed description of where and
-how the server listens, and every use of Twisted's private endpoint, TLS and
-PROXY parsing API, here only.
+how the server listens, and every use of Twisted's private endpoint and
+PROXY parsing API, here only (its private TLS API: L{timerserver.tlstransport}).
 
 The server always listens on a bare socket (C{tcp}, C{tcp6}, C{unix} or
 C{systemd}) and builds the layers above it itself, in the order a
@@ -20,7 +20,6 @@ clients believe they are connected and wait for a welcome that never comes.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import os
 import socket
@@ -31,14 +30,11 @@ from typing import Any
 from twisted.internet import endpoints, tcp
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.interfaces import (
-    IHalfCloseableProtocol,
     IProtocolFactory,
     IStreamServerEndpoint,
 )
-from twisted.internet.protocol import connectionDone
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 from zope.interface import provider
 
 from timerserver.eventlog import EventLog
@@ -255,13 +251,9 @@ class Listener:
     ) -> IProtocolFactory:
         """C{factory} inside TLS (C{ssl:}) inside the PROXY reader C{proxied} (C{haproxy:})."""
         if self.tls is not None:
-            from twisted.protocols.tls import TLSMemoryBIOFactory
+            from timerserver.tlstransport import tlsLayer
 
-            from timerserver.clienthello import ClientHelloFactory
-
-            tls = TLSMemoryBIOFactory(self.contextFactory(), False, factory)
-            tls.protocol = _flushingTLS()
-            factory = ClientHelloFactory(tls)
+            factory = tlsLayer(self.contextFactory(), factory)
         if self.proxy:
             factory = proxied(factory)
         return factory
@@ -330,67 +322,6 @@ def rateLimitAcceptLog(port: object, events: EventLog) -> None:
             )
 
     port._logger = Logger(namespace=port._logger.namespace, observer=observe)
-
-
-@functools.cache
-def _flushingTLS() -> type[Any]:
-    """
-    Twisted's TLS transport, sending what it has gathered before its
-    close_notify, and closing with a deadline when the client ends TLS.
-
-    C{BufferingTLSTransport} gathers small writes and sends them on the next
-    reactor turn.  When the client's close_notify (TLS's half-close) arrives
-    in the same read as its last data, Twisted answers it and marks the
-    connection lost before that turn, and drops the echo still gathered: 16
-    to 48 KiB of 4 MiB, measured.  Flushing first keeps every byte.
-
-    When TLS ends (the client's close_notify, or a bad record), Twisted
-    closes the socket with C{loseConnection}, which waits until everything
-    queued is sent, and tells the protocol nothing: a client that stopped
-    reading held its connection for ever.  After the handshake, a
-    close_notify now reaches a half-closeable protocol as
-    C{readConnectionLost} (whose close has a deadline), and an error aborts
-    the socket at once: that session can carry nothing more.
-    """
-    from OpenSSL import SSL
-    from twisted.protocols.tls import BufferingTLSTransport
-
-    def readable(error: SSL.Error) -> bool:
-        """Whether Twisted can read C{error}'s reason (a ZeroReturnError may have none)."""
-        args = error.args
-        if isinstance(error, SSL.SysCallError):
-            return len(args) == 2 and isinstance(args[1], str)
-        if not args or not isinstance(args[0], list):
-            return False
-        return all(isinstance(e, tuple) and len(e) == 3 and isinstance(e[2], str) for e in args[0])
-
-    class FlushingTLSTransport(BufferingTLSTransport):
-        def _shutdownTLS(self) -> None:
-            self._aggregator.flush()
-            super()._shutdownTLS()  # type: ignore[no-untyped-call]
-
-        def _tlsShutdownFinished(self, reason: Failure | None) -> None:
-            if reason is not None and isinstance(reason.value, SSL.Error):
-                if not readable(reason.value):
-                    # Twisted's own check of it would raise (a traceback a client
-                    # can cause: close_notify right after its ClientHello).
-                    what = type(reason.value).__name__
-                    reason = Failure(SSL.Error([("", "", f"{what} without a reason")]))
-            super()._tlsShutdownFinished(reason)  # type: ignore[no-untyped-call]
-            if not self._handshakeDone:
-                return  # the handshake deadline (admission's) bounds it
-            if reason is not None:
-                self.transport.abortConnection()  # type: ignore[union-attr]
-            elif IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-                self.wrappedProtocol.readConnectionLost()
-
-        def connectionLost(self, reason: Failure = connectionDone) -> None:
-            super().connectionLost(reason)
-            # Twisted keeps the protocol as its producer: a cycle that only
-            # the garbage collector would free.
-            self._producer = None
-
-    return FlushingTLSTransport
 
 
 def _number(description: str, name: str, value: str, low: int, high: int) -> int:
