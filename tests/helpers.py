@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -33,7 +33,9 @@ def captureLog(test: SynchronousTestCase) -> list[dict[str, Any]]:
     return events
 
 
-def peer(host: str = "127.0.0.1", port: int = 40000) -> IPv4Address:
+def peer(host: str = "127.0.0.1", port: int = 40000) -> IPv4Address | IPv6Address:
+    if ":" in host:
+        return IPv6Address("TCP", host, port)
     return IPv4Address("TCP", host, port)
 
 

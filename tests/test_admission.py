@@ -18,9 +18,9 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import helpers
-from tests.proxyheaders import v1
+from tests.proxyheaders import v1, v2v6
 from timerserver import TimerQueueCounters, TimerWheel
-from timerserver.admission import BUSY, Admission, Busy, Gate
+from timerserver.admission import BUSY, Admission, Busy, Gate, peerKey
 from timerserver.factory import TimerServerFactory
 from timerserver.listener import parseTrusted
 from timerserver.protocol import TimerServerProtocol
@@ -115,6 +115,38 @@ class PlainTests(SynchronousTestCase):
         helpers.lose(a)
         helpers.lose(other)
         self.assertEqual((h.admission.perPeer, h.admission.open), ({}, 0))
+
+    def test_anIPv6HostIsCountedByItsSlash64(self) -> None:
+        """One host may use any address of its /64: the limit is on the /64."""
+        h = Harness(maxPerPeer=2)
+        first, _ = h.accept("2001:db8:1:2::1", 1)
+        second, _ = h.accept("2001:db8:1:2:ffff:ffff:ffff:ffff", 2)
+        refused, tr = h.accept("2001:db8:1:2::3", 3)
+        other, _ = h.accept("2001:db8:1:3::1", 4)
+        self.assertIsInstance(refused, Busy)
+        self.assertEqual(tr.value(), BUSY)
+        self.assertEqual(h.admission.refused["peer"], 1)
+        self.assertEqual(h.admission.perPeer, {"2001:db8:1:2::/64": 2, "2001:db8:1:3::/64": 1})
+        for proto in (first, second, other):
+            helpers.lose(proto)
+        self.assertEqual((h.admission.perPeer, h.admission.open), ({}, 0))
+
+    def test_theIPv6PrefixIsTheOperators(self) -> None:
+        exact = Harness(maxPerPeer=1, peerPrefix6=128)
+        self.assertIsInstance(exact.accept("2001:db8:1:2::1", 1)[0], Gate)
+        self.assertIsInstance(exact.accept("2001:db8:1:2::2", 2)[0], Gate)
+        wide = Harness(maxPerPeer=1, peerPrefix6=48)
+        self.assertIsInstance(wide.accept("2001:db8:1:2::1", 1)[0], Gate)
+        self.assertIsInstance(wide.accept("2001:db8:1:ffff::1", 2)[0], Busy)
+        self.assertIsInstance(wide.accept("2001:db8:2::1", 3)[0], Gate)
+
+    def test_peerKeys(self) -> None:
+        self.assertEqual(peerKey("192.0.2.7"), "192.0.2.7")
+        self.assertEqual(peerKey("::ffff:192.0.2.7"), "192.0.2.7")
+        self.assertEqual(peerKey("fe80::1:2:3:4%eth0"), "fe80::/64")
+        self.assertEqual(peerKey("2001:DB8::1", 128), "2001:db8::1/128")
+        self.assertEqual(peerKey("/run/sock"), "/run/sock")  # not an address: itself
+        self.assertEqual(peerKey("nonsense:here"), "nonsense:here")
 
     def test_halfCloseReachesTheServer(self) -> None:
         h = Harness()
@@ -250,6 +282,26 @@ class HandshakeTests(SynchronousTestCase):
         third, t3 = h.accept(port=3)
         third.dataReceived(v1("192.0.2.8"))
         self.assertFalse(t3.disconnected)
+
+    def test_anIPv4ClientIsOneHostHoweverTheHeaderSpellsIt(self) -> None:
+        """As IPv4-mapped IPv6 (a dual-stack proxy's socket), it is the same host."""
+        h = Harness(proxy=True, handshakeTimeout=5.0, trusted=LOCAL, maxPerPeer=1)
+        first, _ = h.accept(port=1)
+        first.dataReceived(v1("192.0.2.7"))
+        second, t2 = h.accept(port=2)
+        second.dataReceived(v2v6("::ffff:192.0.2.7"))
+        self.assertEqual(t2.value(), BUSY)
+        self.assertEqual(h.admission.perPeer, {"192.0.2.7": 1})
+
+    def test_aDropAfterTheHeaderNamesTheClient(self) -> None:
+        """The log names the client the header gave, not the proxy."""
+        h = Harness(proxy=True, handshakeTimeout=2.0, trusted=LOCAL)
+        gate, _ = h.accept(port=1)
+        gate.drop("shutdown", "before")
+        gate, _ = h.accept(port=2)
+        gate.dataReceived(v1("192.0.2.7"))
+        gate.drop("shutdown", "after")
+        self.assertEqual([peer.host for _, peer, _ in h.logged], ["127.0.0.1", "192.0.2.7"])
 
 
 class FreedTests(SynchronousTestCase):

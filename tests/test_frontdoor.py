@@ -12,6 +12,7 @@ import socket
 import struct
 import threading
 import time
+import urllib.request
 
 import psutil
 from twisted.trial.unittest import SynchronousTestCase
@@ -193,6 +194,30 @@ class ProxyFrontDoorTests(FrontDoorCase):
         second.sendall(header("9.9.9.1", 50001))
         self.assertClosedAtOnce(second)
         server.waitForLine(r"refused connection from .*9[.]9[.]9[.]1", 5)
+        self.assertNotIn("Traceback", server.output)
+
+    def test_behindHAProxyOverTLSDropsAreTheClientsAndCountedAsWhatTheyAre(self) -> None:
+        """
+        A bad handshake is counted as C{tls}, a silent one as C{handshake}, and
+        both are logged under the address the header named, not the proxy's.
+        """
+        certs = Certificates()
+        server = self.start(
+            "--handshake-timeout", "1", "--metrics", "tcp:0:interface=127.0.0.1",
+            port="haproxy:" + certs.endpoint(),
+        )  # fmt: skip
+        metrics = int(server.waitForLine(r"metrics on .*port=(\d+)", 20).group(1))
+        bad, silent = self.connect(server), self.connect(server)
+        bad.sendall(header("192.0.2.50") + b"GET / HTTP/1.0\r\n\r\n")
+        silent.sendall(header("198.51.100.77"))
+        self.assertClosedAtOnce(bad)
+        self.assertClosedAtOnce(silent, within=5)
+        server.waitForLine(r"dropped connection from .*192[.]0[.]2[.]50.*TLS error", 5)
+        server.waitForLine(r"dropped connection from .*198[.]51[.]100[.]77.*no TLS handshake", 5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as reply:
+            scrape = reply.read().decode()
+        self.assertIn('timerserver_connections_closed_total{reason="tls"} 1.0', scrape)
+        self.assertIn('timerserver_connections_closed_total{reason="handshake"} 1.0', scrape)
         self.assertNotIn("Traceback", server.output)
 
     def test_badHeadersAreOneLineEachNeverATraceback(self) -> None:

@@ -206,6 +206,7 @@ NUMERIC = {
     "--idle-timeout": ("0",),
     "--max-connections": (),
     "--max-per-peer": ("0",),
+    "--ipv6-peer-prefix": (),
     "--workers": (),
     "--shutdown-timeout": (),
     "--handshake-timeout": (),
@@ -243,6 +244,11 @@ class RangeTests(SynchronousTestCase):
             ["--handshake-timeout", "0.001"], ["--max-buffer", str(1 << 30)],
         ):  # fmt: skip
             parse(*args)
+        self.assertEqual(parse().config.peerPrefix6, 64)
+        for value in ("1", "128"):
+            self.assertEqual(parse("--ipv6-peer-prefix", value).config.peerPrefix6, int(value))
+        for value in ("129", "1.5"):
+            self.assertRaises(usage.UsageError, parse, "--ipv6-peer-prefix", value)
 
     def test_limitsTheProcessCannotMeetAreRefused(self) -> None:
         """

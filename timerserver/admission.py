@@ -44,8 +44,30 @@ from timerserver.layer import Layer, LayerFactory, halfCloseableTwin, over
 from timerserver.transport import closeNow, writeNow
 
 BUSY = b"Server busy\r\n"
+DEFAULT_PEER_PREFIX6 = 64
+"""The leading bits of an IPv6 address that C{--max-per-peer} counts as one
+host: a host is given a whole /64 (SLAAC, a home's or a cloud VM's prefix)
+and can use any of its 2**64 addresses, so counting single addresses
+limited nothing."""
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def peerKey(host: str, prefix6: int = DEFAULT_PEER_PREFIX6) -> str:
+    """
+    What C{host} is counted as under C{maxPerPeer}: an IPv4 address itself
+    (also when spelled as IPv4-mapped IPv6, C{::ffff:192.0.2.7}), an IPv6
+    address as its network of C{prefix6} bits (C{2001:db8:1:2::/64}).
+    """
+    if ":" not in host:
+        return host
+    try:
+        address = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, prefix6), strict=False))
 
 
 class Busy(Protocol):
@@ -73,8 +95,10 @@ class Admission(LayerFactory):
     @param queue: the timer queue of the handshake deadlines.
     @param events: where refusals and drops are logged (rate-limited).
     @param maxConnections: sockets at once in any stage; C{None}: no limit.
-    @param maxPerPeer: sockets at once from one address; 0: no limit.  For
-        C{haproxy:} ports the address is the PROXY header's (L{Gate.claimPeer}).
+    @param maxPerPeer: sockets at once from one peer (L{peerKey}); 0: no
+        limit.  For C{haproxy:} ports the address is the PROXY header's
+        (L{Gate.claimPeer}).
+    @param peerPrefix6: the bits of an IPv6 address that name its peer.
     @param handshakeTimeout: seconds a socket may take to reach the protocol
         (PROXY header read, TLS handshake done), or C{None} where neither
         applies (plain TCP).
@@ -88,7 +112,7 @@ class Admission(LayerFactory):
 
     @ivar gated: sockets open now that have a L{Gate}.
     @ivar accepted: sockets admitted since start.
-    @ivar perPeer: sockets open now by address, kept only with C{maxPerPeer}.
+    @ivar perPeer: sockets open now by peer (L{peerKey}), kept only with C{maxPerPeer}.
     @ivar refused: sockets refused, by reason.
     @ivar closed: sockets that closed before reaching the protocol, by reason.
     """
@@ -101,6 +125,7 @@ class Admission(LayerFactory):
         *,
         maxConnections: int | None = None,
         maxPerPeer: int = 0,
+        peerPrefix6: int = DEFAULT_PEER_PREFIX6,
         handshakeTimeout: float | None = None,
         trusted: tuple[Network, ...] | None = None,
         busy: bool = True,
@@ -111,6 +136,7 @@ class Admission(LayerFactory):
         self.events = events
         self.maxConnections = maxConnections
         self.maxPerPeer = maxPerPeer
+        self.peerPrefix6 = peerPrefix6
         self.handshakeTimeout = handshakeTimeout
         self.trusted = trusted
         self.busy = busy
@@ -140,7 +166,7 @@ class Admission(LayerFactory):
             return self._refuse(addr, reasons.FULL, "server full")
         # Behind a proxy, the header's address is counted instead (claimPeer).
         peer = host if self.trusted is None and self.maxPerPeer else None
-        if peer is not None and not self._peerRoom(peer):
+        if peer is not None and not self._peerRoom(peerKey(peer, self.peerPrefix6)):
             return self._refuse(addr, reasons.PEER, "too many from host")
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
@@ -217,12 +243,17 @@ class Gate(Layer):
                 admission.perPeer[self.peer] = left
             else:
                 del admission.perPeer[self.peer]
-        if self._handle is not None:
+        handle = self._handle
+        if handle is not None:
             admission.handshaking.discard(self)
-            admission.queue.destroyTimer(self._handle)
+            admission.queue.destroyTimer(handle)
             self._handle = None
-            admission.closed[self.reason or reasons.CLIENT] += 1
-        Layer.connectionLost(self, reason)
+        try:
+            Layer.connectionLost(self, reason)
+        finally:
+            if handle is not None:
+                # Counted once the layers above have said why (a TLS error: tls).
+                admission.closed[self.reason or reasons.CLIENT] += 1
 
     def logPrefix(self) -> str:
         """How the socket is named in the log: as the listening port's factory."""
@@ -236,7 +267,7 @@ class Gate(Layer):
         admission = self.admission
         if not admission.maxPerPeer:
             return True  # no limit: nothing to count
-        peer: str = address.host
+        peer = peerKey(address.host, admission.peerPrefix6)
         if not admission._peerRoom(peer):
             admission.refused[reasons.PEER] += 1
             self.reason = reasons.PEER  # accepted, so counted closed too: accepted = open + closed
@@ -262,7 +293,9 @@ class Gate(Layer):
         """Abort the socket before it reached the protocol; log C{why}, count C{reason}."""
         if self.reason is None:
             self.reason = reason
-            self.admission.events.event("dropped", self.transport.getPeer(), f": {why}")
+            # Behind haproxy: the header's client, once it is read.
+            peer = getattr(self.wrappedProtocol, "getPeer", self.transport.getPeer)()
+            self.admission.events.event("dropped", peer, f": {why}")
         self.abortConnection()
 
     def onTimer(self, userData: object) -> None:

@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from timerserver.admission import DEFAULT_PEER_PREFIX6
 from timerserver.listener import Listener
 
 DEFAULT_PORT = "tcp:5050:interface=127.0.0.1"
@@ -64,7 +65,8 @@ class ServerConfig:
 
     @ivar listener: where and how it listens (L{Listener}).
     @ivar maxConnections: sockets at once, in any stage, per process.
-    @ivar maxPerPeer: sockets at once from one address, per process; 0: none.
+    @ivar maxPerPeer: sockets at once from one peer, per process; 0: none.
+    @ivar peerPrefix6: the bits of an IPv6 address that name its peer (64: its /64).
     @ivar metrics: the C{--metrics} endpoint string, or C{None}.
     """
 
@@ -83,6 +85,7 @@ class ServerConfig:
     handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     maxConnections: int = 1024 - FILE_RESERVE
     maxPerPeer: int = 0
+    peerPrefix6: int = DEFAULT_PEER_PREFIX6
     workers: int = 1
     metrics: str | None = None
 

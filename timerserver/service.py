@@ -261,6 +261,7 @@ def buildServer(
         factory.events,
         maxConnections=config.maxConnections,
         maxPerPeer=config.maxPerPeer,
+        peerPrefix6=config.peerPrefix6,
         handshakeTimeout=config.handshakeTimeout if handshake else None,
         trusted=listener.networks if listener.proxy else None,
         busy=not handshake,

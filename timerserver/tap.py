@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
 from timerserver._queuebase import DEFAULT_MAXIMUM_TIMEOUT
+from timerserver.admission import DEFAULT_PEER_PREFIX6
 from timerserver.clock import useMonotonicTime
 from timerserver.config import (
     DEFAULT_GOODBYE,
@@ -165,6 +166,12 @@ class Options(usage.Options):
             "Connections at once per worker (default: file limit - 64).",
         ],
         ["max-per-peer", None, "0", "Connections at once from one host, per worker; 0: none."],
+        [
+            "ipv6-peer-prefix",
+            None,
+            str(DEFAULT_PEER_PREFIX6),
+            "Leading bits of an IPv6 address that --max-per-peer counts as one host, 1-128.",
+        ],
         ["metrics", None, None, "Serve Prometheus metrics at /metrics on this endpoint."],
         ["workers", None, "1", f"Worker processes, 1-{MAX_WORKERS} or auto (one per core)."],
         ["goodbye", None, escape(DEFAULT_GOODBYE), "Text sent to every client on shutdown."],
@@ -246,6 +253,7 @@ class Options(usage.Options):
             handshakeTimeout=seconds(self["handshake-timeout"], "handshake-timeout"),
             maxConnections=maxConnections,
             maxPerPeer=wholeNumber(self["max-per-peer"], "max-per-peer", 0),
+            peerPrefix6=wholeNumber(self["ipv6-peer-prefix"], "ipv6-peer-prefix", 1, 128),
             workers=workers,
             metrics=self["metrics"],
         )
