@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import captureLog
-from timerserver.messages import LogEvent, StatsAnswer, StopFigures, decode
+from timerserver.messages import Load, LogEvent, StatsAnswer, StopFigures, decode
 from timerserver.workerchannel import ChannelLogObserver, OutChannel
 
 
@@ -63,6 +63,28 @@ class ChannelTests(SynchronousTestCase):
         self.assertTrue(channel.send(StatsAnswer(1, {"accepted": 3})))
         self.assertTrue(channel.send(StopFigures(1, 2, 3)))
         self.assertEqual(channel.droppedTotal, channel.dropped)
+
+    def test_droppedLoadReportsAreNotCountedAsLogLines(self) -> None:
+        """
+        With the log share full (a master not reading), the 0.5 s load
+        reports are dropped too, but they are not log lines: neither the
+        count exported as timerserver_log_lines_dropped_total nor the
+        "dropped N log lines" warning includes them.
+        """
+        channel = self.channel()
+        logged = captureLog(self)
+        while channel.send(LogEvent("info", "x" * 200), droppable=True):
+            pass
+        lines = channel.droppedTotal
+        self.assertEqual(lines, 1)  # the one that did not fit
+        loads = [channel.send(Load(5, 900), droppable=True) for _ in range(120)]
+        self.assertEqual(loads, [False] * 120)  # a minute of reports, all dropped
+        self.assertEqual((channel.dropped, channel.droppedTotal), (lines, lines))
+        while channel.size:
+            self.readBytes()
+            channel.doWrite()
+        notes = [e for e in logged if "dropped" in e.get("log_format", "")]
+        self.assertEqual([e["count"] for e in notes], [lines])
 
     def test_repliesDroppedOnlyWhenThereIsNoRoomAtAll(self) -> None:
         channel = self.channel(limit=128 * 1024, logLimit=64 * 1024)

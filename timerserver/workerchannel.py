@@ -12,6 +12,8 @@ line, that is several minutes of a stopped master before anything is
 dropped, and it is a small fraction of what 10,000 connections' buffers
 take.  Log lines may fill L{LOG_LIMIT} of it (768 KiB); beyond that they
 are dropped and counted, and the count is logged once the queue drains.
+Load reports are droppable too, within the same share, but are not log
+lines: one dropped is replaced by the next, and is not counted.
 The rest is kept for replies (stats answers, stop figures), which are only
 dropped when there is no room at all, and which are written before the log
 lines queued ahead of them (a worker's stop figures do not wait behind a
@@ -42,7 +44,8 @@ class OutChannel:
     """
     Writes messages to descriptor C{fd} without ever blocking.
 
-    @ivar dropped: log lines dropped since the last time the queue drained.
+    @ivar dropped: log lines (L{LogEvent}s) dropped since the last time the
+        queue drained.
     @ivar droppedTotal: log lines dropped since the worker started.
     """
 
@@ -74,16 +77,17 @@ class OutChannel:
 
     def send(self, message: Message, droppable: bool = False) -> bool:
         """
-        Queue C{message} and write what the pipe takes now.  A log line
-        (C{droppable}) is dropped beyond L{LOG_LIMIT}, anything beyond
-        L{LIMIT}; replies go out before the log lines queued ahead of them.
+        Queue C{message} and write what the pipe takes now.  A log line or
+        load report (C{droppable}) is dropped beyond L{LOG_LIMIT}, anything
+        beyond L{LIMIT}; replies go out before the log lines queued ahead of
+        them.  Only a dropped L{LogEvent} counts as a dropped log line.
         Whether it was queued.
         """
         if self.closed:
             return False
         data = encode(message)
         if self.size + len(data) > (self.logLimit if droppable else self.limit):
-            if droppable:
+            if droppable and isinstance(message, LogEvent):
                 self.dropped += 1
                 self.droppedTotal += 1
             return False
