@@ -133,6 +133,13 @@ class SteeringTests(SynchronousTestCase):
 
         return Steering(count, attachTo, clock.seconds), clock, attached
 
+    def serving(self, steer: Steering, count: int = 2) -> None:
+        """Start a worker in every slot, each then reporting (at once) that it holds none."""
+        for slot in range(count):
+            steer.started(slot)
+        for slot in range(count):
+            steer.report(slot, 0)
+
     def test_balancedWorkersAreNotReSteered(self) -> None:
         steer, clock, attached = self.steering()
         steer.report(0, 1000)
@@ -147,39 +154,82 @@ class SteeringTests(SynchronousTestCase):
     def test_startedAndEndedSteerAtOnce(self) -> None:
         steer, _, attached = self.steering()
         steer.started(0)
-        steer.started(1)
+        steer.started(1)  # none serves yet: spread over the started ones
+        self.assertEqual(attached, [[1000, 0], [500, 500]])
+        steer.report(0, 0)  # a worker's first report: at once, however soon
+        steer.report(1, 0)
         steer.report(1, 1000)  # too soon after the last: waits for the next report
         steer.ended(1)
-        steer.started(1)  # its spare: at once, not half a second later
-        self.assertEqual(attached, [[1000, 0], [500, 500], [1000, 0], [500, 500]])
+        steer.started(1)  # its spare: nothing until it reports
+        steer.report(1, 0)  # then at once, not half a second later
+        self.assertEqual(
+            attached, [[1000, 0], [500, 500], [1000, 0], [500, 500], [1000, 0], [500, 500]]
+        )
+
+    def test_aStartedWorkerGetsNothingUntilItReports(self) -> None:
+        """
+        The review's case: worker 2 killed, the spare (stopped, or slow to
+        start serving) configured in its slot.  Before, it was marked running
+        with no connection, the emptiest, and got most new connections, to
+        wait in its socket's backlog, while worker 1 served.
+        """
+        steer, clock, attached = self.steering()
+        self.serving(steer)
+        clock.advance(MIN_INTERVAL)
+        steer.report(0, 100)
+        steer.ended(1)
+        steer.started(1)
+        self.assertEqual(attached[-1], [1000, 0])
+        for _ in range(int(REFRESH / MIN_INTERVAL) * 2):  # 10 s: worker 1 keeps reporting
+            clock.advance(MIN_INTERVAL)
+            steer.report(0, 100)
+            self.assertEqual(attached[-1], [1000, 0])
+        self.assertEqual(steer.counts, [100, None])
+        clock.advance(0.1)
+        steer.report(1, 0)  # it serves: its share at once
+        self.assertEqual(attached[-1], [45, 955])  # 5 : 100 + 5 (the floor)
+
+    def test_aPoolWhoseWorkersHaveNotReportedIsSpreadOverThem(self) -> None:
+        """
+        At start nobody has reported: new connections still go somewhere,
+        to the started workers (each serves its backlog once it starts), not
+        to a slot without a worker.
+        """
+        steer, _, attached = self.steering(3)
+        steer.started(0)
+        steer.started(2)  # slot 1's spawn failed: in back-off
+        self.assertEqual(attached[-1], [500, 0, 500])
+        steer.report(2, 0)
+        self.assertEqual(attached[-1], [0, 0, 1000])  # only worker 3 serves yet
 
     def test_followsTheCountsAtMostTwiceASecond(self) -> None:
         steer, clock, attached = self.steering()
-        steer.started(0)
-        steer.started(1)
+        self.serving(steer)
         clock.advance(MIN_INTERVAL)
         steer.report(1, 9000)
-        self.assertEqual(attached[2:], [[955, 45]])  # 9,000 + 450 : 0 + 450 (the floor)
+        self.assertEqual(attached[4:], [[955, 45]])  # 9,000 + 450 : 0 + 450 (the floor)
         clock.advance(0.1)
         steer.report(0, 5000)  # a change, but too soon: kept for the next report
-        self.assertEqual(len(attached), 3)
+        self.assertEqual(len(attached), 5)
         clock.advance(MIN_INTERVAL)
         steer.report(1, 9000)
         self.assertEqual(attached[-1], [870, 130])  # 4,000 + 700 : 0 + 700
         clock.advance(MIN_INTERVAL)
         steer.report(0, 5010)  # within a few thousandths: not re-attached
-        self.assertEqual(len(attached), 4)
-        self.assertEqual(steer.attaches, 4)
+        self.assertEqual(len(attached), 6)
+        self.assertEqual(steer.attaches, 6)
 
     def test_aDeadWorkersSlotGetsNothing(self) -> None:
-        steer, _, attached = self.steering(3)
-        for slot in range(3):
-            steer.started(slot)
+        steer, clock, attached = self.steering(3)
+        self.serving(steer, 3)
         steer.ended(1)
         self.assertEqual(attached[-1], [500, 0, 500])
+        clock.advance(MIN_INTERVAL)
         steer.report(0, 100)
         steer.report(2, 100)
-        steer.started(1)  # the spare took its socket, with no connection yet
+        steer.started(1)  # the spare took its socket: nothing until it serves
+        self.assertEqual(attached[-1], [500, 0, 500])
+        steer.report(1, 0)  # its first report, with no connection yet
         self.assertEqual(attached[-1], [56, 889, 55])  # 6.7 : 100 + 6.7 : 6.7
 
     def test_withManyWorkersADeadOneStillLosesItsShare(self) -> None:
@@ -203,8 +253,7 @@ class SteeringTests(SynchronousTestCase):
 
     def test_aFullWorkerIsSteeredAroundUntilItHasRoom(self) -> None:
         steer, clock, attached = self.steering()
-        steer.started(0)
-        steer.started(1)
+        self.serving(steer)
         clock.advance(MIN_INTERVAL)
         steer.report(0, 3, 0)  # its open-file limit was lowered: no room
         self.assertEqual(attached[-1], [0, 1000])
@@ -219,9 +268,9 @@ class SteeringTests(SynchronousTestCase):
     def test_theProgramIsAttachedAgainEveryRefresh(self) -> None:
         """Another process of the same user may have attached its own to the group."""
         steer, clock, attached = self.steering()
-        steer.started(0)
-        steer.started(1)
-        self.assertEqual(len(attached), 2)
+        self.serving(steer)
+        self.assertEqual(len(attached), 4)
+        del attached[:2]  # the starts
         for _ in range(int(REFRESH / MIN_INTERVAL) - 1):
             clock.advance(MIN_INTERVAL)
             steer.report(0, 0)

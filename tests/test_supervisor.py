@@ -511,7 +511,10 @@ class SteeringTests(SynchronousTestCase):
     def test_loadReportsSteer(self) -> None:
         service, reactor, attached = self.pool()
         one, two, _ = reactor.processes
-        self.assertEqual(attached[-1], [500, 500])  # both started, with nothing yet
+        self.assertEqual(attached[-1], [500, 500])  # both started, neither serves yet
+        self.load(one, 0)  # first reports: at once
+        self.load(two, 0)
+        self.assertEqual(attached[-2:], [[1000, 0], [500, 500]])
         reactor.advance(STEER_INTERVAL)
         self.load(one, 900)
         self.load(two, 700)  # too soon after the last: the next report decides
@@ -534,6 +537,13 @@ class SteeringTests(SynchronousTestCase):
         self.assertEqual(attached[-1], [0, 1000])  # until the spare takes its socket
         reactor.advance(0)
         self.assertIs(service.workers[1], spare.proto)
+        self.assertEqual(spare.messages(), [Configure(CONFIG, 1, 3)])
+        # Configured, but not serving yet (stopped, or still starting): none.
+        for _ in range(6):
+            reactor.advance(STEER_INTERVAL)
+            self.load(two, 5000)
+            self.assertEqual(attached[-1], [0, 1000])
+        self.load(spare, 0)  # it serves: steered to at once
         self.assertEqual(attached[-1], [955, 45])  # 5,000 + 250 : 0 + 250
         self.load(one, 7)  # a dead worker's last words change nothing
         self.assertEqual(service.steering.counts, [0, 5000])
@@ -543,7 +553,7 @@ class SteeringTests(SynchronousTestCase):
         one, _, spare = reactor.processes
         reactor.advance(STEER_INTERVAL)
         self.load(spare, 100)  # not configured: it serves nothing
-        self.assertEqual(service.steering.counts, [0, 0])
+        self.assertEqual(service.steering.counts, [None, None])
         service.stopService()
         before = list(attached)
         reactor.advance(STEER_INTERVAL)

@@ -17,7 +17,14 @@ reported every 0.5 s::
 
     w_i = (max_count - count_i) + floor     floor = max(1, mean / 10)
 
-for a running worker, 0 for a slot without one (uniform if none runs).
+for a running worker, 0 for a slot without one (uniform if none runs).  A
+worker just started in a slot (the spare, configured) runs there only once
+its first report arrives, which a worker sends as soon as it serves: until
+then it gets no new connection, which would wait in its socket's backlog
+(for as long as the spare was stopped, say) while the others serve.  If no
+worker has reported yet (the pool starting) the weights are uniform, as when
+none runs: the kernel must send new connections somewhere, and each worker
+serves its socket's backlog once it starts.
 
 Each report also says how many connections the worker can hold now: the
 lower of C{--max-connections} and its current soft open-file limit less
@@ -192,7 +199,8 @@ class Steering:
         nothing more is tried.
     @param seconds: the clock that bounds how often it attaches.
     @ivar counts: per slot (0 to N-1), the worker's open connections, or
-        C{None} while no worker runs there.
+        C{None} while no worker runs there (or one started there has not
+        reported yet).
     @ivar capacities: per slot, how many connections its worker can hold
         now, or C{None} if it did not say.
     @ivar reported: per slot, when its count was reported.
@@ -211,17 +219,24 @@ class Steering:
         self.attaches = 0
         self.refused = False
         self._lastAttach: float | None = None
+        self._waiting: set[int] = set()
+        """Slots whose worker started and has not reported yet."""
 
     def started(self, slot: int) -> None:
-        """A fresh worker runs in C{slot} (it holds no connection yet): steer at once."""
-        self.counts[slot] = 0
+        """
+        A fresh worker was started in C{slot}: it gets no new connection
+        until its first report says it serves (steered at once then), as
+        if none ran there.
+        """
+        self.counts[slot] = None
         self.capacities[slot] = None
-        self.reported[slot] = self.seconds()
+        self._waiting.add(slot)
         self.update(now=True)
 
     def ended(self, slot: int) -> None:
         """No worker runs in C{slot} now: steer at once."""
         self.counts[slot] = None
+        self._waiting.discard(slot)
         self.update(now=True)
 
     def report(self, slot: int, count: int, capacity: int | None = None) -> None:
@@ -229,17 +244,19 @@ class Steering:
         The worker of C{slot} holds C{count} connections, and can hold
         C{capacity} (C{None}: it did not say).
         """
+        first = slot in self._waiting  # a fresh worker serves now: steer at once
+        self._waiting.discard(slot)
         self.counts[slot] = count
         self.capacities[slot] = capacity
         self.reported[slot] = self.seconds()
-        self.update()
+        self.update(now=first)
 
     def update(self, now: bool = False) -> None:
         """
         Attach the program the counts ask for, if it differs enough (or
         L{REFRESH} has passed since the last attach) and, unless
-        C{now} (a worker started or ended: rare, and bounded by the restart
-        back-off), L{MIN_INTERVAL} has passed since the last attach.
+        C{now} (a worker started, ended or sent its first report: rare, and
+        bounded by the restart back-off), L{MIN_INTERVAL} has passed since the last attach.
         """
         if self.refused:
             return
@@ -248,7 +265,12 @@ class Steering:
             None if abs(time - when) > STALE_AFTER else count
             for count, when in zip(self.counts, self.reported, strict=True)
         ]
-        wanted = shares(weights(live, self.capacities))
+        if self._waiting and all(count is None for count in live):
+            # Nobody serves yet (the pool starting): spread over the workers
+            # that started, whose backlogs they serve once they start.
+            wanted = shares([float(i in self._waiting) for i in range(len(live))])
+        else:
+            wanted = shares(weights(live, self.capacities))
         current = self.current or shares([1.0] * len(self.counts))  # the hash: about even
         pairs = list(zip(wanted, current, strict=True))
         last = self._lastAttach
