@@ -133,6 +133,58 @@ class StoppedWorkerTests(WorkerCase):
         self.waitGone(list(pids.values()), 5)
 
 
+class WorkerFileLimitTests(WorkerCase):
+    def test_aScrapeAtTheOpenFileLimitLeavesTheWorkerServing(self) -> None:
+        """
+        Worker 1's open-file limit lowered to what it holds (prlimit), then
+        the first scrape: its figures are still answered, and it serves on.
+        Before, the scrape was the first use of the metrics module, whose
+        import failed with EMFILE; the error escaped the control channel and
+        the worker shut down, dropping its clients.
+        """
+        server = self.start("--interval", "0.5", "--metrics", "tcp:0:interface=127.0.0.1")
+        port = metricsPort(server)
+        pids = self.workerPids(server)
+        time.sleep(1.0)  # both have reported: steered evenly
+        clients = [self.connect(server, f"127.0.0.{2 + i}") for i in range(20)]
+        for sock in clients:
+            self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+        mine = [sock for sock in clients if self.ownedBy(sock, pids[1])]
+        self.assertTrue(mine)  # all 20 on worker 2: one chance in a million
+        one = psutil.Process(pids[1])
+        soft, hard = one.rlimit(psutil.RLIMIT_NOFILE)
+        one.rlimit(psutil.RLIMIT_NOFILE, (one.num_fds(), hard))
+        try:
+            get = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+            for _ in range(2):  # the first scrape, and one past the period it is reused for
+                answer, _ = httpRequest(port, get)
+                self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK"), answer[:200])
+                self.assertEqual(sample(answer, 'timerserver_worker_up{worker="1"}'), 1)
+                time.sleep(1.1)
+            for sock in mine:  # still served: only periodic messages so far, and more coming
+                sock.setblocking(False)
+                held = b""
+                while True:
+                    try:
+                        chunk = sock.recv(65536)
+                    except BlockingIOError:
+                        break
+                    if not chunk:
+                        break  # closed
+                    held += chunk
+                self.assertEqual(held, MESSAGE * (len(held) // len(MESSAGE)))
+                self.assertEqual(recvExactly(sock, len(MESSAGE), timeout=3), MESSAGE)
+            self.assertTrue(one.is_running() and one.status() != psutil.STATUS_ZOMBIE)
+        finally:
+            try:
+                one.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
+            except psutil.NoSuchProcess:
+                pass  # it died: the test has failed already
+        self.assertNotIn("worker 1 exited", server.output)
+        self.assertNotIn("Unhandled", server.output)
+        self.assertNotIn("Traceback", server.output)
+
+
 class FailedSpawnTests(WorkerCase):
     def test_spawnWithoutDescriptorsIsRetried(self) -> None:
         """

@@ -10,9 +10,12 @@ L{timerserver.messages}, one a line:
  - standard input: L{Configure} first (the server's configuration, the
    worker's number and which of the listening descriptors it holds is its
    own: until it comes, the worker serves nothing, which is how the master
-   keeps a spare ready), then L{StatsRequest}s; end of file
-   means the master is gone, and the worker shuts down gracefully, so that
-   no worker outlives its master;
+   keeps a spare ready), then L{StatsRequest}s; end of file (or a read
+   error) means the master is gone, and the worker shuts down gracefully,
+   so that no worker outlives its master.  A message whose handling fails
+   is logged (at most once a L{COMPLAINT_PERIOD}) and, for a stats
+   request, answered with what can be: the failure of one message never
+   ends the channel, nor the worker;
  - standard output (an L{OutChannel}: non-blocking, bounded): L{LogEvent}s,
    a L{Load} every L{LOAD_PERIOD} seconds once configured (its open
    connections and L{capacity}: the master steers new connections by them),
@@ -32,9 +35,11 @@ import sys
 from typing import Any
 
 from twisted.internet import defer, stdio, task
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger, globalLogBeginner
+from twisted.logger import Logger, LogLevel, globalLogBeginner
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from timerserver.clock import useMonotonicTime
 from timerserver.config import FILE_RESERVE, ServerConfig
@@ -76,28 +81,51 @@ class Control(Protocol):
             self.buffer, self.discarding = b"", True
 
     def lineReceived(self, line: bytes) -> None:
-        """Act on one message; a malformed or unexpected one is logged and ignored."""
+        """
+        Act on one message; a malformed or unexpected one is logged and
+        ignored, and an error in acting on one is the worker's to report
+        (L{Worker.failed}), never the channel's end.
+        """
         try:
             message = decode(line)
         except Exception as e:  # MalformedMessage; anything else is a bug, still only this line
             why = str(e) if isinstance(e, MalformedMessage) else f"{type(e).__name__}: {e}"
             self._log.error("malformed message from the master ignored: {why}", why=why)
             return
-        if isinstance(message, Configure):
-            self.worker.configure(message.config, message.number, message.fd)
-        elif isinstance(message, StatsRequest):
-            self.worker.answer(message.id)
-        else:
-            self._log.error("unexpected {kind} message from the master ignored", kind=message.TYPE)
+        try:
+            if isinstance(message, Configure):
+                self.worker.configure(message.config, message.number, message.fd)
+            elif isinstance(message, StatsRequest):
+                self.worker.answer(message.id)
+            else:
+                self._log.error(
+                    "unexpected {kind} message from the master ignored", kind=message.TYPE
+                )
+        except Exception:
+            self.worker.failed(message)
 
-    def connectionLost(self, reason: object = None) -> None:
-        self.worker.stop()  # the master is gone
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """
+        The end of standard input (or a read error, or the reactor's
+        shutdown): the master is gone, stop.  Anything else is a bug of
+        this process's, which does not say the master is gone: logged, and
+        the worker serves on, until its master dies (L{Worker.watchParent}).
+        """
+        if reason is None or reason.check(ConnectionDone, ConnectionLost):
+            self.worker.stop()
+        else:
+            self._log.failure("the master's channel was lost to an error", reason)
+            self.worker.watchParent()
 
 
 STATS_PERIOD = 1.0
 """A snapshot (and its reading of /proc/self) is reused for this long."""
 LOAD_PERIOD = 0.5
 """Seconds between two L{Load} reports."""
+COMPLAINT_PERIOD = 60.0
+"""Seconds between two log lines about the master's messages failing (the rest are counted)."""
+PARENT_PERIOD = 1.0
+"""Seconds between two checks that the master still runs, once its channel is lost."""
 
 
 class Worker:
@@ -114,7 +142,14 @@ class Worker:
         self.stopping = False
         self.exitCode = 0
         self._snapshot: tuple[float, dict[str, Any]] | None = None
+        self._snapshotOf: Any = None
+        """L{timerserver.metrics.snapshot}, imported at configuration with metrics on."""
         self._reporting: task.LoopingCall | None = None
+        self._complained: float | None = None
+        self._failures = 0
+        """Failures of the master's messages since the last one logged."""
+        self._parent = os.getppid()
+        self._watching: task.LoopingCall | None = None
 
     def configure(self, config: dict[str, Any], number: int, fd: int) -> None:
         """
@@ -144,6 +179,8 @@ class Worker:
             self.stop()
             return
         self.server = server
+        if server.monitor is not None:
+            self._importMetrics()
         server.startService()  # type: ignore[no-untyped-call]
         self._reporting = task.LoopingCall(self.reportLoad)
         self._reporting.clock = self.reactor
@@ -163,21 +200,97 @@ class Worker:
             load = Load(min(max(0, admission.open), MAX_LOAD - 1), room)
             self.channel.send(load, droppable=True)
 
+    def _importMetrics(self) -> None:
+        """
+        Import what L{stats} needs (L{timerserver.metrics}, prometheus-client)
+        now, while the worker has descriptors to spare: imported at the
+        first scrape, they may find its open-file limit reached (lowered by
+        C{prlimit}, or every descriptor taken by clients), and fail.
+        """
+        try:
+            from timerserver.metrics import processFigures, snapshot
+
+            processFigures()  # prometheus-client's collector, and a first reading
+        except Exception:
+            self._log.failure("the worker's metrics could not be loaded")
+        else:
+            self._snapshotOf = snapshot
+
     def stats(self) -> dict[str, Any]:
         """What the master's metrics sum: this worker's L{snapshot}, at most one a period."""
-        from timerserver.metrics import snapshot
-
         server = self.server
         if server is None or server.monitor is None:
             return {"log_lines_dropped": self.channel.droppedTotal}
+        snapshot = self._snapshotOf
+        if snapshot is None:
+            from timerserver.metrics import snapshot
         now = self.reactor.seconds()
         if self._snapshot is None or now - self._snapshot[0] >= STATS_PERIOD:
             self._snapshot = (now, snapshot(server.factory, server.monitor, server.admission))
         return {**self._snapshot[1], "log_lines_dropped": self.channel.droppedTotal}
 
     def answer(self, id: int) -> None:
-        """Answer the master's stats request C{id}."""
-        self.channel.send(StatsAnswer(id, self.stats()))
+        """
+        Answer the master's stats request C{id}; if the figures cannot be
+        had, with the last ones taken (none: only the log lines dropped),
+        so that the master's sums do not go back and its next scrape asks
+        again.
+        """
+        try:
+            self.channel.send(StatsAnswer(id, self.stats()))
+            return
+        except Exception:
+            self.complain("the worker's figures could not be taken; answering with its last")
+        dropped = {"log_lines_dropped": self.channel.droppedTotal}
+        last = self._snapshot[1] if self._snapshot is not None else {}
+        try:
+            self.channel.send(StatsAnswer(id, {**last, **dropped}))
+        except Exception:  # they could not be sent either
+            self.channel.send(StatsAnswer(id, dropped))
+
+    def failed(self, message: object) -> None:
+        """
+        Acting on the master's C{message} raised (the exception is being
+        handled): logged, and the worker serves on; a configuration that
+        failed so ends it, as a bad one does.
+        """
+        kind = getattr(message, "TYPE", type(message).__name__)
+        self.complain(f"a {kind} message from the master failed")
+        if isinstance(message, Configure) and self.server is None:
+            self.exitCode = 1
+            self.stop()
+
+    def complain(self, what: str) -> None:
+        """
+        Log the exception being handled as C{what}, at most once a
+        L{COMPLAINT_PERIOD}, with how many were not logged since.
+        """
+        self._failures += 1
+        now = self.reactor.seconds()
+        if self._complained is not None and now - self._complained < COMPLAINT_PERIOD:
+            return
+        self._complained = now
+        more, self._failures = self._failures - 1, 0
+        self._log.failure(
+            "{what}{more}",
+            what=what,
+            more=f" ({more} more failures since the last logged)" if more else "",
+            level=LogLevel.error,
+        )
+
+    def watchParent(self) -> None:
+        """
+        Stop once the master is gone, seen as this process's parent
+        changing: for when its channel can no longer say so.
+        """
+        if self._watching is None:
+            self._watching = task.LoopingCall(self._checkParent)
+            self._watching.clock = self.reactor
+            self._watching.start(PARENT_PERIOD, now=True)
+
+    def _checkParent(self) -> None:
+        if os.getppid() != self._parent:
+            self.stop()
 
     def stop(self) -> None:
         """Stop the reactor (once): the graceful shutdown runs before it stops."""
@@ -187,8 +300,9 @@ class Worker:
 
     def _shutdown(self) -> defer.Deferred[None] | None:
         """The server's graceful shutdown, then its figures to the master."""
-        if self._reporting is not None and self._reporting.running:
-            self._reporting.stop()
+        for looping in (self._reporting, self._watching):
+            if looping is not None and looping.running:
+                looping.stop()
         server = self.server
         if server is None or not server.running:
             return None
