@@ -22,9 +22,11 @@ worker just started in a slot (the spare, configured) runs there only once
 its first report arrives, which a worker sends as soon as it serves: until
 then it gets no new connection, which would wait in its socket's backlog
 (for as long as the spare was stopped, say) while the others serve.  If no
-worker has reported yet (the pool starting) the weights are uniform, as when
-none runs: the kernel must send new connections somewhere, and each worker
-serves its socket's backlog once it starts.
+worker runs yet (the pool starting) the workers started share new
+connections evenly (every slot, if none was started): the kernel must send
+them somewhere, and each worker serves its socket's backlog once it starts.
+At start the first worker to report gets every new connection until the
+others report (some 20 ms later on an idle machine).
 
 Each report also says how many connections the worker can hold now: the
 lower of C{--max-connections} and its current soft open-file limit less
