@@ -23,6 +23,7 @@ from timerserver.admission import Admission
 from timerserver.config import DEFAULT_SHUTDOWN_TIMEOUT, ServerConfig
 from timerserver.factory import TimerServerFactory
 from timerserver.interfaces import IQueueTimers
+from timerserver.kernelbuffers import boundKernelBuffers
 from timerserver.lateness import LatenessHistogram
 from timerserver.listener import Listener, rateLimitAcceptLog
 from timerserver.monitor import TimerQueueCounters
@@ -175,6 +176,7 @@ class TimerServerService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self._port = port
         rateLimitAcceptLog(port, self.factory.events)
+        boundKernelBuffers(port, self.factory.stallTimeout)
         self._log.info(
             "timerserver listening on {address}, {queue!r}, interval {interval}s",
             address=port.getHost(),
