@@ -58,6 +58,10 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(defaultGranularity(52, 2, interval=0.2), 0.02)
         self.assertEqual(defaultGranularity(52, 2, interval=0.05), 0.01)
         self.assertEqual(defaultGranularity(52, 2, interval=30), 0.052)
+        # Nor coarser than the interval itself: 80% of messages were skipped.
+        self.assertEqual(defaultGranularity(1, 2, interval=0.002), 0.002)
+        self.assertEqual(defaultGranularity(52, 2, interval=0.001), 0.001)
+        self.assertEqual(parse("--interval", "0.002").config.granularity, 0.002)
         # Options counts the cores it may use: 2 here, whatever the machine.
         self.patch(os, "sched_getaffinity", lambda pid: set(range(2)))
         self.patch(cores, "cpuQuota", lambda: None)

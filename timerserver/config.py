@@ -49,10 +49,11 @@ def defaultGranularity(workers: int, cores: int, interval: float = DEFAULT_INTER
     wake each of C{cores} more than L{WAKES_PER_CORE} times a second; but
     not coarser than a tenth of the periodic C{interval} (to the millisecond)
     unless that is under the default, so that a tick's lateness stays well
-    short of the two intervals at which messages are skipped.
+    short of the two intervals at which messages are skipped; and never
+    coarser than C{interval} itself (an interval under the default tick).
     """
     coarse = min(workers / (max(1, cores) * WAKES_PER_CORE), interval / 10)
-    return max(DEFAULT_GRANULARITY, round(coarse, 3))
+    return min(max(DEFAULT_GRANULARITY, round(coarse, 3)), interval)
 
 
 _BYTES_FIELDS = ("welcome", "message", "idleMessage", "goodbye")
