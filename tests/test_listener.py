@@ -131,6 +131,17 @@ class BadListenerTests(SynchronousTestCase):
             self.assertOneLine(description, 50, "10.0.0.0/8", option="--proxy-from")
             self.assertEqual(Listener.parse(description).family, "UNIX")
 
+    def test_anSSLMethodOlderThanTLS12IsRefusedAtStart(self) -> None:
+        """It would start, and refuse every client: TLS 1.2 is the minimum."""
+        endpoint = Certificates().endpoint(5050)
+        for method in ("TLSv1_METHOD", "TLSv1_1_METHOD"):
+            e = self.assertRaises(usage.UsageError, Listener.parse, f"{endpoint}:sslmethod={method}")
+            self.assertIn(f"sslmethod={method} allows only protocols older than TLS 1.2", str(e))
+            self.assertNotIn("\n", str(e))
+        for method in ("TLSv1_2_METHOD", "SSLv23_METHOD", "TLS_METHOD"):
+            listener = Listener.parse(f"{endpoint}:sslmethod={method}")
+            self.assertEqual(dict(listener.tls or ())["sslmethod"], method)
+
     def test_sslWithoutPyOpenSSLNamesTheExtra(self) -> None:
         certs = Certificates()
         key = str(certs.key)

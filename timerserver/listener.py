@@ -51,6 +51,8 @@ loopback and the private ranges, where a load balancer normally sits."""
 TRUST_ANY = "any"
 TLS_EXTRA = "pip install 'timerserver[tls]'"
 KINDS = ("tcp", "tcp6", "ssl", "unix", "systemd")
+OLD_TLS_METHODS = frozenset({"SSLv2_METHOD", "SSLv3_METHOD", "TLSv1_METHOD", "TLSv1_1_METHOD"})
+"""C{sslmethod=} values that fix a protocol older than TLS 1.2 (the others negotiate)."""
 FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -239,6 +241,13 @@ class Listener:
             from OpenSSL import SSL
         except ImportError:
             raise _fail(self.description, f"TLS needs pyOpenSSL: {TLS_EXTRA}") from None
+        method = dict(self.tls or ()).get("sslmethod")
+        if method in OLD_TLS_METHODS:
+            raise _fail(
+                self.description,
+                f"sslmethod={method} allows only protocols older than TLS 1.2, which are "
+                "refused: every client would be (leave sslmethod= out)",
+            )
         try:
             ((_, _, factory), _) = endpoints._parseSSL(None, str(self.port), **dict(self.tls or ()))
             factory.getContext().set_min_proto_version(SSL.TLS1_2_VERSION)
