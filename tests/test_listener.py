@@ -135,7 +135,8 @@ class BadListenerTests(SynchronousTestCase):
         """It would start, and refuse every client: TLS 1.2 is the minimum."""
         endpoint = Certificates().endpoint(5050)
         for method in ("TLSv1_METHOD", "TLSv1_1_METHOD"):
-            e = self.assertRaises(usage.UsageError, Listener.parse, f"{endpoint}:sslmethod={method}")
+            description = f"{endpoint}:sslmethod={method}"
+            e = self.assertRaises(usage.UsageError, Listener.parse, description)
             self.assertIn(f"sslmethod={method} allows only protocols older than TLS 1.2", str(e))
             self.assertNotIn("\n", str(e))
         for method in ("TLSv1_2_METHOD", "SSLv23_METHOD", "TLS_METHOD"):
