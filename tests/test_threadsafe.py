@@ -21,6 +21,7 @@ from typing import Any
 from twisted.internet import defer, reactor, task, threads
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.python import threadable
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -285,8 +286,9 @@ class BeforeTheReactorRunsTests(SynchronousTestCase):
         """
         In a new process: before C{reactor.run()} the main thread's call is
         direct and another thread's waits for the reactor; once it runs, the
-        main thread's first call applies the waiting change, then its own, and
-        every timer fires in the reactor's thread.
+        main thread's first call applies its own change at once (the waiting
+        one is applied on the reactor's turn, not inside that call), and every
+        timer fires in the reactor's thread.
         """
         output = runScript("""
             import threading
@@ -318,7 +320,7 @@ class BeforeTheReactorRunsTests(SynchronousTestCase):
             [
                 "main, before run: 1",
                 "worker, before run: 1",
-                "main, running: 1 3",
+                "main, running: 1 2",
                 "[('main', True), ('running', True), ('worker', True)]",
             ],
         )
@@ -401,7 +403,7 @@ class FromAnotherThreadTests(SynchronousTestCase):
         self.assertRaises(
             InvalidTimerHandle, self.queue.cancelTimer, TimerWheel(self.clock).createTimer()
         )
-        self.assertEqual(self.hops, [(self.queue._apply, ())])  # only the destroy was queued
+        self.assertEqual(self.hops, [])  # nothing: the destroyed handle was never set
 
 
 class RealThreadTests(TestCase):
@@ -512,3 +514,321 @@ class RealThreadTests(TestCase):
         self.assertEqual(after, [])
         self.assertIn("pending=0", repr(inner))
         self.assertRaises(RuntimeError, queue.setOneShotTimer, print, 1)
+
+
+class HopReactor(FakeReactor):
+    """A L{FakeReactor} whose clock can jump right after a given read (a thread switch there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jumps: list[float | None] = []  # per read from now on: how far the clock then moves
+
+    def seconds(self) -> float:
+        now = self.rightNow
+        if self.jumps:
+            step = self.jumps.pop(0)
+            if step is not None:
+                self.rightNow += step
+        return now
+
+
+class NoReentryLock:
+    """
+    The queue's lock, telling (instead of deadlocking) when the thread that
+    holds it takes it again: code run by a reference dropped under the lock.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.owner: int | None = None
+        self.reentered = 0
+
+    def __enter__(self) -> None:
+        if self.owner == threading.get_ident():
+            self.reentered += 1
+            raise RuntimeError("the queue's lock taken again by the thread holding it")
+        self.lock.acquire()
+        self.owner = threading.get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        self.owner = None
+        self.lock.release()
+
+
+class RefusingWheel(TimerWheel):
+    """A wrapped queue that refuses the next C{refuse} sets."""
+
+    refuse = 0
+
+    def setTimer(self, *args: Any, **kwargs: Any) -> bool:
+        if self.refuse:
+            self.refuse -= 1
+            raise RuntimeError("refused")
+        return super().setTimer(*args, **kwargs)
+
+
+class QueuedChangesTests(SynchronousTestCase):
+    """
+    What other threads change waits for the reactor thread: at most one
+    entry a handle, applied from the handle's state then, never stale work.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = HopReactor()
+        self.reactor.advance(1000)
+        self.counters = TimerQueueCounters()
+        self.inner = TimerWheel(self.reactor, monitor=self.counters)
+        self.inReactor = False
+        self.queue = ThreadSafeTimerQueue(self.inner, self.reactor, lambda: self.inReactor)
+        self.fired: list[object] = []
+
+    def test_manyChangesOfOneHandleAreOneEntry(self) -> None:
+        """
+        A thread re-arming one handle while the reactor is busy leaves one
+        change, not one per call; the reactor applies only the latest.
+        """
+        h = self.queue.createTimer()
+        for i in range(1000):
+            self.queue.setTimer(h, self.fired.append, 5.0, i)
+            if i % 2:
+                self.queue.cancelTimer(h)
+        self.queue.setTimer(h, self.fired.append, 1.0, "last")
+        self.assertEqual(len(self.queue._changes), 1)
+        self.assertEqual(len(self.reactor.hops), 1)
+        self.reactor.hop()
+        self.assertEqual((self.counters.set, self.counters.pending), (1, 1))
+        self.reactor.advance(1.01)
+        self.assertEqual(self.fired, ["last"])
+
+    def test_aCancelledHandleCostsTheWrappedQueueNothing(self) -> None:
+        """Set and cancelled before the reactor's turn: nothing is set, stale work is dropped."""
+        h = self.queue.createTimer()
+        for _ in range(100):
+            self.queue.setTimer(h, self.fired.append, 1.0)
+            self.queue.cancelTimer(h)
+        self.reactor.hop()
+        self.assertEqual((self.counters.set, self.counters.created), (0, 0))
+
+    def test_theReactorThreadDoesNotApplyOtherHandlesInItsCall(self) -> None:
+        """A reactor-thread call changes its own handle; the others wait for the hop."""
+        others = [self.queue.createTimer() for _ in range(100)]
+        for h in others:
+            self.queue.setTimer(h, self.fired.append, 1.0, "other")
+        mine = self.queue.createTimer()
+        self.inReactor = True
+        self.queue.setTimer(mine, self.fired.append, 1.0, "mine")
+        self.assertEqual(self.counters.set, 1)
+        self.reactor.hop()
+        self.assertEqual(self.counters.set, 101)
+        self.reactor.advance(1.01)
+        self.assertEqual(len(self.fired), 101)
+
+    def test_aDirectSetAfterAQueuedOneWins(self) -> None:
+        """A set from the reactor thread after a queued one: the hop then leaves it alone."""
+        h = self.queue.createTimer()
+        self.queue.setTimer(h, self.fired.append, 0.5, "queued")
+        self.inReactor = True
+        self.queue.setTimer(h, self.fired.append, 2.0, "direct")
+        self.reactor.hop()
+        self.reactor.advance(1)
+        self.assertEqual(self.fired, [])
+        self.reactor.advance(1.01)
+        self.assertEqual(self.fired, ["direct"])
+
+    def test_shutdownFromAnotherThreadDropsQueuedOneShots(self) -> None:
+        self.queue.setOneShotTimer(self.fired.append, 1.0, "one-shot")
+        self.queue.setTimer(self.queue.createTimer(), self.fired.append, 1.0, "handle")
+        self.assertEqual(self.queue.shutdown(), 2)
+        self.reactor.hop()
+        self.reactor.advance(2)
+        self.assertEqual((self.fired, self.counters.pending), ([], 0))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    # IF_SOONER
+
+    def test_ifSoonerReadsTheClockOnce(self) -> None:
+        """
+        The clock moves on between reads (the caller lost the GIL): an
+        update that was sooner when it was decided stays sooner.
+        """
+        h = self.queue.createTimer()
+        self.queue.setTimer(h, self.fired.append, 1.0, "old")  # due at 1001
+        self.reactor.jumps = [0.5]  # 0.5 s pass right after the first read
+        self.assertTrue(
+            self.queue.updateTimer(h, self.fired.append, 0.8, "new", UpdateTimerIf.IF_SOONER)
+        )
+        self.reactor.hop()
+        self.reactor.advance(1001 - self.reactor.seconds())
+        self.assertEqual(self.fired, ["new"])
+
+    # What the wrapped queue refuses
+
+    def test_aClockSteppedBackIsCappedAtTheMaximum(self) -> None:
+        """
+        The clock went back between a thread's set and the reactor's turn:
+        the wait left is capped at the wrapped queue's maximum, and the
+        changes queued after it still apply.
+        """
+        inner = TimerWheel(self.reactor, maximumTimeout=60)
+        queue = ThreadSafeTimerQueue(inner, self.reactor, lambda: False)
+        long, other = queue.createTimer(), queue.createTimer()
+        queue.setTimer(long, self.fired.append, 59, "long")
+        queue.setTimer(other, self.fired.append, 1, "other")
+        self.reactor.rightNow -= 2
+        self.reactor.hop()
+        self.reactor.advance(1001.01 - self.reactor.seconds())  # "other" is due at 1001
+        self.assertEqual(self.fired, ["other"])
+        self.reactor.advance(60)  # "long": 60 s after the reactor's turn at the most
+        self.assertEqual(self.fired, ["other", "long"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_aRefusedChangeLosesNoOther(self) -> None:
+        """
+        A change the wrapped queue refuses is logged and that timer is no
+        longer pending; every other change is applied.
+        """
+        inner = RefusingWheel(self.reactor)
+        queue = ThreadSafeTimerQueue(inner, self.reactor, lambda: False)
+        refused, other = queue.createTimer(), queue.createTimer()
+        queue.setTimer(refused, self.fired.append, 1, "refused")
+        queue.setTimer(other, self.fired.append, 1, "other")
+        queue.setOneShotTimer(self.fired.append, 1, "one-shot")
+        inner.refuse = 1
+        self.reactor.hop()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertFalse(queue.isSet(refused))
+        self.assertTrue(queue.isSet(other))
+        self.reactor.advance(1.01)
+        self.assertEqual(self.fired, ["other", "one-shot"])
+        self.assertEqual(queue.shutdown(), 0)
+
+
+class ReferencesDroppedAfterTheLockTests(SynchronousTestCase):
+    """
+    What a call replaces (a timer, a userData) is released once the lock
+    is: its C{__del__} may use the queue.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = FakeReactor()
+        self.inReactor = True
+        self.queue = ThreadSafeTimerQueue(
+            TimerWheel(self.reactor), self.reactor, lambda: self.inReactor
+        )
+        self.lock = NoReentryLock()
+        self.queue._lock = self.lock  # type: ignore[assignment]
+        self.other = self.queue.createTimer()
+        self.finalised: list[bool] = []
+
+    def finalisable(self) -> object:
+        queue, other, finalised = self.queue, self.other, self.finalised
+
+        class Finalised:
+            def __del__(self) -> None:
+                finalised.append(queue.isSet(other))
+
+        return Finalised()
+
+    def check(self, replace: Any) -> None:
+        for inReactor in (True, False):
+            self.inReactor = inReactor
+            h = self.queue.createTimer()
+            self.queue.setTimer(h, print, 10, self.finalisable())
+            self.reactor.hop()
+            replace(h)
+            self.reactor.hop()
+        self.assertEqual((self.lock.reentered, self.finalised), (0, [False, False]))
+
+    def test_setTimer(self) -> None:
+        self.check(lambda h: self.queue.setTimer(h, print, 10, "new"))
+
+    def test_setTimerAgain(self) -> None:
+        """The reactor thread's re-arm of a handle armed before: the inlined path."""
+
+        def replace(h: Any) -> None:
+            self.queue.setTimer(h, print, 10, "new")
+            self.queue.setTimer(h, print, 10, self.finalisable())
+            self.queue.setTimer(h, print, 10, "newer")
+            self.finalised.pop()
+
+        self.check(replace)
+
+    def test_updateTimer(self) -> None:
+        self.check(lambda h: self.queue.updateTimer(h, print, 10, "new"))
+
+    def test_updateTimerNoTimeoutChange(self) -> None:
+        self.check(
+            lambda h: self.queue.updateTimer(h, print, 10, "new", UpdateTimerIf.NO_TIMEOUT_CHANGE)
+        )
+
+    def test_destroyTimer(self) -> None:
+        self.check(self.queue.destroyTimer)
+
+    def test_aTimerReplaced(self) -> None:
+        """A timer (a callable whose last reference the queue held) as well as a userData."""
+
+        def check(h: Any) -> None:
+            self.queue.setTimer(h, lambda _: None, 10, "new")
+
+        class Timer:
+            def __init__(self, data: object) -> None:
+                self.data = data
+
+            def __call__(self, _: object) -> None:
+                pass
+
+        for inReactor in (True, False):
+            self.inReactor = inReactor
+            h = self.queue.createTimer()
+            self.queue.setTimer(h, Timer(self.finalisable()), 10)
+            self.reactor.hop()
+            check(h)
+        self.assertEqual((self.lock.reentered, self.finalised), (0, [False, False]))
+
+
+class CallbackErrorsTests(SynchronousTestCase):
+    """An exception from a callback is logged naming the user's callback, as the bare queue does."""
+
+    def test_theUsersCallbackIsNamed(self) -> None:
+        clock = Clock()
+        queue = ThreadSafeTimerQueue(TimerWheel(clock))
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def failing(_: object) -> None:
+            raise ZeroDivisionError()
+
+        queue.setTimer(queue.createTimer(), failing, 0)
+        queue.setOneShotTimer(failing, 0)
+        clock.advance(0.1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
+        timers = [e.get("timer") for e in events if e.get("log_failure")]
+        self.assertEqual(timers, [failing, failing])
+
+
+class FreedByReferenceCountingTests(SynchronousTestCase):
+    """A handle dropped without destroyTimer is freed at once, as the bare queue's is."""
+
+    def test_aDroppedHandleNeedsNoCollector(self) -> None:
+        clock = Clock()
+        queue = ThreadSafeTimerQueue(TimerWheel(clock))
+        queue.setTimer(queue.createTimer(), print, 3600)  # the wheel stays busy
+
+        class Data:
+            pass
+
+        gc.disable()
+        self.addCleanup(gc.enable)
+        for fire in (True, False):
+            data = Data()
+            ref = weakref.ref(data)
+            h = queue.createTimer()
+            queue.setTimer(h, lambda _: None, 0.5, data)
+            del data
+            if fire:
+                clock.advance(1)
+            else:
+                queue.cancelTimer(h)
+            del h
+            self.assertIsNone(ref())

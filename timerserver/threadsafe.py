@@ -7,10 +7,15 @@ keeps, under one lock, what every caller needs to be answered at once: for
 each handle whether it is pending, its deadline, its timer and user data,
 and a generation that every set, re-set, cancel and destroy bumps.  A call
 from another thread updates that state, answers from it (so C{wasPending}
-is exact at that moment), and queues the change for the reactor thread
-(C{callFromThread}), with the absolute deadline so that the hop adds no
-delay.  A call from the reactor thread applies the queued changes and its
-own at once: one uncontended lock.
+is exact at that moment), and marks the handle changed for the reactor
+thread (C{callFromThread}, one hop at a time).  On its turn the reactor
+thread brings each changed handle's wrapped timer up to its state then:
+armed for its absolute deadline (so the hop adds no delay), cancelled or
+destroyed.  A handle is marked once however often it changed, so what
+waits is bounded by the handles, and nothing stale is applied; a one-shot
+from another thread waits as one entry until that turn, as a pending
+one-shot of the bare queue is one entry.  A call from the reactor thread
+changes its own handle in the wrapped queue at once: one uncontended lock.
 
 The wrapped queue fires a dispatcher, never the user's timer.  It takes the
 lock, checks that the generation it was armed with is still the handle's
@@ -18,7 +23,9 @@ lock, checks that the generation it was armed with is still the handle's
 marks the handle not pending, releases the lock and only then calls the
 timer.  So a cancel or re-set that reports the timer pending guarantees the
 replaced callback will not run, and a callback may set, cancel or destroy
-any timer of the queue, its own included, without deadlock.
+any timer of the queue, its own included, without deadlock.  What a call
+replaces or drops (a timer, a user data, a handle) is released after the
+lock is, so a C{__del__} may use the queue too.
 
 Whether the caller is in the reactor's thread decides the path, on every
 call: C{isReactorThread} says it if given, else L{timerserver.reactorthread}.
@@ -27,9 +34,12 @@ call: C{isReactorThread} says it if given, else L{timerserver.reactorthread}.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from timerserver._queuebase import callTimer, checkTimeout, checkTimer
@@ -49,12 +59,16 @@ class ThreadSafeHandle(TimerHandle):
     """A handle of a L{ThreadSafeTimerQueue}; its state is guarded by the queue's lock."""
 
     __slots__ = (
-        "armed", "deadline", "generation", "inner", "isTimer", "queue", "timer", "userData",
+        "__weakref__", "armed", "deadline", "generation", "inner", "isTimer", "queue", "ref",
+        "timer", "userData",
     )  # fmt: skip
 
     def __init__(self, queue: ThreadSafeTimerQueue) -> None:
         self.queue: ThreadSafeTimerQueue | None = queue
         self.inner: TimerHandle | None = None  # made in the reactor thread
+        # What the wrapped handle's timer is given: not the handle itself,
+        # which would make a cycle (this handle -> inner -> this handle).
+        self.ref: weakref.ref[ThreadSafeHandle] | None = None
         self.deadline: float | None = None  # pending while not None
         self.generation = 0  # bumped by every set, cancel and destroy
         self.armed = -1  # the generation the wrapped queue's timer was armed for
@@ -87,6 +101,8 @@ class ThreadSafeTimerQueue:
         main thread (see the module's docstring).
     """
 
+    _log = Logger()
+
     def __init__(
         self,
         queue: IQueueTimers,
@@ -103,10 +119,15 @@ class ThreadSafeTimerQueue:
         self._reactor = reactor
         self.maximumTimeout = queue.maximumTimeout
         self._lock = threading.Lock()
-        self._changes: list[tuple[Any, ...]] = []
+        # Handles changed by other threads since the reactor's last turn,
+        # once each, in order; and their one-shots, (deadline, timer).
+        self._changes: dict[ThreadSafeHandle, None] = {}
+        self._oneShotsWaiting: list[tuple[float, tuple[object, bool, object]]] = []
+        self._hop = False  # whether a call of _apply is on its way
         self._pending: set[ThreadSafeHandle] = set()
         self._oneShots = 0
         self._stopped = False
+        self._innerStopped = False  # the reactor thread's: the wrapped queue was shut down
         if isReactorThread is None:
             isReactorThread = reactorThreadTest(reactor, self._lock)
         self._isReactorThread = isReactorThread
@@ -136,62 +157,113 @@ class ThreadSafeTimerQueue:
         if self._stopped:
             raise RuntimeError(f"{self!r} was shut down")
 
-    # Applying changes to the wrapped queue, in the reactor thread.
+    # Bringing the wrapped queue up to date, in the reactor thread.
 
-    def _commit(self, change: tuple[Any, ...]) -> None:
-        """From another thread: queue C{change} for the reactor thread."""
-        self._changes.append(change)
-        if len(self._changes) == 1:
+    def _hopLocked(self) -> None:
+        """From another thread, lock held: have the reactor thread call L{_apply}."""
+        if not self._hop:
             self._reactor.callFromThread(self._apply)
+            self._hop = True
 
     def _apply(self) -> None:
+        """
+        In the reactor thread: apply what other threads changed, each
+        handle from its state now; shut the wrapped queue down once this
+        one is.  A change the wrapped queue refuses is logged, and loses
+        nothing else.  What is dropped is released after the lock.
+        """
+        failures: list[tuple[Failure, object]] = []
         with self._lock:
-            self._applyLocked()
+            self._hop = False
+            changes, self._changes = self._changes, {}
+            oneShots, self._oneShotsWaiting = self._oneShotsWaiting, []
+            stopInner = self._stopped and not self._innerStopped
+            self._innerStopped = self._stopped
+            now = self._reactor.seconds()
+            for h in changes:
+                try:
+                    self._syncLocked(h, now)
+                except Exception:
+                    failures.append((Failure(), h.timer))
+                    if h.deadline is not None:  # its timer is lost: say so
+                        h.generation += 1
+                        h.deadline = None
+                        self._pending.discard(h)
+            if not self._stopped:  # else shutdown() counted and dropped them
+                for deadline, armed in oneShots:
+                    try:
+                        self._queue.setOneShotTimer(
+                            self._dispatchOneShot, self._timeoutLeft(deadline, now), armed
+                        )
+                    except Exception:
+                        failures.append((Failure(), armed[0]))
+                        self._oneShots -= 1
+        if stopInner:
+            self._queue.shutdown()
+        for failure, timer in failures:
+            self._log.failure(
+                "{queue!r} refused a change of the timer of {timer!r}; one it refused"
+                " to set is not pending any more",
+                failure, queue=self._queue, timer=timer,
+            )  # fmt: skip
 
-    def _applyLocked(self) -> None:
-        changes, self._changes = self._changes, []
-        now = self._reactor.seconds()
-        for change in changes:
-            kind, target = change[0], change[1]
-            if kind == "set":
-                self._armInner(target, max(0.0, change[2] - now), change[3])
-            elif kind == "cancel":
-                if target.inner is not None:
-                    self._queue.cancelTimer(target.inner)
-            elif kind == "destroy":
-                if target.inner is not None:
-                    self._queue.destroyTimer(target.inner)
-            elif kind == "oneshot":
-                self._queue.setOneShotTimer(
-                    self._dispatchOneShot, max(0.0, change[2] - now), change[3]
-                )
-            else:  # shutdown
-                self._queue.shutdown()
+    def _timeoutLeft(self, deadline: float, now: float) -> float:
+        """The wait to C{deadline}, from 0 to the maximum (a clock stepped back)."""
+        timeout = deadline - now
+        if timeout < 0.0:
+            return 0.0
+        return timeout if timeout <= self.maximumTimeout else self.maximumTimeout
 
-    def _armInner(self, h: ThreadSafeHandle, timeout: float, generation: int) -> None:
-        """In the reactor thread: arm the wrapped queue's handle for C{generation}."""
+    def _syncLocked(self, h: ThreadSafeHandle, now: float) -> None:
+        """Make C{h}'s wrapped timer what C{h} is now: armed, cancelled or destroyed."""
+        inner = h.inner
+        if inner is None:
+            if h.deadline is not None and h.queue is not None:
+                self._armInner(h, self._timeoutLeft(h.deadline, now))
+                h.armed = h.generation
+        elif h.queue is None:
+            h.inner = None
+            self._queue.destroyTimer(inner)
+        elif h.deadline is None:
+            self._queue.cancelTimer(inner)
+        elif h.armed != h.generation:
+            self._armInner(h, self._timeoutLeft(h.deadline, now))
+            h.armed = h.generation
+
+    def _armInner(self, h: ThreadSafeHandle, timeout: float) -> None:
+        """In the reactor thread: set the wrapped queue's handle of C{h}, made if need be."""
         if h.inner is None:
             h.inner = self._queue.createTimer()
-        self._queue.setTimer(h.inner, self._dispatchTimer, timeout, h)
-        h.armed = generation
+            h.ref = weakref.ref(h)
+        self._queue.setTimer(h.inner, self._dispatchTimer, timeout, h.ref)
 
     # Firing, in the reactor thread, with the lock released before the call.
 
-    def _dispatch(self, h: ThreadSafeHandle) -> None:
+    def _dispatch(self, ref: weakref.ref[ThreadSafeHandle]) -> None:
+        h = ref()
+        if h is None:
+            return  # dropped: it was not pending (the queue keeps those)
         with self._lock:
             if h.generation != h.armed or h.deadline is None:
                 return  # cancelled, re-set or destroyed since it was armed
             h.deadline = None
             self._pending.discard(h)
             timer, timerIsITimer, userData = h.timer, h.isTimer, h.userData
-        callTimer(timer, timerIsITimer, userData)
+        try:
+            callTimer(timer, timerIsITimer, userData)
+        except Exception:
+            self._log.failure("Timer callback {timer!r} raised", timer=timer)
 
     def _dispatchOneShot(self, armed: tuple[object, bool, object]) -> None:
         with self._lock:
             if self._stopped:
                 return
             self._oneShots -= 1
-        callTimer(*armed)
+        timer, timerIsITimer, userData = armed
+        try:
+            callTimer(timer, timerIsITimer, userData)
+        except Exception:
+            self._log.failure("Timer callback {timer!r} raised", timer=timer)
 
     # IQueueTimers
 
@@ -221,17 +293,21 @@ class ThreadSafeTimerQueue:
         timer: object,
         timerIsITimer: bool,
         timeout: float,
+        deadline: float,
         userData: object,
     ) -> None:
-        """Set C{h}; the caller holds the lock and checked the arguments."""
-        h.generation += 1
-        deadline = self._reactor.seconds() + timeout
+        """
+        Set C{h}, due at C{deadline} (the clock read once, by the caller);
+        the caller holds the lock, checked the arguments, and keeps the
+        replaced timer and user data until it has released the lock.
+        """
         if self._isReactorThread():
-            if self._changes:
-                self._applyLocked()  # what other threads asked for comes first
-            self._armInner(h, timeout, h.generation)
+            self._armInner(h, timeout)
+            h.generation = h.armed = h.generation + 1
         else:
-            self._commit(("set", h, deadline, h.generation))
+            self._hopLocked()
+            self._changes[h] = None
+            h.generation += 1
         h.timer, h.isTimer, h.userData = timer, timerIsITimer, userData
         h.deadline = deadline
         self._pending.add(h)
@@ -254,12 +330,16 @@ class ThreadSafeTimerQueue:
             wasPending = h.deadline is not None
             if wasPending and when is not SetTimerIf.ALWAYS:
                 return True
-            if self._changes or h.inner is None or not self._isReactorThread():
-                self._arm(h, timer, timerIsITimer, timeout, userData)
+            # Released with this frame, after the lock: a __del__ may use the queue.
+            replacedTimer, replacedData = h.timer, h.userData  # noqa: F841
+            if h.inner is None or not self._isReactorThread():
+                self._arm(
+                    h, timer, timerIsITimer, timeout, self._reactor.seconds() + timeout, userData
+                )
                 return wasPending
             # The common case, inlined: the reactor thread re-arms a handle.
+            self._queue.setTimer(h.inner, self._dispatchTimer, timeout, h.ref)
             h.generation = h.armed = h.generation + 1
-            self._queue.setTimer(h.inner, self._dispatchTimer, timeout, h)
             h.timer, h.isTimer, h.userData = timer, timerIsITimer, userData
             h.deadline = self._reactor.seconds() + timeout
             if not wasPending:
@@ -280,45 +360,51 @@ class ThreadSafeTimerQueue:
         with self._lock:
             h, timerIsITimer = self._accept(handle, timer)
             current = h.deadline
+            replacedTimer, replacedData = h.timer, h.userData  # noqa: F841 (see setTimer)
+            # Read once: what decides "sooner" or "later" is what is set.
             deadline = self._reactor.seconds() + timeout
             if current is None or when is UpdateTimerIf.ALWAYS:
-                self._arm(h, timer, timerIsITimer, timeout, userData)
+                self._arm(h, timer, timerIsITimer, timeout, deadline, userData)
             elif when is UpdateTimerIf.NO_TIMEOUT_CHANGE:
                 # The dispatcher reads them when it fires.
                 h.timer, h.isTimer, h.userData = timer, timerIsITimer, userData
             elif (when is UpdateTimerIf.IF_SOONER and deadline < current) or (
                 when is UpdateTimerIf.IF_LATER and deadline > current
             ):
-                self._arm(h, timer, timerIsITimer, timeout, userData)
+                self._arm(h, timer, timerIsITimer, timeout, deadline, userData)
             return current is not None
 
-    def _disarm(self, h: ThreadSafeHandle, change: str) -> bool:
+    def _disarm(self, h: ThreadSafeHandle, destroy: bool) -> bool:
+        """Cancel C{h}, or destroy it; the caller holds the lock."""
         wasPending = h.deadline is not None
+        if wasPending or (destroy and h.inner is not None):
+            if not self._isReactorThread():
+                self._hopLocked()
+                self._changes[h] = None
+            elif h.inner is not None:
+                if destroy:
+                    inner, h.inner = h.inner, None
+                    self._queue.destroyTimer(inner)
+                else:
+                    self._queue.cancelTimer(h.inner)
         h.generation += 1
         h.deadline = None
         self._pending.discard(h)
-        if wasPending or change == "destroy":
-            if not self._isReactorThread():
-                self._commit((change, h))
-            else:
-                if self._changes:
-                    self._applyLocked()
-                if h.inner is not None:
-                    inner = self._queue
-                    (inner.cancelTimer if change == "cancel" else inner.destroyTimer)(h.inner)
         return wasPending
 
     def cancelTimer(self, handle: TimerHandle) -> bool:
         with self._lock:
-            return self._disarm(self._live(handle), "cancel")
+            return self._disarm(self._live(handle), False)
 
     def destroyTimer(self, handle: TimerHandle) -> bool:
         with self._lock:
             h = self._live(handle)
-            wasPending = self._disarm(h, "destroy")
+            wasPending = self._disarm(h, True)
             h.queue = None
             # As the wrapped queues do: a handle kept after it is destroyed
-            # (a protocol's attribute) keeps neither its timer nor its data.
+            # (a protocol's attribute) keeps neither its timer nor its data,
+            # released after the lock (see setTimer).
+            replacedTimer, replacedData = h.timer, h.userData  # noqa: F841
             h.timer = h.userData = None
             return wasPending
 
@@ -327,14 +413,12 @@ class ThreadSafeTimerQueue:
         timeout = checkTimeout(timeout, self.maximumTimeout)
         with self._lock:
             self._checkRunning()
-            self._oneShots += 1
             if self._isReactorThread():
-                if self._changes:
-                    self._applyLocked()
                 self._queue.setOneShotTimer(self._dispatchOneShot, timeout, armed)
             else:
-                deadline = self._reactor.seconds() + timeout
-                self._commit(("oneshot", None, deadline, armed))
+                self._hopLocked()
+                self._oneShotsWaiting.append((self._reactor.seconds() + timeout, armed))
+            self._oneShots += 1
 
     def shutdown(self) -> int:
         """
@@ -342,7 +426,7 @@ class ThreadSafeTimerQueue:
         later sets raise C{RuntimeError}.  From any thread.
         """
         with self._lock:
-            pending = list(self._pending)
+            pending = list(self._pending)  # released after the lock
             for h in pending:
                 h.generation += 1
                 h.deadline = None
@@ -350,9 +434,9 @@ class ThreadSafeTimerQueue:
             count = len(pending) + self._oneShots
             self._oneShots = 0
             self._stopped = True
-            if self._isReactorThread():
-                self._applyLocked()
-                self._queue.shutdown()
-            else:
-                self._commit(("shutdown", None))
-            return count
+            direct = self._isReactorThread()
+            if not direct:
+                self._hopLocked()
+        if direct:
+            self._apply()
+        return count
