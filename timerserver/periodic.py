@@ -25,6 +25,13 @@ How it differs from C{twisted.internet.task.LoopingCall}:
  - When the function raises, the queue logs the error and the calls stop,
    as C{LoopingCall}'s do: L{running} becomes False, and L{start} starts
    again.
+ - A L{Periodic} belongs to the reactor thread, as C{LoopingCall} does, even
+   over a L{ThreadSafeTimerQueue
+   <timerserver.threadsafe.ThreadSafeTimerQueue>}: call L{start
+   <Periodic.start>}, L{stop <Periodic.stop>} and L{close <Periodic.close>}
+   there (from another thread, through C{reactor.callFromThread}).  From
+   another thread, a L{stop <Periodic.stop>} made while the function runs
+   can be undone by the re-arm that follows it.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ def _closed(late: float, skipped: int) -> None:
 class Periodic:
     """
     Calls C{function(late, skipped)} every C{interval} seconds once started.
+    Start, stop and close it in the reactor thread, whatever its queue (see
+    the module's docstring): it has no lock of its own.
 
     @param queue: the queue the handle is taken from.
     @param interval: seconds between calls, > 0.
