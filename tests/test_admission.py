@@ -143,7 +143,12 @@ class PlainTests(SynchronousTestCase):
     def test_peerKeys(self) -> None:
         self.assertEqual(peerKey("192.0.2.7"), "192.0.2.7")
         self.assertEqual(peerKey("::ffff:192.0.2.7"), "192.0.2.7")
-        self.assertEqual(peerKey("fe80::1:2:3:4%eth0"), "fe80::/64")
+        self.assertEqual(peerKey("64:ff9b::192.0.2.7"), "192.0.2.7")  # NAT64: an IPv4 client
+        # Where a prefix names no one host: each address its own (a link's, with its zone).
+        self.assertEqual(peerKey("fe80::1:2:3:4%eth0"), "fe80::1:2:3:4%eth0")
+        self.assertEqual(peerKey("fe80::1:2:3:5%eth1"), "fe80::1:2:3:5%eth1")
+        self.assertEqual(peerKey("::1"), "::1")
+        self.assertEqual(peerKey("::192.0.2.7"), "::c000:207")
         self.assertEqual(peerKey("2001:DB8::1", 128), "2001:db8::1/128")
         self.assertEqual(peerKey("/run/sock"), "/run/sock")  # not an address: itself
         self.assertEqual(peerKey("nonsense:here"), "nonsense:here")

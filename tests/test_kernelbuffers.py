@@ -1,6 +1,7 @@
 """
-The kernel's share of a connection's bounds: set on the listening socket,
-inherited by every socket it accepts.
+The kernel's share of a connection's bounds: the unsent data it takes, set
+on the listening socket and inherited by every socket it accepts; and how
+long it keeps what a closed connection left unacknowledged.
 """
 
 from __future__ import annotations
@@ -9,10 +10,20 @@ import socket
 import tempfile
 from types import SimpleNamespace
 
+from twisted.internet import tcp
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import captureLog
-from timerserver.kernelbuffers import NOTSENT_LOWAT, TCP_NOTSENT_LOWAT, boundKernelBuffers
+from timerserver.kernelbuffers import (
+    NOTSENT_LOWAT,
+    TCP_NOTSENT_LOWAT,
+    boundKernelBuffers,
+    lingerAtMost,
+)
+from timerserver.listener import Listener
+from timerserver.workersockets import WorkerSockets
 
 
 class BoundKernelBuffersTests(SynchronousTestCase):
@@ -26,29 +37,37 @@ class BoundKernelBuffersTests(SynchronousTestCase):
         sock.listen()
         return sock
 
-    def test_everyAcceptedSocketInheritsTheBounds(self) -> None:
-        listening = self.listening()
-        self.assertTrue(boundKernelBuffers(SimpleNamespace(socket=listening), 2.5))
+    def accept(self, listening: socket.socket) -> socket.socket:
         client = socket.create_connection(listening.getsockname())
         self.addCleanup(client.close)
         accepted, _ = listening.accept()
         self.addCleanup(accepted.close)
-        self.assertEqual(accepted.getsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT), NOTSENT_LOWAT)
-        self.assertEqual(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 3500)
+        return accepted
 
-    def test_theLongestStallTimeoutIsTheKernelsLongest(self) -> None:
-        listening = self.listening()
-        self.assertTrue(boundKernelBuffers(SimpleNamespace(socket=listening), 4294967.294))
-        timeout = listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
-        self.assertEqual(timeout, 2**31 - 1)
+    def test_everyAcceptedSocketInheritsTheBound(self) -> None:
+        for port in (SimpleNamespace(socket=self.listening()), self.listening()):
+            self.assertTrue(boundKernelBuffers(port))
+            listening = port if isinstance(port, socket.socket) else port.socket
+            accepted = self.accept(listening)
+            lowat = accepted.getsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT)
+            self.assertEqual(lowat, NOTSENT_LOWAT)
+            # Live connections keep the kernel's own retransmission timeout.
+            self.assertEqual(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 0)
+
+    def test_aWorkerPoolsSocketsAreBoundBeforeTheyListen(self) -> None:
+        """Clients accepted by the kernel before a worker runs inherit it too."""
+        sockets = WorkerSockets(Listener.parse("tcp:0:interface=127.0.0.1"), Clock(), 2)
+        sockets.listen()
+        self.addCleanup(sockets.close)
+        for sock in sockets._sockets:
+            lowat = sock.getsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT)
+            self.assertEqual(lowat, NOTSENT_LOWAT)
 
     def test_notTCPIsLeftAlone(self) -> None:
-        self.assertFalse(
-            boundKernelBuffers(SimpleNamespace(socket=self.listening(socket.AF_UNIX)), 1)
-        )
-        self.assertFalse(boundKernelBuffers(object(), 1))
+        self.assertFalse(boundKernelBuffers(self.listening(socket.AF_UNIX)))
+        self.assertFalse(boundKernelBuffers(object()))
 
-    def test_aSystemThatRefusesThemIsOneWarning(self) -> None:
+    def test_aSystemThatRefusesItIsOneWarning(self) -> None:
         class Refusing(socket.socket):
             def setsockopt(self, *args: object) -> None:  # type: ignore[override]
                 raise OSError(92, "Protocol not available")
@@ -56,6 +75,36 @@ class BoundKernelBuffersTests(SynchronousTestCase):
         sock = Refusing()
         self.addCleanup(sock.close)
         events = captureLog(self)
-        self.assertFalse(boundKernelBuffers(SimpleNamespace(socket=sock), 1))
+        self.assertFalse(boundKernelBuffers(sock))
         [event] = [e for e in events if "kernel" in e.get("log_format", "")]
         self.assertEqual(event["log_level"].name, "warn")
+
+
+class LingerAtMostTests(SynchronousTestCase):
+    def connection(self) -> tcp.Server:
+        """A TCP server connection's transport around a real accepted socket."""
+        listening = socket.socket()
+        self.addCleanup(listening.close)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        client = socket.create_connection(listening.getsockname())
+        self.addCleanup(client.close)
+        accepted, _ = listening.accept()
+        self.addCleanup(accepted.close)
+        server = tcp.Server.__new__(tcp.Server)  # only its socket is used
+        server.socket = accepted
+        return server
+
+    def test_theTimeoutIsSetOnTheSocketUnderTheLayers(self) -> None:
+        server = self.connection()
+        layer = SimpleNamespace(transport=SimpleNamespace(transport=server))  # TLS over PROXY
+        lingerAtMost(layer, 2.5)
+        timeout = server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+        self.assertEqual(timeout, 2500)
+        lingerAtMost(server, 4294967.294)  # the longest --stall-timeout: the kernel's longest
+        timeout = server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+        self.assertEqual(timeout, 2**31 - 1)
+
+    def test_notTCPIsLeftAlone(self) -> None:
+        lingerAtMost(StringTransport(), 1)  # no socket under it: nothing to do, no error
+        lingerAtMost(None, 1)

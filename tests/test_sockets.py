@@ -122,10 +122,12 @@ class KernelBufferTests(ServerCase):
     server still holds the connection.
     """
 
-    def sendWithoutReading(self, server: ServerProcess, size: int) -> socket.socket:
+    def sendWithoutReading(
+        self, server: ServerProcess, size: int, payload: bytes | None = None
+    ) -> socket.socket:
         sock = self.connect(server, rcvbuf=4096)
         sock.settimeout(15)
-        sock.sendall(b"k" * size)  # echoed into a window that stays shut
+        sock.sendall(payload or b"k" * size)  # echoed into a window that stays shut
         return sock
 
     def test_aClientThatSendsAndNeverReadsIsPausedAndAborted(self) -> None:
@@ -142,6 +144,35 @@ class KernelBufferTests(ServerCase):
         self.assertLess(queued, 256 * 1024)  # kernel: unsent + in flight to a 4 KiB window
         server.waitForLine(r"aborted connection from .*stalled", 10)
         self.assertNotIn(mine, serverSockets(server.port))
+
+    def test_aSlowReaderThatKeepsReadingIsNotStalled(self) -> None:
+        """
+        Paused behind a burst of echo, it reads 40 KiB a second: it takes
+        longer than --stall-timeout to drain, but it is never without
+        progress for that long (nginx's send_timeout).
+        """
+        server = self.start("--interval", "3600", "--no-welcome", "--stall-timeout", "1")
+        payload = bytes(range(256)) * 1024  # 256 KiB
+        sock = self.sendWithoutReading(server, len(payload), payload)
+        received = b""
+        deadline = time.monotonic() + 20
+        while len(received) < len(payload) and time.monotonic() < deadline:
+            received += sock.recv(2048)
+            time.sleep(0.05)
+        self.assertEqual(received, payload)
+        self.assertNotIn("stalled", server.output)
+
+    def test_aClientThatStopsReadingBrieflyIsNotCutOffByTheKernel(self) -> None:
+        """
+        Not reading for 5 s with --stall-timeout 0.5, but never so far behind
+        that the server paused it: the kernel does not end it either.
+        """
+        server = self.start("--interval", "0.01", "--stall-timeout", "0.5")
+        sock = self.connect(server, rcvbuf=4096)
+        self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+        time.sleep(5)
+        for _ in range(200):  # what waited, and then more
+            self.assertEqual(recvExactly(sock, len(MESSAGE)), MESSAGE)
 
     def test_aClientThatHalfClosesAndNeverReadsLeavesNoOrphan(self) -> None:
         """

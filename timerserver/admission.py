@@ -53,20 +53,30 @@ limited nothing."""
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def peerKey(host: str, prefix6: int = DEFAULT_PEER_PREFIX6) -> str:
     """
     What C{host} is counted as under C{maxPerPeer}: an IPv4 address itself
-    (also when spelled as IPv4-mapped IPv6, C{::ffff:192.0.2.7}), an IPv6
-    address as its network of C{prefix6} bits (C{2001:db8:1:2::/64}).
+    (also spelled as IPv4-mapped IPv6, C{::ffff:192.0.2.7}, or through
+    NAT64, C{64:ff9b::192.0.2.7}); an IPv6 address as its network of
+    C{prefix6} bits (C{2001:db8:1:2::/64}), except where a prefix names no
+    one host: a link-local address (with its zone), C{::1}, C{::/96}.
     """
     if ":" not in host:
         return host
+    text, _, zone = host.partition("%")
     try:
-        address = ipaddress.IPv6Address(host.split("%", 1)[0])
+        address = ipaddress.IPv6Address(text)
     except ValueError:
         return host
     if address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
+    if address in _NAT64:
+        return str(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address.is_link_local or int(address) >> 32 == 0:
+        return f"{address}%{zone}" if zone else str(address)
     return str(ipaddress.IPv6Network((address, prefix6), strict=False))
 
 

@@ -27,9 +27,10 @@ from timerserver import reasons
 from timerserver.admission import Gate, gateOf
 from timerserver.eventlog import EventLog
 from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
+from timerserver.kernelbuffers import lingerAtMost
 from timerserver.lateness import LatenessHistogram
 from timerserver.periodic import Periodic
-from timerserver.transport import closeNow, isFlushed, writeNow
+from timerserver.transport import closeNow, isFlushed, queuedBytes, writeNow
 
 # What the watchdog is armed for: the userData of its onTimer calls.
 IDLE = "idle"
@@ -95,6 +96,8 @@ class TimerServerProtocol(Protocol):
     closing = False
     started = False
     _queuedWhilePaused = 0
+    _stallQueued = 0
+    """What the socket's buffer held when the stall deadline was armed, or last moved on."""
     closeReason: str | None = None
     """Why the server closed the connection (idle, stalled, buffer, ...); else the client did."""
 
@@ -167,8 +170,10 @@ class TimerServerProtocol(Protocol):
         everything echoed so far has been written (at once if nothing is
         queued).
         """
-        if self.started and not self.closing and closeNow(self._out):
-            return
+        if self.started and not self.closing:
+            lingerAtMost(self._out, self.factory.stallTimeout)
+            if closeNow(self._out):
+                return
         self.close(grace=self.factory.stallTimeout, reason=reasons.CLIENT)
 
     def writeConnectionLost(self) -> None:
@@ -183,7 +188,13 @@ class TimerServerProtocol(Protocol):
             self._write(self.factory.idleMessage)
             self.close(grace=self.factory.closeGrace, reason=reasons.IDLE)
         elif userData == STALL:
-            self.abort("stalled", reason=reasons.STALLED)
+            queued = queuedBytes(self.transport)
+            if queued < self._stallQueued:
+                # The client read since: slowly, but it reads (nginx's send_timeout).
+                self._stallQueued = queued
+                self._guard(self.factory.stallTimeout, STALL)
+            else:
+                self.abort("stalled", reason=reasons.STALLED)
         else:
             self.abort("close timed out", reason=reasons.CLOSE_TIMEOUT)
 
@@ -248,6 +259,7 @@ class TimerServerProtocol(Protocol):
         self._readingPaused = getattr(_socketTransport(self.transport), "producerPaused", True)
         if self._readingPaused:
             self.transport.pauseProducing()
+        self._stallQueued = queuedBytes(self.transport)
         self._guard(self.factory.stallTimeout, STALL)
 
     def resumeProducing(self) -> None:
@@ -279,6 +291,7 @@ class TimerServerProtocol(Protocol):
             return
         self._periodic.stop()
         self._unguard()
+        lingerAtMost(self.transport, self.factory.stallTimeout)
         # A registered producer holds loseConnection back until it unregisters.
         self.transport.unregisterProducer()
         self.transport.loseConnection()

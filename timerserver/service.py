@@ -176,7 +176,7 @@ class TimerServerService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self._port = port
         rateLimitAcceptLog(port, self.factory.events)
-        boundKernelBuffers(port, self.factory.stallTimeout)
+        boundKernelBuffers(port)  # the master did too: for a socket of its own
         self._log.info(
             "timerserver listening on {address}, {queue!r}, interval {interval}s",
             address=port.getHost(),

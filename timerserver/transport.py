@@ -68,6 +68,22 @@ def isFlushed(transport: Any) -> bool:
     )
 
 
+def queuedBytes(transport: Any) -> int:
+    """
+    The bytes waiting in the buffer of the TCP or unix connection at the
+    bottom of C{transport}'s layers (TLS, PROXY), or 0 if there is none.
+    """
+    while not ((kind := type(transport)) is tcp.Server or kind is unix.Server):
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return 0
+    return (
+        len(transport.dataBuffer)
+        - getattr(transport, "offset", 0)
+        + getattr(transport, "_tempDataLen", 0)
+    )
+
+
 def closeNow(transport: Any) -> bool:
     """
     Close C{transport} in this turn if it is a TCP or unix server connection with

@@ -41,6 +41,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from timerserver import steering
+from timerserver.kernelbuffers import boundKernelBuffers
 from timerserver.listener import FAMILIES, Listener
 from timerserver.service import listenOrExit
 
@@ -89,6 +90,7 @@ class WorkerSockets:
         else:
             endpoint = self.listener.endpoint(self.reactor)
             port = listenOrExit(endpoint, _NeverServes(), self.description)
+            boundKernelBuffers(port)  # before a worker accepts what waits
             descriptor = cast(FileDescriptor, port)  # tcp.Port or unix.Port
             descriptor.stopReading()
             self._port = port
@@ -109,6 +111,7 @@ class WorkerSockets:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 sock.bind((listener.host, port))
                 port = sock.getsockname()[1]
+                boundKernelBuffers(sock)  # before a client can be accepted
                 sock.listen(listener.backlog)
                 sock.setblocking(False)
         except OSError as e:
