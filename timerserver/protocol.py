@@ -79,8 +79,9 @@ class TimerServerProtocol(Protocol):
     The connection is its transport's streaming producer.  While the
     transport is paused (the client is not reading), periodic messages are
     skipped and counted, reading stops, and a stall timer runs; a connection
-    that has not drained by then, or that queues more than C{maxBuffer}
-    bytes, is aborted.  A second handle, the watchdog, carries the idle, stall
+    that has read nothing of what is queued by then (the timer starts again
+    whenever it has), or that queues more than C{maxBuffer} bytes, is
+    aborted.  A second handle, the watchdog, carries the idle, stall
     and closing timeouts.
     """
 
