@@ -35,6 +35,10 @@ _MAX_USER_TIMEOUT = 2**31 - 1
 """Milliseconds: the longest C{TCP_USER_TIMEOUT} the kernel takes (24.8 days)."""
 
 _log = Logger()
+# Looked up once: lingerAtMost runs on every close the server makes.
+_SERVER = tcp.Server
+_TCP = socket.IPPROTO_TCP
+_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)  # Linux's, since 2.6.37
 
 
 def boundKernelBuffers(listening: object) -> bool:
@@ -68,13 +72,16 @@ def lingerAtMost(transport: Any, seconds: float) -> None:
     the kernel drop what it still holds for it when that has gone
     unacknowledged for C{seconds}.
     """
-    while type(transport) is not tcp.Server:
+    while type(transport) is not _SERVER:
         transport = getattr(transport, "transport", None)
         if transport is None:
             return  # not TCP (a unix socket, a test's transport)
+    milliseconds = int(seconds * 1000)
     try:
         transport.socket.setsockopt(
-            socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, min(int(seconds * 1000), _MAX_USER_TIMEOUT)
+            _TCP,
+            _USER_TIMEOUT,
+            milliseconds if milliseconds < _MAX_USER_TIMEOUT else _MAX_USER_TIMEOUT,
         )
     except OSError:
         pass  # gone already, or not supported: the kernel's own orphan limits apply
