@@ -10,9 +10,7 @@ import socket
 import tempfile
 from types import SimpleNamespace
 
-from twisted.internet import tcp
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import captureLog
@@ -20,7 +18,6 @@ from timerserver.kernelbuffers import (
     NOTSENT_LOWAT,
     TCP_NOTSENT_LOWAT,
     boundKernelBuffers,
-    lingerAtMost,
 )
 from timerserver.listener import Listener
 from timerserver.workersockets import WorkerSockets
@@ -78,33 +75,3 @@ class BoundKernelBuffersTests(SynchronousTestCase):
         self.assertFalse(boundKernelBuffers(sock))
         [event] = [e for e in events if "kernel" in e.get("log_format", "")]
         self.assertEqual(event["log_level"].name, "warn")
-
-
-class LingerAtMostTests(SynchronousTestCase):
-    def connection(self) -> tcp.Server:
-        """A TCP server connection's transport around a real accepted socket."""
-        listening = socket.socket()
-        self.addCleanup(listening.close)
-        listening.bind(("127.0.0.1", 0))
-        listening.listen()
-        client = socket.create_connection(listening.getsockname())
-        self.addCleanup(client.close)
-        accepted, _ = listening.accept()
-        self.addCleanup(accepted.close)
-        server = tcp.Server.__new__(tcp.Server)  # only its socket is used
-        server.socket = accepted
-        return server
-
-    def test_theTimeoutIsSetOnTheSocketUnderTheLayers(self) -> None:
-        server = self.connection()
-        layer = SimpleNamespace(transport=SimpleNamespace(transport=server))  # TLS over PROXY
-        lingerAtMost(layer, 2.5)
-        timeout = server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
-        self.assertEqual(timeout, 2500)
-        lingerAtMost(server, 4294967.294)  # the longest --stall-timeout: the kernel's longest
-        timeout = server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
-        self.assertEqual(timeout, 2**31 - 1)
-
-    def test_notTCPIsLeftAlone(self) -> None:
-        lingerAtMost(StringTransport(), 1)  # no socket under it: nothing to do, no error
-        lingerAtMost(None, 1)

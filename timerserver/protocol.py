@@ -27,7 +27,6 @@ from timerserver import reasons
 from timerserver.admission import Gate, gateOf
 from timerserver.eventlog import EventLog
 from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
-from timerserver.kernelbuffers import lingerAtMost
 from timerserver.lateness import LatenessHistogram
 from timerserver.periodic import Periodic
 from timerserver.transport import closeNow, isFlushed, queuedBytes, writeNow
@@ -171,10 +170,8 @@ class TimerServerProtocol(Protocol):
         everything echoed so far has been written (at once if nothing is
         queued).
         """
-        if self.started and not self.closing:
-            lingerAtMost(self._out, self.factory.stallTimeout)
-            if closeNow(self._out):
-                return
+        if self.started and not self.closing and closeNow(self._out):
+            return
         self.close(grace=self.factory.stallTimeout, reason=reasons.CLIENT)
 
     def writeConnectionLost(self) -> None:
@@ -292,7 +289,6 @@ class TimerServerProtocol(Protocol):
             return
         self._periodic.stop()
         self._unguard()
-        lingerAtMost(self.transport, self.factory.stallTimeout)
         # A registered producer holds loseConnection back until it unregisters.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
