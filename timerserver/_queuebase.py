@@ -1,6 +1,7 @@
 """
-What every timer queue shares: handle checks, argument checks, the
-L{SetTimerIf}/L{UpdateTimerIf} rules, monitor calls and running callbacks.
+What every timer queue shares: handle checks, the L{SetTimerIf} and
+L{UpdateTimerIf} rules, monitor calls and running callbacks.  Its arguments
+are checked by L{timerserver._arguments}.
 
 A concrete queue supplies three primitives: C{_arm} (schedule a handle,
 pending or not), C{_disarm} (unschedule a pending handle) and C{_cancelAll}.
@@ -8,19 +9,15 @@ pending or not), C{_disarm} (unschedule a pending handle) and C{_cancelAll}.
 
 from __future__ import annotations
 
-import math
-import numbers
-import types
-from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from timerserver._arguments import checkTimeout, checkTimer, positiveFinite
 from timerserver.interfaces import (
     IMonitorTimerQueue,
     InvalidTimerHandle,
-    ITimer,
     SetTimerIf,
     TimerHandle,
     UpdateTimerIf,
@@ -30,9 +27,6 @@ DEFAULT_MAXIMUM_TIMEOUT = 4294967.294
 """2**32 - 2 milliseconds, the longest timeout of the original framework."""
 
 _NO_TIMER = object()
-_PLAIN_CALLABLES = frozenset(
-    {types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.BuiltinMethodType}
-)
 
 
 class QueueHandle(TimerHandle):
@@ -61,71 +55,6 @@ class QueueHandle(TimerHandle):
 
 
 H = TypeVar("H", bound=QueueHandle)
-
-
-def checkTimeout(timeout: object, maximum: float) -> float:
-    """
-    Return C{timeout} as a float if it is a number of seconds from 0 to
-    C{maximum}; raise C{TypeError} or C{ValueError} otherwise.
-    """
-    if type(timeout) is bool or not isinstance(timeout, numbers.Real):
-        raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
-    value = _asFloat(timeout)
-    # NaN fails both comparisons; infinity (or a number past the floats) the second.
-    if 0 <= value <= maximum:
-        return value
-    raise ValueError(f"timeout must be between 0 and {maximum} seconds, not {_shown(timeout)}")
-
-
-def _asFloat(value: numbers.Real) -> float:
-    """C{float(value)}, or an infinity of its sign for a number too large for a float."""
-    try:
-        return float(value)
-    except OverflowError:  # 10**400, a huge Fraction
-        return -math.inf if value < 0 else math.inf
-
-
-def _shown(value: object) -> str:
-    """The repr of C{value} for an error message, shortened if it is a huge number."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int past sys.get_int_max_str_digits()
-        return f"an int of {cast(int, value).bit_length()} bits"
-    if len(text) > 60:
-        return f"{text[:40]}... ({len(text)} characters)"
-    return text
-
-
-def checkTimer(timer: object) -> bool:
-    """Return whether C{timer} is an L{ITimer}; raise if it is not callable either."""
-    if type(timer) in _PLAIN_CALLABLES:
-        return False  # cannot provide an interface: skip the costly check
-    if ITimer.providedBy(timer):
-        return True
-    if callable(timer):
-        return False
-    raise TypeError(f"timer must provide ITimer or be callable, not {timer!r}")
-
-
-def callTimer(timer: object, isTimer: bool, userData: object) -> None:
-    """Call C{timer} (an L{ITimer} if C{isTimer}, else a callable) with C{userData}."""
-    if isTimer:
-        cast(ITimer, timer).onTimer(userData)
-    else:
-        cast(Callable[[object], object], timer)(userData)
-
-
-def positiveFinite(name: str, value: object) -> float:
-    """
-    Return C{value} as a float if it is a finite number > 0; raise
-    C{TypeError} or C{ValueError} naming C{name} otherwise.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, not {value!r}")
-    result = _asFloat(value)
-    if not (0 < result < math.inf):
-        raise ValueError(f"{name} must be finite and > 0, not {_shown(value)}")
-    return result
 
 
 class TimerQueueBase(Generic[H]):

@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from timerserver._queuebase import callTimer, checkTimeout, checkTimer
+from timerserver._arguments import callTimer, checkTimeout, checkTimer
 from timerserver.interfaces import (
     InvalidTimerHandle,
     IQueueTimers,

@@ -40,12 +40,8 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
-from timerserver._queuebase import (
-    DEFAULT_MAXIMUM_TIMEOUT,
-    QueueHandle,
-    TimerQueueBase,
-    positiveFinite,
-)
+from timerserver._arguments import positiveFinite
+from timerserver._queuebase import DEFAULT_MAXIMUM_TIMEOUT, QueueHandle, TimerQueueBase
 from timerserver.interfaces import IMonitorTimerQueue, IQueueTimers
 
 _Slot = dict["WheelTimerHandle", None]
