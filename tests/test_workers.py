@@ -389,7 +389,7 @@ class FailingMessageTests(SynchronousTestCase):
         return Control(worker), reactor, sent
 
     def test_aFailingScrapeIsAnsweredAndTheWorkerServesOn(self) -> None:
-        from timerserver import metrics
+        from timerserver import snapshots
         from timerserver.worker import STATS_PERIOD
 
         control, reactor, sent = self.worker()
@@ -401,7 +401,7 @@ class FailingMessageTests(SynchronousTestCase):
                 raise OSError(errno.EMFILE, "Too many open files")
             return dict(figures)
 
-        self.patch(metrics, "snapshot", snapshot)
+        self.patch(snapshots, "snapshot", snapshot)
         control.dataReceived(encode(StatsRequest(1)))
         self.assertEqual(sent, [StatsAnswer(1, {"accepted": 5, "log_lines_dropped": 7})])
         figures.clear()  # the figures cannot be had now

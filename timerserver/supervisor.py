@@ -226,7 +226,7 @@ class WorkerPoolService(Service):
 
     def workerEnded(self, worker: WorkerProcess, reason: Failure) -> None:
         """Log how C{worker} ended and, unless stopping, start its replacement."""
-        from timerserver.metrics import combine, retired
+        from timerserver.snapshots import combine, retired
 
         number = worker.number
         running = self.workers.get(number) is worker
@@ -284,7 +284,7 @@ class WorkerPoolService(Service):
     def _summed(
         self, answers: list[dict[str, Any] | None], workers: list[tuple[int, WorkerProcess]]
     ) -> Any:
-        from timerserver.metrics import combine, processFigures
+        from timerserver.snapshots import combine, processFigures
 
         master = processFigures()
         processes = {"master": master}

@@ -143,7 +143,7 @@ class Worker:
         self.exitCode = 0
         self._snapshot: tuple[float, dict[str, Any]] | None = None
         self._snapshotOf: Any = None
-        """L{timerserver.metrics.snapshot}, imported at configuration with metrics on."""
+        """L{timerserver.snapshots.snapshot}, imported at configuration with metrics on."""
         self._reporting: task.LoopingCall | None = None
         self._complained: float | None = None
         self._failures = 0
@@ -202,13 +202,13 @@ class Worker:
 
     def _importMetrics(self) -> None:
         """
-        Import what L{stats} needs (L{timerserver.metrics}, prometheus-client)
+        Import what L{stats} needs (L{timerserver.snapshots}, prometheus-client)
         now, while the worker has descriptors to spare: imported at the
         first scrape, they may find its open-file limit reached (lowered by
         C{prlimit}, or every descriptor taken by clients), and fail.
         """
         try:
-            from timerserver.metrics import processFigures, snapshot
+            from timerserver.snapshots import processFigures, snapshot
 
             processFigures()  # prometheus-client's collector, and a first reading
         except Exception:
@@ -223,7 +223,7 @@ class Worker:
             return {"log_lines_dropped": self.channel.droppedTotal}
         snapshot = self._snapshotOf
         if snapshot is None:
-            from timerserver.metrics import snapshot
+            from timerserver.snapshots import snapshot
         now = self.reactor.seconds()
         if self._snapshot is None or now - self._snapshot[0] >= STATS_PERIOD:
             self._snapshot = (now, snapshot(server.factory, server.monitor, server.admission))
