@@ -5,7 +5,6 @@ socket.  Every process started is stopped; every wait is bounded.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import resource
@@ -14,13 +13,11 @@ import socket
 import time
 import urllib.request
 from collections.abc import Callable
-from typing import Any
 
 import psutil
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.helpers import captureLog
 from tests.serverprocess import (
     MESSAGE,
     WELCOME,
@@ -33,7 +30,6 @@ from tests.serverprocess import (
 )
 from timerserver.config import defaultGranularity
 from timerserver.cores import usableCores
-from timerserver.messages import StatsAnswer, StatsRequest, encode
 
 
 def raiseFileLimit() -> None:
@@ -272,7 +268,6 @@ class LoadReportTests(SynchronousTestCase):
     """A worker's load report: its admission's count, droppable, only while it serves."""
 
     def test_reportsTheOpenCountAsDroppable(self) -> None:
-        from twisted.internet.task import Clock
 
         from timerserver.messages import Load
         from timerserver.worker import Worker
@@ -324,143 +319,6 @@ class LoadReportTests(SynchronousTestCase):
         self.assertEqual(capacity(900), 900)
         self.assertIsNone(capacity(None))  # nothing bounds it
         self.assertEqual(capacity(10**12), MAX_LOAD - 1)  # a Load can still carry it
-
-
-class ControlTests(SynchronousTestCase):
-    """The master's messages, as a worker reads them."""
-
-    def test_aMalformedMessageIsLoggedAndIgnored(self) -> None:
-        from timerserver.messages import StatsRequest, encode
-        from timerserver.worker import Control
-
-        answered: list[int] = []
-
-        class Worker:
-            def answer(self, id: int) -> None:
-                answered.append(id)
-
-        logged = captureLog(self)
-        control = Control(Worker())  # type: ignore[arg-type]
-        control.dataReceived(b"[" * 100_000 + b"\n" + encode(StatsRequest(3)))
-        self.assertEqual(answered, [3])
-        [event] = logged
-        self.assertIn("malformed message from the master ignored", str(event["log_format"]))
-
-
-class StopRecorder(Clock):
-    """A Clock that records the worker's C{reactor.stop}."""
-
-    stopped = 0
-
-    def stop(self) -> None:
-        self.stopped += 1
-
-
-class FailingMessageTests(SynchronousTestCase):
-    """
-    A message of the master's whose handling raises (a scrape at the open-file
-    limit, say): logged, answered as well as can be, and the worker serves on.
-    Before, the exception escaped the control channel, Twisted dropped the
-    worker's standard input, and the worker took that for its master's end
-    and shut down, dropping its clients.
-    """
-
-    def worker(self) -> tuple[Any, StopRecorder, list[Any]]:
-        from timerserver.worker import Control, Worker
-
-        sent: list[Any] = []
-
-        class Channel:
-            droppedTotal = 7
-
-            def send(self, message: object, droppable: bool = False) -> bool:
-                encode(message)  # type: ignore[arg-type]
-                sent.append(message)
-                return True
-
-        class Server:
-            running = True
-            factory = admission = object()
-            monitor = object()  # metrics on
-
-        reactor = StopRecorder()
-        worker = Worker(reactor, Channel(), [3])  # type: ignore[arg-type]
-        worker.server = Server()  # type: ignore[assignment]
-        return Control(worker), reactor, sent
-
-    def test_aFailingScrapeIsAnsweredAndTheWorkerServesOn(self) -> None:
-        from timerserver import snapshots
-        from timerserver.worker import STATS_PERIOD
-
-        control, reactor, sent = self.worker()
-        logged = captureLog(self)
-        figures: dict[str, Any] = {"accepted": 5}
-
-        def snapshot(*args: object) -> dict[str, Any]:
-            if not figures:
-                raise OSError(errno.EMFILE, "Too many open files")
-            return dict(figures)
-
-        self.patch(snapshots, "snapshot", snapshot)
-        control.dataReceived(encode(StatsRequest(1)))
-        self.assertEqual(sent, [StatsAnswer(1, {"accepted": 5, "log_lines_dropped": 7})])
-        figures.clear()  # the figures cannot be had now
-        reactor.advance(STATS_PERIOD)
-        for id in (2, 3, 4):
-            control.dataReceived(encode(StatsRequest(id)))  # nothing escapes
-        # Answered with the last figures, so that the master's sums do not go back.
-        self.assertEqual(
-            sent[1:], [StatsAnswer(i, {"accepted": 5, "log_lines_dropped": 7}) for i in (2, 3, 4)]
-        )
-        self.assertEqual((control.worker.stopping, reactor.stopped), (False, 0))
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)  # once a period
-        from timerserver.worker import COMPLAINT_PERIOD
-
-        reactor.advance(COMPLAINT_PERIOD)
-        control.dataReceived(encode(StatsRequest(5)))
-        [first, second] = [e for e in logged if "log_failure" in e]
-        self.assertEqual(first["more"], "")
-        self.assertEqual(second["more"], " (2 more failures since the last logged)")
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
-        self.assertEqual(len(sent), 5)
-        self.assertFalse(control.worker.stopping)
-
-    def test_aFailingScrapeWithNoFiguresYet(self) -> None:
-        control, reactor, sent = self.worker()
-
-        def broken() -> dict[str, Any]:
-            raise MemoryError()
-
-        control.worker.stats = broken
-        control.dataReceived(encode(StatsRequest(1)))
-        self.assertEqual(sent, [StatsAnswer(1, {"log_lines_dropped": 7})])
-        self.assertEqual(len(self.flushLoggedErrors(MemoryError)), 1)
-        self.assertEqual(reactor.stopped, 0)
-
-    def test_onlyTheEndOfTheChannelStopsTheWorker(self) -> None:
-        """
-        End of file, or a read error: the master is gone.  The channel lost
-        to an error of the worker's own: it serves on, and stops once its
-        master is gone (its parent changes).
-        """
-        from twisted.internet.error import ConnectionDone, ConnectionLost
-        from twisted.python.failure import Failure
-
-        for reason in (ConnectionDone(), ConnectionLost()):
-            control, reactor, _ = self.worker()
-            control.connectionLost(Failure(reason))
-            self.assertEqual(reactor.stopped, 1)
-        control, reactor, _ = self.worker()
-        control.connectionLost(Failure(RuntimeError("a bug")))
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-        from timerserver.worker import PARENT_PERIOD
-
-        reactor.advance(PARENT_PERIOD * 3)
-        self.assertEqual(reactor.stopped, 0)
-        parent = os.getppid()
-        self.patch(os, "getppid", lambda: parent + 1)  # the master died: reparented
-        reactor.advance(PARENT_PERIOD)
-        self.assertEqual(reactor.stopped, 1)
 
 
 class WorkerEndpointTests(WorkerCase):
