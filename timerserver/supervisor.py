@@ -25,9 +25,7 @@ Each worker reports how many connections it holds, and how many it can
 hold, every half second (L{Load}); the master steers new connections toward
 the emptier workers by them, and away from full ones (L{Steering}).
 
-A scrape asks every worker for its figures with a deadline (L{SCRAPE_DEADLINE});
-one that misses it contributes its last answer and is shown as down.
-Dead workers' counters are folded into one running sum.
+Its metrics are its workers' figures, summed (L{PoolFigures}).
 """
 
 from __future__ import annotations
@@ -44,6 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from timerserver.config import ServerConfig
+from timerserver.poolfigures import SCRAPE_DEADLINE, PoolFigures
 from timerserver.steering import Steering
 from timerserver.workerprocess import WorkerProcess
 from timerserver.workersockets import WorkerSockets
@@ -56,8 +55,6 @@ KILL_AFTER = 3.0
 """Seconds past the shutdown timeout before a worker that will not stop is killed."""
 GIVE_UP_AFTER = 4.5
 """Seconds past the shutdown timeout after which the master stops waiting for any worker."""
-SCRAPE_DEADLINE = 1.0
-"""Seconds a worker has to answer a scrape."""
 STOP_FIELDS = ("closed", "cancelled", "skipped")
 WORKER_MAIN = (
     "import sys\n"
@@ -98,7 +95,7 @@ class WorkerPoolService(Service):
     socket, replaces those that die, and stops them all gracefully.
 
     @ivar workers: the running workers by number (1 to N).
-    @ivar retired: the counters of every worker that died, summed.
+    @ivar figures: its metrics' figures (those of the workers that died included).
     @ivar stopFigures: after stop, the summed L{StopFigures} of the workers,
         and how many workers there were and how many sent none.
     """
@@ -110,7 +107,6 @@ class WorkerPoolService(Service):
     ) -> None:
         self.config = config
         self.reactor = reactor
-        self.scrapeDeadline = scrapeDeadline
         self.count = config.workers
         self.workers: dict[int, WorkerProcess] = {}
         self.spare: WorkerProcess | None = None
@@ -118,9 +114,7 @@ class WorkerPoolService(Service):
         self.failures: dict[int, int] = {}
         self.stopping = False
         self._restarts: dict[int, Any] = {}
-        self.retired: dict[str, Any] = {}
-        self.linesDropped = 0
-        """Worker output lines the master dropped (over the length bound), dead workers'."""
+        self.figures = PoolFigures(self.count, config.tick, scrapeDeadline)
         self.stopFigures: dict[str, int] | None = None
         self.sockets = WorkerSockets(config.listener, reactor, self.count)
         self.steering = Steering(self.count, self.sockets.steer, reactor.seconds)
@@ -226,22 +220,13 @@ class WorkerPoolService(Service):
 
     def workerEnded(self, worker: WorkerProcess, reason: Failure) -> None:
         """Log how C{worker} ended and, unless stopping, start its replacement."""
-        from timerserver.snapshots import combine, retired
-
         number = worker.number
         running = self.workers.get(number) is worker
         if worker is self.spare:
             self.spare = None
         elif running:
             del self.workers[number]
-        if not worker.retired:
-            worker.retired = True  # a scrape still waiting for it must not count it again
-            self.linesDropped += worker.linesDropped
-            if worker.lastStats:
-                try:
-                    self.retired = combine([self.retired, retired(worker.lastStats)])
-                except Exception:
-                    self._log.failure("{name}'s last figures could not be kept", name=worker.name)
+        self.figures.retire(worker)
         if self.stopping:
             if not isinstance(reason.value, ProcessDone):
                 self._log.warn(
@@ -272,38 +257,8 @@ class WorkerPoolService(Service):
             self.steering.report(worker.number - 1, count, capacity)
 
     def metricsSource(self) -> defer.Deferred[Any]:
-        """
-        The metrics' source: every running worker's figures, asked for now
-        and answered within the scrape deadline (or its last answer), summed
-        with the master's own process figures and the dead workers'.
-        """
-        workers = sorted(self.workers.items())
-        asks = [w.askStats(self.scrapeDeadline) for _, w in workers]
-        return defer.gatherResults(asks).addCallback(self._summed, workers)
-
-    def _summed(
-        self, answers: list[dict[str, Any] | None], workers: list[tuple[int, WorkerProcess]]
-    ) -> Any:
-        from timerserver.snapshots import combine, processFigures
-
-        master = processFigures()
-        processes = {"master": master}
-        up = {str(number): 0 for number in range(1, self.count + 1)}
-        live = []
-        dropped = self.linesDropped
-        for (number, worker), answer in zip(workers, answers, strict=True):
-            if worker.retired:
-                continue  # it ended while the scrape waited: its figures are in self.retired
-            up[str(number)] = int(answer is not None)
-            figures = answer if answer is not None else worker.lastStats
-            dropped += worker.linesDropped
-            if figures is not None:
-                processes[str(number)] = figures.get("process", {})
-                live.append(figures)
-        mine = {"process": master, "log_lines_dropped": dropped, "granularity": self.config.tick}
-        total = combine([*live, self.retired, mine])
-        total["workers_up"] = up
-        return total, processes
+        """The metrics' source: its running workers' figures, summed (L{PoolFigures.gather})."""
+        return self.figures.gather(self.workers.items())
 
     def stopService(self) -> defer.Deferred[None]:
         """
