@@ -33,12 +33,7 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.internet import defer, task
-
-# What twisted.internet.stdio gives on POSIX, the only system a worker runs on
-# (it is handed descriptors); type checkers read stdio's Windows class, which
-# takes no stdout.
-from twisted.internet._posixstdio import StandardIO
+from twisted.internet import defer, stdio, task
 from twisted.logger import Logger, globalLogBeginner
 from twisted.python import usage
 
@@ -181,7 +176,8 @@ class Worker:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.reactor.callFromThread(self.stop))
         self.reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
-        StandardIO(Control(self), stdout=_devnull(), reactor=self.reactor)
+        # stdio's POSIX class takes stdout; type checkers read its Windows one.
+        stdio.StandardIO(Control(self), stdout=_devnull(), reactor=self.reactor)  # type: ignore[call-arg]
         self.reactor.run(installSignalHandlers=False)
         self.channel.drain(2.0)  # the stop figures and last lines, if the master reads
         return self.exitCode
