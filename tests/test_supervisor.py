@@ -173,10 +173,35 @@ class SpawnTests(SynchronousTestCase):
             delays.append(call.getTime() - reactor.seconds())
             reactor.advance(call.getTime() - reactor.seconds())
         self.assertEqual(delays, [0.0, BACKOFF_FIRST, 2 * BACKOFF_FIRST])
+        service.workers[1].childDataReceived(1, encode(Load(0, 100)))  # it serves
         reactor.advance(60)
         service.workers[1].transport.end(Failure(ProcessTerminated(signal=9)))
         [call] = reactor.getDelayedCalls()
         self.assertEqual(call.getTime(), reactor.seconds())
+
+    def test_aWorkerThatDiesBeforeItServesFailedQuicklyHoweverLongItsStart(self) -> None:
+        """
+        On a loaded machine a new worker's Python start can take longer than
+        HEALTHY_AFTER: one that dies before its first load report (it never
+        served) still backs off; what counts is the time it served.
+        """
+        service, reactor = pool(workers=1)
+        service.startService()
+        delays = []
+        for _ in range(3):
+            worker = service.workers[1]
+            reactor.advance(60)  # a long start ...
+            worker.transport.end(Failure(ProcessTerminated(exitCode=1)))  # ... and no report
+            [call] = reactor.getDelayedCalls()
+            delays.append(call.getTime() - reactor.seconds())
+            reactor.advance(call.getTime() - reactor.seconds())
+        self.assertEqual(delays, [0.0, BACKOFF_FIRST, 2 * BACKOFF_FIRST])
+        worker = service.workers[1]
+        worker.childDataReceived(1, encode(Load(0, 100)))
+        reactor.advance(4)  # served, but not long enough
+        worker.transport.end(Failure(ProcessTerminated(exitCode=1)))
+        [call] = reactor.getDelayedCalls()
+        self.assertEqual(call.getTime() - reactor.seconds(), 4 * BACKOFF_FIRST)
 
 
 class ExitStatusTests(SynchronousTestCase):

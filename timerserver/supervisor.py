@@ -12,7 +12,8 @@ replaced at once by the spare, a worker process kept started (imports done,
 every listening descriptor held) but not configured, so that a replacement
 serves within milliseconds rather than the seconds a Python process takes
 to start on a busy machine; another spare is started at once.  A worker that
-dies again within L{HEALTHY_AFTER} seconds of its start, or whose spawn fails
+dies again before it has served for L{HEALTHY_AFTER} seconds (a spare: within
+them of its start), or whose spawn fails
 (EMFILE, ENOMEM, fork or exec), is restarted after a back-off (0.5 s,
 doubling to 30 s), not in a tight loop.  A worker is recorded only once its
 spawn succeeded.  On stop it sends SIGTERM to
@@ -48,7 +49,7 @@ from timerserver.workerprocess import WorkerProcess
 from timerserver.workersockets import WorkerSockets
 
 HEALTHY_AFTER = 5.0
-"""A worker that ran this long before it died is replaced at once."""
+"""A worker that served this long before it died is replaced at once."""
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 KILL_AFTER = 3.0
@@ -235,8 +236,13 @@ class WorkerPoolService(Service):
             return
         if running:
             self.steering.ended(number - 1)
-        lived = self.reactor.seconds() - worker.startedAt
-        delay = self._backOff(number, quick=lived < HEALTHY_AFTER)
+        now = self.reactor.seconds()
+        lived = now - worker.startedAt
+        # A worker's health is its time serving, not its start: one that dies
+        # before it ever served (its key unreadable, say) failed quickly however
+        # long a loaded machine took to start Python.  A spare serves nobody.
+        since = worker.servingSince if number else worker.startedAt
+        delay = self._backOff(number, quick=since is None or now - since < HEALTHY_AFTER)
         self._log.warn(
             "{name} {status} after {lived:.1f}s; {what} in {delay}s",
             name=worker.name,

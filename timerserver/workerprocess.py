@@ -70,6 +70,8 @@ class WorkerProcess(ProcessProtocol):
         self.buffers = {1: b"", 2: b""}
         self._discarding = {1: False, 2: False}
         self.startedAt = pool.reactor.seconds()
+        self.servingSince: float | None = None
+        """When its first load report came: it serves (L{None} until then)."""
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.stopFigures: StopFigures | None = None
         self.lastStats: dict[str, Any] | None = None
@@ -123,6 +125,8 @@ class WorkerProcess(ProcessProtocol):
         if isinstance(message, LogEvent):
             self.logEvent(message)
         elif isinstance(message, Load):
+            if self.servingSince is None:
+                self.servingSince = self.pool.reactor.seconds()
             self.pool.workerLoad(self, message.open, message.capacity)
         elif isinstance(message, StatsAnswer):
             self.statsAnswer(message)
