@@ -38,7 +38,6 @@ from timerserver.monitor import TimerQueueCounters
 from timerserver.service import listenOrExit
 from timerserver.snapshots import EMPTY, Snapshot, snapshot
 
-METRICS_EXTRA = "pip install 'timerserver[metrics]'"
 SCRAPE_PERIOD = 1.0
 """Seconds a gathered snapshot is reused for."""
 PROCESS_SUMS = (
