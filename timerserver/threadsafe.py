@@ -113,13 +113,12 @@ class ThreadSafeTimerQueue(WrappedQueueSync):
         Under the lock: the live handle and whether C{timer}, checked, is an
         L{ITimer}; raise if the queue was shut down.
         """
-        h: ThreadSafeHandle = handle  # type: ignore[assignment]
-        if type(h) is not ThreadSafeHandle or h.queue is not self:
-            h = self._live(handle)
-        timerIsITimer = h.isTimer if timer is h.timer else checkTimer(timer)
+        if type(handle) is not ThreadSafeHandle or handle.queue is not self:
+            handle = self._live(handle)
+        timerIsITimer = handle.isTimer if timer is handle.timer else checkTimer(timer)
         if self._stopped:
             self._checkRunning()
-        return h, timerIsITimer
+        return handle, timerIsITimer
 
     def _arm(
         self,
