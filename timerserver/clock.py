@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 MONOTONIC_MARK = "_timerserverMonotonic"
 
@@ -50,7 +50,7 @@ def useMonotonicTime(reactor: Any = None, monotonic: Callable[[], float] = time.
     """
     if reactor is None:
         from twisted.internet import reactor
-    from twisted.internet.base import ReactorBase
+    from twisted.internet.base import DelayedCall, ReactorBase
 
     if not isinstance(reactor, ReactorBase):
         return False
@@ -64,8 +64,8 @@ def useMonotonicTime(reactor: Any = None, monotonic: Callable[[], float] = time.
 
     setattr(seconds, MONOTONIC_MARK, True)
     reactor.seconds = seconds
-    for call in reactor.getDelayedCalls():
-        call.seconds = seconds  # type: ignore[attr-defined]
+    for call in cast("list[DelayedCall]", reactor.getDelayedCalls()):
+        call.seconds = seconds
     return True
 
 

@@ -64,8 +64,10 @@ class ReactorTimerQueue(TimerQueueBase[ReactorTimerHandle]):
         h.deadline = deadline
 
     def _disarm(self, h: ReactorTimerHandle) -> None:
-        h.call.cancel()  # type: ignore[union-attr]
-        h.call = None
+        call = h.call
+        if call is not None:  # it is: h is pending
+            call.cancel()
+            h.call = None
         h.deadline = None
 
     def _cancelAll(self) -> list[ReactorTimerHandle]:
