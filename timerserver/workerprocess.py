@@ -71,7 +71,7 @@ class WorkerProcess(ProcessProtocol):
         self._discarding = {1: False, 2: False}
         self.startedAt = pool.reactor.seconds()
         self.servingSince: float | None = None
-        """When its first load report came: it serves (L{None} until then)."""
+        """When its first load report came: it serves (C{None} until then)."""
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.stopFigures: StopFigures | None = None
         self.lastStats: dict[str, Any] | None = None
