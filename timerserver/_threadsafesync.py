@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from timerserver._arguments import callTimer
+from timerserver._queuebase import QueueHandle
 from timerserver.interfaces import IQueueTimers, TimerHandle
 
 _UNCHECKED = object()
@@ -63,14 +64,7 @@ class ThreadSafeHandle(TimerHandle):
         self.isTimer = False
         self.userData: object = None
 
-    def __repr__(self) -> str:
-        if self.queue is None:
-            state = "destroyed"
-        elif self.deadline is None:
-            state = "idle"
-        else:
-            state = f"pending, due at {self.deadline:.6f}"
-        return f"<ThreadSafeHandle at {id(self):#x}, {state}>"
+    __repr__ = QueueHandle.__repr__  # the same fields, read the same way
 
 
 class WrappedQueueSync:
