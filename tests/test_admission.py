@@ -6,6 +6,7 @@ stage; refusals before a byte is read; the handshake deadline.
 from __future__ import annotations
 
 import gc
+import ipaddress
 import weakref
 from typing import Any
 
@@ -20,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests import helpers
 from tests.proxyheaders import v1, v2v6
 from timerserver import TimerQueueCounters, TimerWheel
-from timerserver.admission import BUSY, Admission, Busy, Gate, peerKey
+from timerserver.admission import BUSY, Admission, Busy, Gate, Translators, nat64Prefix, peerKey
 from timerserver.factory import TimerServerFactory
 from timerserver.listener import parseTrusted
 from timerserver.protocol import TimerServerProtocol
@@ -152,6 +153,93 @@ class PlainTests(SynchronousTestCase):
         self.assertEqual(peerKey("2001:DB8::1", 128), "2001:db8::1/128")
         self.assertEqual(peerKey("/run/sock"), "/run/sock")  # not an address: itself
         self.assertEqual(peerKey("nonsense:here"), "nonsense:here")
+
+    def test_aTranslatedClientIsItsIPv4Address(self) -> None:
+        """
+        Behind a NAT64/SIIT translator of any RFC 6052 prefix length, a
+        client is the IPv4 address its IPv6 one carries (RFC 6052 2.4's
+        examples, 192.0.2.33), the u octet (bits 64-71) skipped.
+        """
+        for prefix, address in (
+            ("2001:db8::/32", "2001:db8:c000:221::"),
+            ("2001:db8:100::/40", "2001:db8:1c0:2:21::"),
+            ("2001:db8:122::/48", "2001:db8:122:c000:2:2100::"),
+            ("2001:db8:122:300::/56", "2001:db8:122:3c0:0:221::"),
+            ("2001:db8:122:344::/64", "2001:db8:122:344:c0:2:2100::"),
+            ("2001:db8:122:344::/96", "2001:db8:122:344::192.0.2.33"),
+        ):
+            nat64 = Translators((prefix,))
+            self.assertEqual(peerKey(address, 64, nat64), "192.0.2.33", prefix)
+            # Not configured: an IPv6 host, by its /64.
+            self.assertNotEqual(peerKey(address), "192.0.2.33", prefix)
+            if not prefix.endswith("/96"):  # u, bits 64-71: not part of the address
+                packed = bytearray(ipaddress.IPv6Address(address).packed)
+                packed[8] = 0xFF
+                spelled = str(ipaddress.IPv6Address(bytes(packed)))
+                self.assertEqual(peerKey(spelled, 64, nat64), "192.0.2.33", spelled)
+        every = Translators(("2001:db8::/32", "2001:db8:122:344::/96", "64:ff9b:1::/48"))
+        self.assertEqual(peerKey("2001:db8:c000:221:ff00::", 64, every), "192.0.2.33")
+        self.assertEqual(peerKey("64:ff9b:1:c000:2:2100::", 64, every), "192.0.2.33")
+        # Always: NAT64's well-known prefix, SIIT's IPv4-translated addresses.
+        for nat64 in (Translators(), every):
+            self.assertEqual(peerKey("64:ff9b::c000:221", 64, nat64), "192.0.2.33")
+            self.assertEqual(peerKey("::ffff:0:c000:201", 64, nat64), "192.0.2.1")
+            self.assertEqual(peerKey("::ffff:0:192.0.2.1", 64, nat64), "192.0.2.1")
+        # RFC 8215's local-use prefix only when given: it may be used for anything.
+        self.assertEqual(peerKey("64:ff9b:1:c000:2:2100::"), "64:ff9b:1:c000::/64")
+        # Outside every prefix: an IPv6 host, by --ipv6-peer-prefix bits.
+        self.assertEqual(peerKey("2001:db9:1:2::7", 64, every), "2001:db9:1:2::/64")
+        only96 = Translators(("2001:db8:122:344::/96",))
+        self.assertEqual(peerKey("2001:db8:122:344::1:0:0", 64, only96), "2001:db8:122:344::/64")
+        self.assertEqual(peerKey("2001:db9:1:2::7", 48, every), "2001:db9:1::/48")
+        self.assertEqual(peerKey("fe80::1%eth0", 64, every), "fe80::1%eth0")
+
+    def test_translatorPrefixesAreChecked(self) -> None:
+        self.assertEqual(str(nat64Prefix("2001:DB8:46::/96")), "2001:db8:46::/96")
+        for bad in (
+            "2001:db8::1/96",
+            "2001:db8::/33",
+            "2001:db8::/128",
+            "2001:db8::",
+            "10.0.0.0/8",
+            "x",
+        ):
+            e = self.assertRaises(ValueError, nat64Prefix, bad)
+            self.assertIn("32, 40, 48, 56, 64 or 96", str(e))
+            self.assertIn(repr(bad), str(e))
+            self.assertRaises(ValueError, Translators, ("64:ff9b::/96", bad))
+
+    def test_translatedClientsEachHaveTheirOwnAllowance(self) -> None:
+        """
+        Four IPv4 clients through one translator, two connections each at
+        --max-per-peer 2: none is refused (they were all one /64 before);
+        a third from one of them is.
+        """
+        for prefix, spell in (
+            ("2001:db8:46::/96", lambda v4: f"2001:db8:46::{v4}"),
+            (
+                "2001:db8:46::/48",
+                lambda v4: "2001:db8:46:{:02x}{:02x}:{:02x}:{:02x}00::".format(*v4.packed),
+            ),
+        ):
+            h = Harness(maxPerPeer=2, nat64Prefixes=(prefix,))
+            clients = [ipaddress.IPv4Address(f"192.0.2.{n}") for n in range(1, 5)]
+            for v4 in clients:
+                for port in (1, 2):
+                    self.assertIsInstance(h.accept(spell(v4), port)[0], Gate, (prefix, v4))
+            self.assertEqual(h.admission.perPeer, {str(v4): 2 for v4 in clients})
+            refused, tr = h.accept(spell(clients[0]), 3)
+            self.assertIsInstance(refused, Busy)
+            self.assertEqual(tr.value(), BUSY)
+            # The same IPv4 client direct, or as IPv4-mapped: the same host.
+            self.assertIsInstance(h.accept(str(clients[1]), 3)[0], Busy)
+            self.assertIsInstance(h.accept(f"::ffff:{clients[2]}", 3)[0], Busy)
+            self.assertEqual(h.admission.refused["peer"], 3)
+        # Without the option, the translator's prefix is one /64: one allowance for all.
+        h = Harness(maxPerPeer=2)
+        self.assertIsInstance(h.accept("2001:db8:46::192.0.2.1", 1)[0], Gate)
+        self.assertIsInstance(h.accept("2001:db8:46::192.0.2.2", 1)[0], Gate)
+        self.assertIsInstance(h.accept("2001:db8:46::192.0.2.3", 1)[0], Busy)
 
     def test_halfCloseReachesTheServer(self) -> None:
         h = Harness()
@@ -297,6 +385,26 @@ class HandshakeTests(SynchronousTestCase):
         second.dataReceived(v2v6("::ffff:192.0.2.7"))
         self.assertEqual(t2.value(), BUSY)
         self.assertEqual(h.admission.perPeer, {"192.0.2.7": 1})
+
+    def test_aTranslatedClientIsItsIPv4AddressBehindAProxy(self) -> None:
+        """The header's client, through a translator, is counted as its IPv4 address."""
+        h = Harness(
+            proxy=True,
+            handshakeTimeout=5.0,
+            trusted=LOCAL,
+            maxPerPeer=1,
+            nat64Prefixes=("2001:db8:46::/96",),
+        )
+        gates = [h.accept(port=port) for port in range(1, 5)]
+        for (gate, _), client in zip(
+            gates[:3],
+            ("2001:db8:46::192.0.2.1", "2001:db8:46::c000:202", "::ffff:0:192.0.2.3"),
+            strict=True,
+        ):
+            gate.dataReceived(v2v6(client))
+        gates[3][0].dataReceived(v1("192.0.2.1"))
+        self.assertEqual([t.value() for _, t in gates], [b"hi\r\n"] * 3 + [BUSY])
+        self.assertEqual(h.admission.perPeer, {"192.0.2.1": 1, "192.0.2.2": 1, "192.0.2.3": 1})
 
     def test_aDropAfterTheHeaderNamesTheClient(self) -> None:
         """The log names the client the header gave, not the proxy."""

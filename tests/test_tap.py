@@ -12,8 +12,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import captureLog
 from tests.serverprocess import runTwistd
-from timerserver import ReactorTimerQueue, TimerWheel, cores
-from timerserver.config import DEFAULT_MESSAGE, DEFAULT_WELCOME, FILE_RESERVE, defaultGranularity
+from timerserver import ReactorTimerQueue, TimerWheel, cores, messages
+from timerserver.config import (
+    DEFAULT_MESSAGE,
+    DEFAULT_WELCOME,
+    FILE_RESERVE,
+    ServerConfig,
+    defaultGranularity,
+)
 from timerserver.service import TimerServerService
 from timerserver.tap import Options, makeService, openFileLimit
 
@@ -253,6 +259,47 @@ class RangeTests(SynchronousTestCase):
             self.assertEqual(parse("--ipv6-peer-prefix", value).config.peerPrefix6, int(value))
         for value in ("129", "1.5"):
             self.assertRaises(usage.UsageError, parse, "--ipv6-peer-prefix", value)
+
+    def test_nat64Prefixes(self) -> None:
+        """
+        C{--nat64-prefix}, repeatable: each a translator's prefix of an RFC
+        6052 length, carried in the configuration, to the workers too.
+        """
+        self.assertEqual(parse().config.nat64Prefixes, ())
+        config = parse(
+            "--nat64-prefix", "2001:DB8:46::/96", "--nat64-prefix", "64:ff9b:1::/48",
+            "--nat64-prefix", "2001:db8:46::/96", "--max-per-peer", "2", "--workers", "2",
+        ).config  # fmt: skip
+        self.assertEqual(config.nat64Prefixes, ("2001:db8:46::/96", "64:ff9b:1::/48"))
+        for length in (32, 40, 48, 56, 64, 96):
+            self.assertEqual(
+                parse("--nat64-prefix", f"2001:db8::/{length}").config.nat64Prefixes,
+                (f"2001:db8::/{length}",),
+            )
+        # As a worker receives it: JSON, in its master's Configure message.
+        line = messages.encode(messages.Configure(config.toData(), 1, 3))
+        message = messages.decode(line)
+        assert isinstance(message, messages.Configure)
+        received = ServerConfig.fromData(message.config)
+        self.assertEqual(received, config)
+        self.assertEqual(received.nat64Prefixes, ("2001:db8:46::/96", "64:ff9b:1::/48"))
+        for bad in (["2001:db8::/33"], [1], "2001:db8::/96", ["2001:db8::1/96"]):
+            data = {**message.config, "nat64Prefixes": bad}
+            self.assertRaises(ValueError, ServerConfig.fromData, data)
+
+    def test_badNat64PrefixesAreOneLineNamingTheLengths(self) -> None:
+        for value in (
+            "2001:db8::1/96", "2001:db8::/33", "2001:db8::/128", "2001:db8::", "10.0.0.0/8",
+            "192.0.2.0/24", "x", "", "2001:db8::/96/96",
+        ):  # fmt: skip
+            options = Options(reactor=MemoryReactorClock())
+            options.parent = usage.Options()  # type: ignore[attr-defined]
+            e = self.assertRaises(SystemExit, options.parseOptions, ["--nat64-prefix", value])
+            self.assertIsInstance(e.code, str, value)
+            self.assertIn("--nat64-prefix: ", e.code)
+            self.assertIn("32, 40, 48, 56, 64 or 96", e.code)
+            self.assertNotIn("\n", e.code)
+            self.assertRaises(usage.UsageError, parse, "--nat64-prefix", value)
 
     def test_limitsTheProcessCannotMeetAreRefused(self) -> None:
         """

@@ -53,16 +53,71 @@ limited nothing."""
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+NAT64_LENGTHS = (32, 40, 48, 56, 64, 96)
+"""The prefix lengths of RFC 6052 (section 2.2) an IPv4 address can be embedded under."""
+_ALWAYS = (
+    0xFFFF,  # ::ffff:0:0/96, IPv4-mapped
+    0xFFFF0000,  # ::ffff:0:0:0/96, IPv4-translated (SIIT, RFC 7915)
+    0x64FF9B << 64,  # 64:ff9b::/96, NAT64's well-known prefix
+)
+_LOW56 = (1 << 56) - 1
 
 
-def peerKey(host: str, prefix6: int = DEFAULT_PEER_PREFIX6) -> str:
+def nat64Prefix(text: str) -> ipaddress.IPv6Network:
+    """
+    The translator prefix C{text} names (C{2001:db8:46::/96}); C{ValueError},
+    naming the lengths allowed, if it is not an IPv6 network of one of
+    L{NAT64_LENGTHS} without host bits.
+    """
+    try:
+        network = ipaddress.IPv6Network(text)
+    except ValueError as e:
+        network, why = None, f" ({e})"
+    else:
+        why = ""
+    if network is None or network.prefixlen not in NAT64_LENGTHS:
+        lengths = ", ".join(map(str, NAT64_LENGTHS[:-1])) + " or 96"
+        raise ValueError(
+            f"must be an IPv6 prefix/length of length {lengths}, "
+            f"with no host bits (as 2001:db8:46::/96), not {text!r}{why}"
+        )
+    return network
+
+
+class Translators:
+    """
+    The NAT64/SIIT prefixes whose addresses are IPv4 clients (RFC 6052: the
+    IPv4 address in the 32 bits after the prefix, skipping bits 64-71, the
+    C{u} octet): C{prefixes} (L{nat64Prefix} checks each), and always
+    C{64:ff9b::/96} and C{::ffff:0:0:0/96}; worked out once, for L{peerKey}.
+
+    @ivar whole: bits 0-95 of each /96 prefix (IPv4-mapped's too).
+    @ivar split: (shift, the prefix's bits, shift of the C{u}-less address)
+        of each shorter prefix.
+    """
+
+    def __init__(self, prefixes: tuple[str, ...] = ()) -> None:
+        networks = [nat64Prefix(text) for text in prefixes]
+        self.whole = frozenset(
+            [*_ALWAYS, *(int(n.network_address) >> 32 for n in networks if n.prefixlen == 96)]
+        )
+        self.split = tuple(
+            (128 - n.prefixlen, int(n.network_address) >> (128 - n.prefixlen), 88 - n.prefixlen)
+            for n in dict.fromkeys(networks)
+            if n.prefixlen < 96
+        )
+
+
+_BUILTIN = Translators()
+
+
+def peerKey(host: str, prefix6: int = DEFAULT_PEER_PREFIX6, nat64: Translators = _BUILTIN) -> str:
     """
     What C{host} is counted as under C{maxPerPeer}: an IPv4 address itself
-    (also spelled as IPv4-mapped IPv6, C{::ffff:192.0.2.7}, or through
-    NAT64, C{64:ff9b::192.0.2.7}); an IPv6 address as its network of
-    C{prefix6} bits (C{2001:db8:1:2::/64}), except where a prefix names no
-    one host: a link-local address (with its zone), C{::1}, C{::/96}.
+    (also spelled as IPv4-mapped IPv6, C{::ffff:192.0.2.7}, or through a
+    translator of C{nat64}, C{64:ff9b::192.0.2.7}); an IPv6 address as its
+    network of C{prefix6} bits (C{2001:db8:1:2::/64}), except where a prefix
+    names no one host: a link-local address (with its zone), C{::1}, C{::/96}.
     """
     if ":" not in host:
         return host
@@ -71,13 +126,17 @@ def peerKey(host: str, prefix6: int = DEFAULT_PEER_PREFIX6) -> str:
         address = ipaddress.IPv6Address(text)
     except ValueError:
         return host
-    if address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    if address in _NAT64:
-        return str(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-    if address.is_link_local or int(address) >> 32 == 0:
+    value = int(address)
+    if value >> 32 in nat64.whole:
+        return str(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    for shift, prefix, at in nat64.split:
+        if value >> shift == prefix:
+            unspread = (value >> 64 << 56) | (value & _LOW56)  # the u octet out
+            return str(ipaddress.IPv4Address(unspread >> at & 0xFFFFFFFF))
+    if value >> 32 == 0 or address.is_link_local:
         return f"{address}%{zone}" if zone else str(address)
-    return str(ipaddress.IPv6Network((address, prefix6), strict=False))
+    bits = 128 - prefix6
+    return f"{ipaddress.IPv6Address(value >> bits << bits)}/{prefix6}"
 
 
 class Busy(Protocol):
@@ -109,6 +168,8 @@ class Admission(LayerFactory):
         limit.  For C{haproxy:} ports the address is the PROXY header's
         (L{Gate.claimPeer}).
     @param peerPrefix6: the bits of an IPv6 address that name its peer.
+    @param nat64Prefixes: translator prefixes (L{Translators}) whose
+        addresses are counted as the IPv4 client they carry.
     @param handshakeTimeout: seconds a socket may take to reach the protocol
         (PROXY header read, TLS handshake done), or C{None} where neither
         applies (plain TCP).
@@ -136,6 +197,7 @@ class Admission(LayerFactory):
         maxConnections: int | None = None,
         maxPerPeer: int = 0,
         peerPrefix6: int = DEFAULT_PEER_PREFIX6,
+        nat64Prefixes: tuple[str, ...] = (),
         handshakeTimeout: float | None = None,
         trusted: tuple[Network, ...] | None = None,
         busy: bool = True,
@@ -147,6 +209,7 @@ class Admission(LayerFactory):
         self.maxConnections = maxConnections
         self.maxPerPeer = maxPerPeer
         self.peerPrefix6 = peerPrefix6
+        self.nat64 = Translators(nat64Prefixes)
         self.handshakeTimeout = handshakeTimeout
         self.trusted = trusted
         self.busy = busy
@@ -176,7 +239,7 @@ class Admission(LayerFactory):
             return self._refuse(addr, reasons.FULL, "server full")
         # Behind a proxy, the header's address is counted instead (claimPeer).
         peer = host if self.trusted is None and self.maxPerPeer else None
-        if peer is not None and not self._peerRoom(peerKey(peer, self.peerPrefix6)):
+        if peer is not None and not self._peerRoom(peerKey(peer, self.peerPrefix6, self.nat64)):
             return self._refuse(addr, reasons.PEER, "too many from host")
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
@@ -277,7 +340,7 @@ class Gate(Layer):
         admission = self.admission
         if not admission.maxPerPeer:
             return True  # no limit: nothing to count
-        peer = peerKey(address.host, admission.peerPrefix6)
+        peer = peerKey(address.host, admission.peerPrefix6, admission.nat64)
         if not admission._peerRoom(peer):
             admission.refused[reasons.PEER] += 1
             self.reason = reasons.PEER  # accepted, so counted closed too: accepted = open + closed

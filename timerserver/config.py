@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from timerserver.admission import DEFAULT_PEER_PREFIX6
+from timerserver.admission import DEFAULT_PEER_PREFIX6, nat64Prefix
 from timerserver.listener import Listener
 
 DEFAULT_PORT = "tcp:5050:interface=127.0.0.1"
@@ -68,6 +68,8 @@ class ServerConfig:
     @ivar maxConnections: sockets at once, in any stage, per process.
     @ivar maxPerPeer: sockets at once from one peer, per process; 0: none.
     @ivar peerPrefix6: the bits of an IPv6 address that name its peer (64: its /64).
+    @ivar nat64Prefixes: the NAT64/SIIT translator prefixes (C{2001:db8:46::/96})
+        whose addresses C{maxPerPeer} counts as the IPv4 client they carry.
     @ivar metrics: the C{--metrics} endpoint string, or C{None}.
     """
 
@@ -87,6 +89,7 @@ class ServerConfig:
     maxConnections: int = 1024 - FILE_RESERVE
     maxPerPeer: int = 0
     peerPrefix6: int = DEFAULT_PEER_PREFIX6
+    nat64Prefixes: tuple[str, ...] = ()
     workers: int = 1
     metrics: str | None = None
 
@@ -99,6 +102,7 @@ class ServerConfig:
         """This configuration as JSON-able data (bytes as Latin-1 text)."""
         data = dataclasses.asdict(self)
         data["listener"] = self.listener.toData()
+        data["nat64Prefixes"] = list(self.nat64Prefixes)
         for name in _BYTES_FIELDS:
             data[name] = data[name].decode("latin-1")
         return data
@@ -114,6 +118,10 @@ class ServerConfig:
             raise ValueError(f"unknown configuration fields: {sorted(unknown)}")
         values = dict(data)
         values["listener"] = Listener.fromData(data.get("listener", {}))
+        prefixes = values.get("nat64Prefixes", ())
+        if not isinstance(prefixes, (list, tuple)) or not all(isinstance(p, str) for p in prefixes):
+            raise ValueError(f"nat64Prefixes: not a list of prefixes: {prefixes!r}")
+        values["nat64Prefixes"] = tuple(str(nat64Prefix(p)) for p in prefixes)
         for name in _BYTES_FIELDS:
             if name in values:
                 values[name] = str(values[name]).encode("latin-1")

@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
 from timerserver._queuebase import DEFAULT_MAXIMUM_TIMEOUT
-from timerserver.admission import DEFAULT_PEER_PREFIX6
+from timerserver.admission import DEFAULT_PEER_PREFIX6, nat64Prefix
 from timerserver.clock import useMonotonicTime
 from timerserver.config import (
     DEFAULT_GOODBYE,
@@ -195,6 +195,16 @@ class Options(usage.Options):
     def __init__(self, reactor: Any = None) -> None:
         usage.Options.__init__(self)
         self._reactor = reactor
+        self["nat64-prefix"] = []
+
+    def opt_nat64_prefix(self, value: str) -> None:
+        """NAT64/SIIT prefix, /32 /40 /48 /56 /64 or /96, counted as IPv4 (repeatable)."""
+        try:
+            prefix = str(nat64Prefix(value))
+        except ValueError as e:
+            raise usage.UsageError(f"--nat64-prefix: {e}") from None
+        if prefix not in self["nat64-prefix"]:
+            self["nat64-prefix"].append(prefix)
 
     def parseOptions(self, options: Any = None) -> None:
         try:
@@ -254,6 +264,7 @@ class Options(usage.Options):
             maxConnections=maxConnections,
             maxPerPeer=wholeNumber(self["max-per-peer"], "max-per-peer", 0),
             peerPrefix6=wholeNumber(self["ipv6-peer-prefix"], "ipv6-peer-prefix", 1, 128),
+            nat64Prefixes=tuple(self["nat64-prefix"]),
             workers=workers,
             metrics=self["metrics"],
         )
