@@ -239,7 +239,9 @@ class Admission(LayerFactory):
             return self._refuse(addr, reasons.FULL, "server full")
         # Behind a proxy, the header's address is counted instead (claimPeer).
         peer = host if self.trusted is None and self.maxPerPeer else None
-        if peer is not None and not self._peerRoom(peerKey(peer, self.peerPrefix6, self.nat64)):
+        if peer is not None and not self._peerRoom(
+            peer if ":" not in peer else peerKey(peer, self.peerPrefix6, self.nat64)
+        ):
             return self._refuse(addr, reasons.PEER, "too many from host")
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
@@ -340,7 +342,8 @@ class Gate(Layer):
         admission = self.admission
         if not admission.maxPerPeer:
             return True  # no limit: nothing to count
-        peer = peerKey(address.host, admission.peerPrefix6, admission.nat64)
+        host = address.host  # an IPv4 address is its own key (peerKey), without a call
+        peer = host if ":" not in host else peerKey(host, admission.peerPrefix6, admission.nat64)
         if not admission._peerRoom(peer):
             admission.refused[reasons.PEER] += 1
             self.reason = reasons.PEER  # accepted, so counted closed too: accepted = open + closed
