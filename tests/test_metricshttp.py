@@ -13,12 +13,17 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from timerserver.eventlog import EventLog
 from timerserver.metricshttp import (
+    DROP_LOG_INTERVAL,
+    EVICT_GRACE,
     FAILURE_LOG_INTERVAL,
     LINGER,
     LINGER_BYTES,
+    LISTEN_BACKLOG,
     MAX_HEAD,
     REQUEST_TIMEOUT,
     MetricsHTTP,
@@ -314,3 +319,251 @@ class LimitTests(SynchronousTestCase):
         h.lose(conns[1][0])
         self.assertTrue(port.reading)
         self.assertEqual(h.factory.open, 2)
+
+
+class AcceptingPort(FakePort):
+    """
+    Stands for C{tcp.Port}: C{doRead} accepts up to C{numberAccepts} of the
+    C{waiting} connections in one turn, as Twisted's accept loop does.
+    """
+
+    def __init__(self, factory: MetricsHTTPFactory, waiting: int = 0) -> None:
+        FakePort.__init__(self)
+        self.factory = factory
+        self.waiting = waiting
+        self.numberAccepts = 100
+        self.backlog = 50
+        self.accepted: list[tuple[MetricsHTTP, HalfClosingTransport]] = []
+        self.refused = 0
+
+    def doRead(self) -> None:
+        for _ in range(self.numberAccepts):
+            if not self.waiting:
+                return
+            self.waiting -= 1
+            proto = self.factory.buildProtocol(ADDRESS)
+            if proto is None:
+                self.refused += 1
+                continue
+            assert isinstance(proto, MetricsHTTP)
+            transport = HalfClosingTransport()
+            proto.makeConnection(transport)
+            self.accepted.append((proto, transport))
+
+    def turn(self) -> None:
+        """One reactor turn: the port is read if it is reading and a connection waits."""
+        if self.reading and self.waiting:
+            self.doRead()  # the factory's wrapper, once listening
+
+
+def bounded(
+    maxConnections: int = 3, waiting: int = 0, answer: Any = ("text/plain", b"x")
+) -> tuple[Harness, AcceptingPort, list[dict[str, Any]]]:
+    h = Harness(answer, maxConnections=maxConnections)
+    logged: list[dict[str, Any]] = []
+    h.factory.log = Logger(observer=logged.append)
+    port = AcceptingPort(h.factory, waiting)
+    h.factory.listening(port)
+    return h, port, logged
+
+
+class AcceptBoundTests(SynchronousTestCase):
+    def test_aTurnAcceptsNoMoreThanTheFreeSlots(self) -> None:
+        """Twisted accepts 100 a turn (and more after a full turn): only the free slots here."""
+        h, port, _ = bounded(maxConnections=16, waiting=100)
+        port.turn()
+        self.assertEqual((h.factory.open, len(port.accepted), port.refused), (16, 16, 0))
+        self.assertEqual(port.waiting, 84)  # still in the listen queue, not refused
+        self.assertFalse(port.reading)
+        h.lose(port.accepted[0][0])
+        self.assertTrue(port.reading)
+        port.turn()
+        self.assertEqual((h.factory.open, len(port.accepted), port.refused), (16, 17, 0))
+
+    def test_pastTheLimitNothingIsBuilt(self) -> None:
+        """A backstop: a port that accepted past the free slots gets no protocol."""
+        h, port, _ = bounded(maxConnections=2, waiting=2)
+        port.turn()
+        self.assertIsNone(h.factory.buildProtocol(ADDRESS))
+        self.assertEqual(h.factory.open, 2)
+
+    def test_theListenQueueIsRaised(self) -> None:
+        class Socket:
+            backlog = 0
+
+            def listen(self, backlog: int) -> None:
+                self.backlog = backlog
+
+        port = AcceptingPort(Harness().factory)
+        port.socket = Socket()
+        port.factory.listening(port)
+        self.assertEqual((port.backlog, port.socket.backlog), (LISTEN_BACKLOG, LISTEN_BACKLOG))
+
+    def test_theAcceptLogIsRateLimited(self) -> None:
+        """Out of descriptors, Twisted logs every socket it closes: 20 lines per 10 s here."""
+        from twisted.internet import tcp
+
+        factory = Harness().factory
+        logged: list[dict[str, Any]] = []
+        factory.events = EventLog(factory.clock, Logger(observer=logged.append))
+        port = tcp.Port(0, factory, interface="127.0.0.1")
+        factory.listening(port)
+        for n in range(500):
+            port._logger.info(
+                "EMFILE recovery: Closed socket from {address}", address=("127.0.0.1", n)
+            )
+        self.assertEqual(factory.events.totals["dropped"], 500)
+        self.assertEqual(len(logged), 20)
+        factory.stopFactory()
+        self.assertEqual(len(logged), 21)  # and one line with the count
+
+
+class EvictionTests(SynchronousTestCase):
+    def test_aWaitingConnectionEvictsThoseOnceTheirGraceIsOver(self) -> None:
+        h, port, _ = bounded(maxConnections=3, waiting=10)
+        port.turn()
+        self.assertFalse(port.reading)  # none is past its grace: paused
+        h.clock.advance(EVICT_GRACE / 2)
+        self.assertFalse(port.reading)
+        h.clock.advance(EVICT_GRACE / 2)
+        self.assertTrue(port.reading)  # resumed when the oldest's grace ended
+        port.turn()
+        self.assertEqual([t.aborted for _, t in port.accepted], [True, True, True])
+        self.assertEqual((h.factory.open, h.factory.evicted, port.waiting), (3, 3, 7))
+        self.assertFalse(port.reading)  # until the evicted ones' descriptors are closed
+        port.turn()
+        self.assertEqual(len(port.accepted), 3)
+        for proto, _ in port.accepted:
+            h.lose(proto)
+        port.turn()  # all three slots in one turn
+        self.assertEqual((h.factory.open, len(port.accepted), port.waiting), (3, 6, 4))
+
+    def test_aNewConnectionIsSafeForItsGrace(self) -> None:
+        """A scraper just accepted, its request on its way, is not evicted for the next one."""
+        h, port, _ = bounded(maxConnections=2, waiting=1)
+        port.turn()
+        h.clock.advance(EVICT_GRACE / 2)
+        port.waiting = 5
+        port.turn()
+        first = port.accepted[0][0]
+        h.clock.advance(EVICT_GRACE / 2)
+        self.assertTrue(port.reading)
+        port.turn()
+        self.assertEqual([t.aborted for _, t in port.accepted], [True, False])
+        h.lose(first)
+        port.turn()
+        self.assertEqual([t.aborted for _, t in port.accepted], [True, False, False])
+        self.assertFalse(port.reading)
+        h.clock.advance(EVICT_GRACE / 2)
+        self.assertTrue(port.reading)
+        port.turn()
+        self.assertEqual([t.aborted for _, t in port.accepted], [True, True, False])
+
+    def test_anAnswerBeingRenderedIsNeverEvicted(self) -> None:
+        h, port, _ = bounded(maxConnections=2, waiting=10, answer=None)
+        port.turn()
+        for proto, _ in port.accepted:
+            proto.dataReceived(b"GET /metrics HTTP/1.1\r\n\r\n")
+        h.clock.advance(EVICT_GRACE * 10)
+        self.assertFalse(port.reading)
+        self.assertEqual(h.clock.getDelayedCalls()[0].getTime(), h.factory.answerTimeout)
+        h.renders[0][1].callback(("text/plain", b"x"))  # answered: it may go after its grace
+        h.clock.advance(EVICT_GRACE)
+        self.assertTrue(port.reading)
+        port.turn()
+        self.assertEqual([t.aborted for _, t in port.accepted], [True, False])
+
+    def test_noEvictionWhileNoneWaits(self) -> None:
+        h, port, _ = bounded(maxConnections=2, waiting=2)
+        port.turn()
+        h.clock.advance(REQUEST_TIMEOUT - 0.01)
+        port.turn()  # nothing waits: not read
+        self.assertEqual([t.value() for _, t in port.accepted], [b"", b""])
+        self.assertEqual(h.factory.evicted, 0)
+
+    def test_evictionsAndTimeoutsAreLoggedOnceAMinuteWithTheCounts(self) -> None:
+        h, port, logged = bounded(maxConnections=2, waiting=1000)
+        port.turn()
+        for _ in range(25):
+            h.clock.advance(EVICT_GRACE)
+            port.turn()
+            for proto, transport in port.accepted:
+                if transport.aborted and not proto.gone:
+                    h.lose(proto)
+            port.turn()
+        self.assertEqual(h.factory.evicted, 50)
+        self.assertEqual(len(logged), 1)  # the first, at once
+        h.clock.advance(REQUEST_TIMEOUT)  # the last two time out
+        h.clock.advance(DROP_LOG_INTERVAL)
+        self.assertEqual(len(logged), 2)
+        self.assertEqual((logged[1]["count"], logged[1]["counts"]), (51, "49 evicted, 2 timed out"))
+        self.assertEqual(h.factory.answers, {408: 2})
+
+
+class SilentSocketsOverTCPTests(TestCase):
+    """Over real loopback sockets: silent connections do not keep a scrape waiting."""
+
+    def test_aScrapeIsAnsweredBesideSilentSockets(self) -> defer.Deferred[None]:
+        import socket
+
+        from twisted.internet import reactor
+        from twisted.internet.protocol import ClientFactory
+        from twisted.internet.task import deferLater
+
+        factory = MetricsHTTPFactory(
+            lambda accept: defer.succeed(("text/plain", b"metric 1\n")), reactor
+        )
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        factory.listening(port)
+        address = ("127.0.0.1", port.getHost().port)
+        silent: list[socket.socket] = []
+
+        def connectSilent(count: int) -> None:
+            for _ in range(count):
+                s = socket.socket()
+                silent.append(s)
+                s.setblocking(False)
+                s.connect_ex(address)
+
+        async def closeAll() -> None:
+            for s in silent:
+                s.close()
+            for _ in range(200):  # each server side ends once it sees the close
+                if factory.open == 0:
+                    break
+                await deferLater(reactor, 0.05, lambda: None)
+            await port.stopListening()
+
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(closeAll()))
+        received: defer.Deferred[bytes] = defer.Deferred()
+
+        class Scraper(Protocol):
+            data = b""
+
+            def connectionMade(self) -> None:
+                self.transport.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+
+            def dataReceived(self, data: bytes) -> None:
+                self.data += data
+
+            def connectionLost(self, reason: object = None) -> None:
+                received.callback(self.data)
+
+        async def scrape() -> bytes:
+            connectSilent(40)
+            for _ in range(100):  # until the port holds all it may
+                if factory.open >= factory.maxConnections:
+                    break
+                await deferLater(reactor, 0.02, lambda: None)
+            connectSilent(20)  # behind them in the listen queue
+            await deferLater(reactor, 0.05, lambda: None)
+            reactor.connectTCP(*address, ClientFactory.forProtocol(Scraper), timeout=5)
+            # Before: the scrape waited for the silent ones' request timeout.
+            return await received.addTimeout(3, reactor)
+
+        def check(answer: bytes) -> None:
+            self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
+            self.assertLessEqual(factory.open, factory.maxConnections)
+            self.assertGreater(factory.evicted, 0)
+
+        return defer.Deferred.fromCoroutine(scrape()).addCallback(check)

@@ -246,7 +246,7 @@ class MetricsService(Service):
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
         self._port = listenOrExit(self.endpoint, self.factory, f"--metrics {self.description}")
-        self.factory.port = self._port
+        self.factory.listening(self._port)
         self._log.info("metrics on {address}/metrics", address=self._port.getHost())
 
     def stopService(self) -> defer.Deferred[None]:
