@@ -21,9 +21,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests import helpers
 from tests.proxyheaders import v1, v2v6
 from timerserver import TimerQueueCounters, TimerWheel
-from timerserver.admission import BUSY, Admission, Busy, Gate, Translators, nat64Prefix, peerKey
+from timerserver.admission import BUSY, Admission, Busy, Gate
 from timerserver.factory import TimerServerFactory
 from timerserver.listener import parseTrusted
+from timerserver.peers import Translators, nat64Prefix, peerKey
 from timerserver.protocol import TimerServerProtocol
 
 LOCAL = tuple(__import__("ipaddress").ip_network(n) for n in parseTrusted("127.0.0.0/8,::1"))

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.helpers import captureLog
 from tests.serverprocess import runTwistd
 from timerserver import ReactorTimerQueue, TimerWheel, cores, messages
+from timerserver.admission import Busy
 from timerserver.config import (
     DEFAULT_MESSAGE,
     DEFAULT_WELCOME,
@@ -336,6 +337,33 @@ class ServiceTests(SynchronousTestCase):
         [child] = list(parent)  # type: ignore[call-overload]
         assert isinstance(child, TimerServerService)
         return child
+
+    def test_thePeerOptionsReachAdmission(self) -> None:
+        """
+        C{--ipv6-peer-prefix} and C{--nat64-prefix} reach the admission the
+        port calls: two IPv4 clients behind the translator are two peers
+        under C{--max-per-peer 1}, two addresses of one /48 are one.
+        """
+        from twisted.internet.address import IPv6Address
+
+        parent, reactor = self.build(
+            "-p", "tcp:5055:interface=127.0.0.1", "--max-per-peer", "1",
+            "--ipv6-peer-prefix", "48", "--nat64-prefix", "2001:db8:46::/96",
+        )  # fmt: skip
+        parent.privilegedStartService()
+        parent.startService()
+        [(_, admission, _, _)] = reactor.tcpServers
+
+        def admitted(host: str) -> bool:
+            proto = admission.buildProtocol(IPv6Address("TCP", host, 40000))
+            return not isinstance(proto, Busy)
+
+        self.assertTrue(admitted("2001:db8:46::c000:201"))  # 192.0.2.1
+        self.assertTrue(admitted("2001:db8:46::c000:202"))  # 192.0.2.2
+        self.assertFalse(admitted("2001:db8:46::c000:201"))
+        self.assertTrue(admitted("2001:db8:1:1::1"))
+        self.assertFalse(admitted("2001:db8:1:2::1"))  # the same /48
+        parent.stopService()
 
     def test_listensAndStops(self) -> None:
         parent, reactor = self.build("-p", "tcp:5055:interface=127.0.0.1", "-i", "0.5")

@@ -14,8 +14,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from timerserver.admission import DEFAULT_PEER_PREFIX6, nat64Prefix
 from timerserver.listener import Listener
+from timerserver.peers import DEFAULT_PEER_PREFIX6, nat64Prefix
 
 DEFAULT_PORT = "tcp:5050:interface=127.0.0.1"
 DEFAULT_WELCOME = b"Welcome to the timer server\r\n"

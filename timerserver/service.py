@@ -264,6 +264,7 @@ def buildServer(
         maxConnections=config.maxConnections,
         maxPerPeer=config.maxPerPeer,
         peerPrefix6=config.peerPrefix6,
+        nat64Prefixes=config.nat64Prefixes,
         handshakeTimeout=config.handshakeTimeout if handshake else None,
         trusted=listener.networks if listener.proxy else None,
         busy=not handshake,

@@ -14,7 +14,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
 from timerserver._queuebase import DEFAULT_MAXIMUM_TIMEOUT
-from timerserver.admission import DEFAULT_PEER_PREFIX6, nat64Prefix
 from timerserver.clock import useMonotonicTime
 from timerserver.config import (
     DEFAULT_GOODBYE,
@@ -36,6 +35,7 @@ from timerserver.config import (
 )
 from timerserver.cores import usableCores
 from timerserver.listener import DEFAULT_BACKLOG, DEFAULT_PROXY_FROM, MAX_BACKLOG, Listener
+from timerserver.peers import DEFAULT_PEER_PREFIX6, nat64Prefix
 
 MIN_SECONDS = 0.001
 """The shortest time any option takes: below a millisecond a timer is noise."""
