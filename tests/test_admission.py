@@ -10,7 +10,7 @@ import ipaddress
 import weakref
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv6Address
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -141,6 +141,22 @@ class PlainTests(SynchronousTestCase):
         self.assertIsInstance(wide.accept("2001:db8:1:2::1", 1)[0], Gate)
         self.assertIsInstance(wide.accept("2001:db8:1:ffff::1", 2)[0], Busy)
         self.assertIsInstance(wide.accept("2001:db8:2::1", 3)[0], Gate)
+
+    @settings(deadline=None)  # no timing: a slow first example is not a failure
+    @given(st.integers(0, 2**128 - 1), st.integers(1, 128), st.booleans())
+    def test_anIPv6PeerIsItsNetworkHoweverSpelled(
+        self, value: int, prefix: int, full: bool
+    ) -> None:
+        """
+        An IPv6 address outside the special ranges is keyed as its network of
+        C{prefix} bits, as C{ipaddress} writes it, whichever way it is spelled.
+        """
+        address = ipaddress.IPv6Address(value)
+        assume(value >> 32 not in (0, 0xFFFF, 0xFFFF0000, 0x64FF9B << 64))
+        assume(not address.is_link_local)
+        text = address.exploded.upper() if full else str(address)
+        network = ipaddress.IPv6Network((value, prefix), strict=False)
+        self.assertEqual(peerKey(text, prefix), f"{network.network_address}/{prefix}")
 
     def test_peerKeys(self) -> None:
         self.assertEqual(peerKey("192.0.2.7"), "192.0.2.7")

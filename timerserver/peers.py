@@ -8,6 +8,7 @@ of L{Translators} as its IPv4 address).
 from __future__ import annotations
 
 import ipaddress
+from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 
 DEFAULT_PEER_PREFIX6 = 64
 """The leading bits of an IPv6 address that C{--max-per-peer} counts as one
@@ -23,6 +24,8 @@ _ALWAYS = (
     0x64FF9B << 64,  # 64:ff9b::/96, NAT64's well-known prefix
 )
 _LOW56 = (1 << 56) - 1
+_LINK_LOCAL = 0xFE80 >> 6
+"""fe80::/10, the top 10 bits."""
 
 
 def nat64Prefix(text: str) -> ipaddress.IPv6Network:
@@ -84,18 +87,18 @@ def peerKey(host: str, prefix6: int = DEFAULT_PEER_PREFIX6, nat64: Translators =
     if ":" not in host:
         return host
     text, _, zone = host.partition("%")
-    try:
-        address = ipaddress.IPv6Address(text)
-    except ValueError:
+    try:  # the socket module's, ten times quicker than ipaddress's (this runs at accept)
+        value = int.from_bytes(inet_pton(AF_INET6, text), "big")
+    except (OSError, ValueError):
         return host
-    value = int(address)
     if value >> 32 in nat64.whole:
-        return str(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+        return inet_ntop(AF_INET, (value & 0xFFFFFFFF).to_bytes(4, "big"))
     for shift, prefix, at in nat64.split:
         if value >> shift == prefix:
             unspread = (value >> 64 << 56) | (value & _LOW56)  # the u octet out
-            return str(ipaddress.IPv4Address(unspread >> at & 0xFFFFFFFF))
-    if value >> 32 == 0 or address.is_link_local:
-        return f"{address}%{zone}" if zone else str(address)
+            return inet_ntop(AF_INET, (unspread >> at & 0xFFFFFFFF).to_bytes(4, "big"))
+    if value >> 32 == 0 or value >> 118 == _LINK_LOCAL:
+        address = str(ipaddress.IPv6Address(value))
+        return f"{address}%{zone}" if zone else address
     bits = 128 - prefix6
-    return f"{ipaddress.IPv6Address(value >> bits << bits)}/{prefix6}"
+    return f"{inet_ntop(AF_INET6, (value >> bits << bits).to_bytes(16, 'big'))}/{prefix6}"
