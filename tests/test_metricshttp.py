@@ -18,17 +18,15 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from timerserver.eventlog import EventLog
 from timerserver.metricshttp import (
-    DROP_LOG_INTERVAL,
-    EVICT_GRACE,
     FAILURE_LOG_INTERVAL,
     LINGER,
     LINGER_BYTES,
-    LISTEN_BACKLOG,
     MAX_HEAD,
     REQUEST_TIMEOUT,
     MetricsHTTP,
     MetricsHTTPFactory,
 )
+from timerserver.scrapeslots import DROP_LOG_INTERVAL, EVICT_GRACE, LISTEN_BACKLOG
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 
