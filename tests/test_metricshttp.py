@@ -457,7 +457,11 @@ class EvictionTests(SynchronousTestCase):
         port.turn()
         self.assertEqual([t.aborted for _, t in port.accepted], [True, True, False])
 
-    def test_anAnswerBeingRenderedIsNeverEvicted(self) -> None:
+    def test_anAnswerBeingRenderedOrSentIsNeverEvicted(self) -> None:
+        """
+        Nor is an answered one: its answer may still be on its way to a slow
+        scraper (an abort would cut it off); it lingers at most LINGER.
+        """
         h, port, _ = bounded(maxConnections=2, waiting=10, answer=None)
         port.turn()
         for proto, _ in port.accepted:
@@ -465,11 +469,40 @@ class EvictionTests(SynchronousTestCase):
         h.clock.advance(EVICT_GRACE * 10)
         self.assertFalse(port.reading)
         self.assertEqual(h.clock.getDelayedCalls()[0].getTime(), h.factory.answerTimeout)
-        h.renders[0][1].callback(("text/plain", b"x"))  # answered: it may go after its grace
+        h.renders[0][1].callback(("text/plain", b"x"))
+        h.clock.advance(EVICT_GRACE * 2)
+        self.assertFalse(port.reading)
+        port.turn()
+        self.assertEqual([t.aborted for _, t in port.accepted], [False, False])
+        self.assertEqual(h.factory.evicted, 0)
+
+    def test_aSilentOneBehindAnswersIsEvictedAfterItsGrace(self) -> None:
+        """
+        The other slots are answering: the last connection in, silent, is the
+        one to evict, and the port reads again once its grace is over (before,
+        no timer was set for it, and it held the slot to its head deadline).
+        """
+        h, port, _ = bounded(maxConnections=2, waiting=1, answer=None)
+        port.turn()
+        port.accepted[0][0].dataReceived(b"GET /metrics HTTP/1.1\r\n\r\n")  # rendering
+        port.waiting = 1
+        port.turn()  # a silent one takes the last slot
+        port.waiting = 1  # and a scraper waits
         h.clock.advance(EVICT_GRACE)
         self.assertTrue(port.reading)
         port.turn()
-        self.assertEqual([t.aborted for _, t in port.accepted], [True, False])
+        self.assertEqual([t.aborted for _, t in port.accepted], [False, True])
+        self.assertEqual(h.factory.evicted, 1)
+
+    def test_aTimeoutAfterTheStopLeavesNoTimer(self) -> None:
+        """A connection that times out after the port stopped: counted, no 60 s log timer."""
+        h, port, _ = bounded(maxConnections=2, waiting=1)
+        port.turn()
+        h.factory.stopFactory()
+        h.clock.advance(REQUEST_TIMEOUT)
+        self.assertEqual(port.accepted[0][1].value()[:12], b"HTTP/1.1 408")
+        self.assertEqual(h.clock.getDelayedCalls()[1:], [])  # the linger's at most
+        self.assertTrue(all(c.getTime() <= REQUEST_TIMEOUT + 1 for c in h.clock.getDelayedCalls()))
 
     def test_noEvictionWhileNoneWaits(self) -> None:
         h, port, _ = bounded(maxConnections=2, waiting=2)

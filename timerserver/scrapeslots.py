@@ -14,18 +14,16 @@ scraper.
    after 1 s, then 3 s).
  - Silent or slow clients cannot hold those slots against a scraper: when
    the port is full and a connection waits, every connection still reading
-   its request head, or lingering after its answer, that is L{EVICT_GRACE}
-   seconds old (from its accept, or from its answer) is aborted to make
-   room, all in one turn (one at a time, a busy machine turned them over
-   too slowly); a connection whose answer is being rendered is never
-   evicted.  A scraper sends its request as soon as it is connected, so it
-   has long been read when its grace ends (the grace guards one whose
-   request is still on its way from the next accept); while no connection
-   may be evicted yet, the port is paused and resumed when one may.  The
-   grace is short because it bounds how fast the port turns over: 16 slots
-   a grace, 1,600 connections a second at 10 ms, so that a scraper behind
-   400 silent connections in the listen queue waits about 0.25 s (behind
-   400 held for a 0.25 s grace, it would wait 6 s).
+   its request head L{EVICT_GRACE} seconds after its accept is aborted to
+   make room, all in one turn (one at a time, a busy machine turned them
+   over too slowly).  A connection being answered, or lingering after its
+   answer, is never evicted: its answer may still be on its way to a slow
+   scraper.  While no connection may be evicted yet, the port is paused and
+   resumed when one may.  The grace bounds how fast the port turns over
+   against silent clients (16 slots a grace, 64 connections a second at
+   0.25 s); it is that long because a scraper's request can take that
+   long to arrive after its accept (a TLS handshake first, or a scraper
+   process not yet scheduled on a busy machine).
  - Evicted connections, and those whose head did not arrive in time, are
    counted (C{evicted}, and the factory's C{answers} for the 408s) and
    logged together, at most once every L{DROP_LOG_INTERVAL} seconds; the
@@ -45,10 +43,12 @@ from twisted.logger import Logger
 from timerserver.eventlog import EventLog
 from timerserver.listener import rateLimitAcceptLog
 
-EVICT_GRACE = 0.01
+EVICT_GRACE = 0.25
 """
-Seconds a connection is safe from eviction, from its accept (its request on
-its way) or from its answer (the answer on its way).
+Seconds a connection reading its request head is safe from eviction, from
+its accept: a scraper's request on its way (a TLS handshake first, or a
+scraper not yet scheduled on a busy machine; at 10 ms, 16 TLS scrapes at
+once lost 15 of 20, and 200 plain ones at once up to 28).
 """
 LISTEN_BACKLOG = 1024
 """The least listen queue the port is given (the kernel caps it at C{somaxconn})."""
@@ -74,11 +74,11 @@ class Slots:
     At most C{maxConnections} connections at once.  Once L{listening} on a
     port, each of the port's accept turns is bounded by the free slots, and
     when the port is full a waiting connection evicts those that have been
-    reading their head, or lingering after their answer, for L{EVICT_GRACE}
-    seconds; while none has, the port is paused (the kernel's listen queue
-    holds the waiting ones) and resumed when one has, or when a connection
-    ends.  A port set as C{port} alone (or one whose accepts cannot be
-    bounded) is only paused at the limit and resumed below it.
+    reading their head for L{EVICT_GRACE} seconds; while none has, the
+    port is paused (the kernel's listen queue holds the waiting ones) and
+    resumed when one has, or when a connection ends.  A port set as
+    C{port} alone (or one whose accepts cannot be bounded) is only paused
+    at the limit and resumed below it.
 
     @ivar open: connections accepted and not yet closed (their descriptors).
     @ivar evicted: connections evicted for one waiting.
@@ -101,6 +101,7 @@ class Slots:
         self._resume: IDelayedCall | None = None
         self._dropped: Counter[str] = Counter()
         self._dropWindow: IDelayedCall | None = None
+        self._stopped = False
 
     def listening(self, port: Any) -> None:
         """
@@ -138,19 +139,19 @@ class Slots:
     def _oldest(self) -> Slot | None:
         """
         The connection that could be evicted soonest: the one reading its
-        head or lingering after its answer for longest (a connection whose
-        answer is being rendered is never evicted).
+        head for longest (one being answered is never evicted: its answer is
+        on its way, and it lingers at most C{LINGER} after it).
         """
         oldest = None
         for c in self.connections:
-            if c.state != "rendering" and not c.evicted:
+            if c.state == "head" and not c.evicted:
                 if oldest is None or c.since < oldest.since:
                     oldest = c
         return oldest
 
     def _evictable(self, c: Slot, now: float) -> bool:
-        """May C{c} be evicted for a waiting connection (not rendering, past its grace)?"""
-        return c.state != "rendering" and not c.evicted and c.since + EVICT_GRACE <= now + 1e-9
+        """May C{c} be evicted for a waiting connection (reading its head, past its grace)?"""
+        return c.state == "head" and not c.evicted and c.since + EVICT_GRACE <= now + 1e-9
 
     def dropped(self, why: str) -> None:
         """
@@ -159,7 +160,7 @@ class Slots:
         once, then at most once every L{DROP_LOG_INTERVAL} seconds.
         """
         self._dropped[why] += 1
-        if self._dropWindow is None:
+        if self._dropWindow is None and not self._stopped:
             self._logDropped()
 
     def _logDropped(self, again: bool = True) -> None:
@@ -172,11 +173,12 @@ class Slots:
             counts=", ".join(f"{n} {why}" for why, n in sorted(self._dropped.items())),
         )
         self._dropped.clear()
-        if again:
+        if again and not self._stopped:
             self._dropWindow = self.clock.callLater(DROP_LOG_INTERVAL, self._logDropped)
 
     def stopFactory(self) -> None:
         """The port stopped listening: log what is left to log, leave no timer."""
+        self._stopped = True  # a connection timing out after this starts none
         for call in (self._dropWindow, self._resume):
             if call is not None and call.active():
                 call.cancel()
@@ -201,6 +203,7 @@ class Slots:
     def connectionStarted(self, proto: Slot) -> None:
         """C{proto} is connected: it counts among the connections to evict."""
         self.connections[proto] = None
+        self._update()  # the others may all be answering: it is the oldest to evict
 
     def stateChanged(self) -> None:
         """A connection read its request or was answered: what may be evicted changed."""
