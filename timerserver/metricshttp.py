@@ -32,6 +32,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
+    INegotiated,
     IReactorTime,
     ITCPTransport,
 )
@@ -196,7 +197,11 @@ class MetricsHTTP(Protocol):
         self.transport.write(b"\r\n".join(lines) + (b"" if head else body))
         self._setTimer(LINGER, self._timedOut)
         lose = getattr(self.transport, "loseWriteConnection", None)
-        if lose is None or self.readClosed:
+        # Over TLS (INegotiated), Twisted's TLS layer forwards
+        # loseWriteConnection to the socket beneath it: a FIN before any
+        # close_notify, and the scraper's close_notify then made Twisted's TLS
+        # layer raise (a traceback per scrape).  It closes with close_notify.
+        if lose is None or self.readClosed or INegotiated.providedBy(self.transport):
             self.transport.loseConnection()
         else:
             lose()
