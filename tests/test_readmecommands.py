@@ -137,6 +137,18 @@ def requireOpenBSDNetcat() -> None:
         raise SkipTest("this nc has no -N (the README's nc is Debian's netcat-openbsd)")
 
 
+def shell(command: str, cwd: Path, stdin: int) -> subprocess.Popen[bytes]:
+    """C{command} run by C{sh -c} (pipes work as typed), in a process group of its own."""
+    return subprocess.Popen(
+        ["sh", "-c", command],
+        cwd=cwd,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
 class Tool:
     """
     A README shell command (C{sh -c}, so pipes work as typed) in a process
@@ -146,14 +158,7 @@ class Tool:
 
     def __init__(self, command: str, cwd: Path = ROOT) -> None:
         self.command = command
-        self.process = subprocess.Popen(
-            ["sh", "-c", command],
-            cwd=cwd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        self.process = shell(command, cwd, subprocess.PIPE)
         self.stdout = b""
         self.stderr = b""
         self._changed = threading.Condition()
@@ -223,14 +228,7 @@ def runToEnd(
     command: str, timeout: float = 30, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[bytes]:
     """Run a README shell command with no input to its end; past C{timeout}, kill all of it."""
-    process = subprocess.Popen(
-        ["sh", "-c", command],
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    process = shell(command, cwd, subprocess.DEVNULL)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
