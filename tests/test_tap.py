@@ -396,6 +396,30 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(reactor.getDelayedCalls(), [])
         self.assertRaises(RuntimeError, factory.queue.setOneShotTimer, print, 1)
 
+    def test_theWheelKeepsItsCallWhileConnectionsComeAndGo(self) -> None:
+        """
+        The server's wheel keeps its one reactor call when its last
+        connection closes, so the next connection makes none; stopping the
+        service cancels it.
+        """
+        from twisted.internet.testing import StringTransport
+
+        parent, reactor = self.build("-p", "tcp:5055:interface=127.0.0.1")
+        parent.privilegedStartService()
+        parent.startService()
+        [(_, admission, _, _)] = reactor.tcpServers
+        calls = []
+        for _ in range(3):
+            proto = admission.buildProtocol(None)
+            proto.makeConnection(StringTransport())
+            proto.connectionLost(None)
+            calls.append(reactor.getDelayedCalls())
+        [kept] = calls[0]
+        self.assertEqual(calls, [[kept]] * 3)
+        self.assertTrue(kept.active())
+        self.successResultOf(parent.stopService())
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
     def test_reactorQueue(self) -> None:
         parent, reactor = self.build("--timer-queue", "reactor")
         parent.privilegedStartService()

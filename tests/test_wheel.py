@@ -30,6 +30,25 @@ class SmallWheelContractTests(QueueContractMixin, SynchronousTestCase):
         return TimerWheel(clock, granularity=0.05, slots=8, upperSlots=4, **kwargs)
 
 
+class KeepCallWheelContractTests(QueueContractMixin, SynchronousTestCase):
+    """A wheel that keeps its reactor call when it empties, as the server's does."""
+
+    tolerance = 0.01
+
+    def makeQueue(self, clock: Clock, **kwargs: Any) -> TimerWheel:
+        return TimerWheel(clock, keepCall=True, **kwargs)
+
+    def test_noReactorCallsWhenIdle(self) -> None:
+        """Its call lapses at its time, once, and is not made again."""
+        h = self.queue.createTimer()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.queue.setTimer(h, self.timer, 1)
+        self.queue.cancelTimer(h)
+        [call] = self.clock.getDelayedCalls()
+        self.clock.advance(call.getTime() - self.clock.seconds())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class TimerWheelTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
@@ -97,6 +116,44 @@ class TimerWheelTests(SynchronousTestCase):
         wheel.destroyTimer(handles[1])
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         wheel.cancelTimer(handles[2])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_keptCallServesTheNextTimer(self) -> None:
+        """
+        With keepCall, an emptied wheel keeps its call; a later timer waits
+        for it (no new call), a sooner one moves it; each fires on time.
+        """
+        wheel = TimerWheel(self.clock, keepCall=True)
+        h = wheel.createTimer()
+        wheel.setTimer(h, self.record, 1, "cancelled")
+        [kept] = self.clock.getDelayedCalls()
+        wheel.cancelTimer(h)
+        self.assertEqual(self.clock.getDelayedCalls(), [kept])
+        wheel.setTimer(h, self.record, 2, "later")
+        self.assertEqual(self.clock.getDelayedCalls(), [kept])
+        self.clock.advance(kept.getTime() - self.clock.seconds())
+        self.assertEqual(self.fired, [])
+        [call] = self.clock.getDelayedCalls()
+        self.clock.advance(call.getTime() - self.clock.seconds())
+        self.assertEqual(self.fired, [(502.0, "later")])
+        self.assertEqual(self.clock.getDelayedCalls(), [])  # it fired: nothing to keep
+
+        wheel.setTimer(h, self.record, 2, "cancelled")
+        wheel.cancelTimer(h)
+        wheel.setTimer(h, self.record, 0.5, "sooner")
+        [call] = self.clock.getDelayedCalls()
+        self.assertAlmostEqual(call.getTime(), 502.5)
+        self.clock.advance(0.5)
+        self.assertEqual(self.fired[1:], [(502.5, "sooner")])
+        self.assertEqual(self.clock.getDelayedCalls(), [])  # the moved call was cancelled
+
+    def test_shutdownCancelsTheKeptCall(self) -> None:
+        wheel = TimerWheel(self.clock, keepCall=True)
+        h = wheel.createTimer()
+        wheel.setTimer(h, self.record, 1)
+        wheel.destroyTimer(h)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(wheel.shutdown(), 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_wakesOnlyForTicksWithTimers(self) -> None:

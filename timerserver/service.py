@@ -228,7 +228,9 @@ def makeQueue(
     """The timer queue C{config} asks for."""
     if config.queue == "reactor":
         return ReactorTimerQueue(reactor, monitor=monitor)
-    return TimerWheel(reactor, granularity=config.granularity, monitor=monitor)
+    # Connections come and go: a wheel that empties keeps its reactor call
+    # (the service shuts the queue down on stop, which cancels it).
+    return TimerWheel(reactor, granularity=config.granularity, monitor=monitor, keepCall=True)
 
 
 def buildServer(

@@ -11,7 +11,8 @@ Expiry work is proportional to the timers that expire and the ones that
 cascade, never to all pending ones.
 
 The wheel holds at most one reactor C{DelayedCall}, due at the next tick that
-has work, and none while it is empty.
+has work, and none while it is empty (unless made with C{keepCall=True}: then
+the call of a wheel that empties is left to lapse at its time).
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle], WheelSlots):
     @param granularity: seconds per tick; timers fire at most this late.
     @param slots: ticks per revolution of level 0, a power of two.
     @param upperSlots: revolutions of level 1, a power of two.
+    @param keepCall: when the last pending timer is cancelled, leave the
+        reactor call to lapse at its time (it wakes the wheel once, to find
+        nothing to do) instead of cancelling it.  A wheel that empties and
+        fills again many times a second, as a server's whose only
+        connections come and go, then saves a C{callLater} and a cancel each
+        time.  L{shutdown} cancels the call either way.  Off by default, so
+        that a test that cancels its timers leaves a clean reactor without
+        calling L{shutdown}.
     """
 
     _handleClass = WheelTimerHandle
@@ -55,6 +64,7 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle], WheelSlots):
         monitor: IMonitorTimerQueue | None = None,
         slots: int = 1024,
         upperSlots: int = 4096,
+        keepCall: bool = False,
     ) -> None:
         granularity = positiveFinite("granularity", granularity)
         WheelSlots.__init__(self, granularity, slots, upperSlots)
@@ -68,6 +78,7 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle], WheelSlots):
         self._tick = math.floor(now / granularity)
         self._call: IDelayedCall | None = None
         self._callTick: int = 0
+        self._keepCall = bool(keepCall)
         self._advancing: bool = False
         self._firing: Slot | None = None
         """The batch L{_fire} is expiring, taken out of its slot: its unfired timers are pending."""
@@ -101,7 +112,11 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle], WheelSlots):
     def _disarm(self, h: WheelTimerHandle) -> None:
         self._unplace(h)
         h.deadline = None
-        if self._call is not None and not (self._inSlots or self._inUpper or self._overflowLive):
+        if (
+            self._call is not None
+            and not self._keepCall
+            and not (self._inSlots or self._inUpper or self._overflowLive)
+        ):
             self._call.cancel()
             self._call = None
 
