@@ -218,6 +218,40 @@ class PeriodicTestsMixin:
         self.assertRaises(RuntimeError, self.periodic.start)
         self.assertFalse(self.periodic.running)
 
+    def test_aSiblingRunsOnTheSameScheduleWithItsOwnHandle(self) -> None:
+        """
+        A sibling calls its own function every interval from its own handle;
+        stopping one leaves the other running; a closed Periodic makes them too.
+        """
+        other: list[float] = []
+        sibling = self.periodic.sibling(lambda late, skipped: other.append(self.clock.seconds()))
+        self.assertEqual(
+            (sibling.queue, sibling.clock, sibling.interval), (self.queue, self.clock, 1.0)
+        )
+        self.periodic.start()
+        self.elapse(0.5)
+        sibling.start()
+        self.elapse(2.02)
+        self.assertEqual(len(self.calls), 2)
+        self.assertEqual(len(other), 2)
+        self.assertGreaterEqual(other[0], 101.5 - 1e-9)  # one interval after its own start
+        self.assertLess(other[0], 101.5 + 0.02)
+        self.periodic.close()
+        self.elapse(1.0)
+        self.assertEqual((len(self.calls), len(other)), (2, 3))
+        late = self.periodic.sibling(self.record)
+        late.start()
+        self.assertTrue(self.queue.isSet(late._handle))
+        late.close()
+        sibling.close()
+        self.assertEqual(self.queue.shutdown(), 0)  # nothing left pending
+
+    def test_aSiblingStartedOnAQueueShutDownRaisesAndIsNotRunning(self) -> None:
+        sibling = self.periodic.sibling(self.record)
+        self.queue.shutdown()
+        self.assertRaises(RuntimeError, sibling.start)
+        self.assertFalse(sibling.running)
+
     def test_badInterval(self) -> None:
         for bad in (0, -1, float("nan"), float("inf"), "1"):
             self.assertRaises(ValueError, Periodic, self.queue, bad, self.record)

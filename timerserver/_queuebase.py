@@ -242,6 +242,21 @@ class TimerQueueBase(Generic[H]):
         if self._monitor is not None:
             self._monitor.timerSet(wasPending)
 
+    def _setOwn(self, h: H, timer: object, timeout: float, now: float) -> None:
+        """
+        C{setTimer(h, timer, timeout)} for an L{ITimer} C{timer} that owns
+        C{h} (L{timerserver.periodic.Periodic} starting), with C{now} read
+        from this queue's clock: the checks that cannot fail for it skipped.
+        """
+        if h.queue is not self:
+            self._live(h)
+        if self._stopped:
+            self._checkRunning()
+        h.timer = timer
+        h.isTimer = True
+        h.userData = None
+        self._setAgain(h, timeout, now)
+
     def setOneShotTimer(self, timer: object, timeout: float, userData: object = None) -> None:
         """See L{IQueueTimers.setOneShotTimer}."""
         timeout = checkTimeout(timeout, self.maximumTimeout)

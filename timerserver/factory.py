@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from typing import cast
 
 from twisted.internet import defer
@@ -29,6 +30,7 @@ from timerserver.config import (
 from timerserver.eventlog import EventLog
 from timerserver.interfaces import IQueueTimers
 from timerserver.lateness import LatenessHistogram
+from timerserver.periodic import Periodic
 from timerserver.protocol import TimerServerProtocol
 
 
@@ -115,8 +117,20 @@ class TimerServerFactory(Factory):
         """How late each periodic message was; kept only when metrics are on."""
         self._allClosed: list[defer.Deferred[None]] = []
         self._abortCall: IDelayedCall | None = None
+        self._firstPeriodic: Periodic | None = None
 
     # Connections
+
+    def periodic(self, function: Callable[[float, int], object]) -> Periodic:
+        """
+        A connection's L{Periodic}: the first one checks the queue, interval
+        and clock; the rest are its siblings.
+        """
+        first = self._firstPeriodic
+        if first is None:
+            first = self._firstPeriodic = Periodic(self.queue, self.interval, function, self.clock)
+            return first
+        return first.sibling(function)
 
     def started(self, proto: TimerServerProtocol) -> None:
         """C{proto} reached the protocol (admitted, past its handshake)."""

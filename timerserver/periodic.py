@@ -119,15 +119,40 @@ class Periodic:
             ours = None
         self._ours = ours
 
+    def sibling(self, function: Callable[[float, int], object]) -> Periodic:
+        """
+        Another L{Periodic} on this one's queue, clock and interval, calling
+        C{function}, with a handle of its own: made without checking them
+        again, as a server making one a connection would.  A closed
+        L{Periodic} makes siblings too.
+        """
+        p = Periodic.__new__(Periodic)
+        p.queue = self.queue
+        p.clock = self.clock
+        p.interval = self.interval
+        p._skipAfter = self._skipAfter
+        p._ours = self._ours
+        p.function = function
+        p.skipped = 0
+        p.running = False
+        p._due = 0.0
+        p._handle = self.queue.createTimer()
+        return p
+
     def start(self) -> None:
         """Call the function every interval, the first time one interval from now."""
-        if self._handle is None:
+        handle = self._handle
+        if handle is None:
             raise RuntimeError("start() after close()")
         # Running once set: setTimer raises on a queue that was shut down,
         # and then nothing is set.
         self.running = False
-        self._due = self.clock.seconds() + self.interval
-        self.queue.setTimer(self._handle, self, self.interval)
+        now = self.clock.seconds()
+        self._due = now + self.interval
+        if self._ours is not None:
+            self._ours._setOwn(handle, self, self.interval, now)
+        else:
+            self.queue.setTimer(handle, self, self.interval)
         self.running = True
 
     def stop(self) -> None:

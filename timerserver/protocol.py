@@ -8,6 +8,7 @@ complete.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 from typing import Protocol as Structural
 
@@ -55,6 +56,9 @@ class Shared(Structural):
     periodicMessages: int
     echoBytes: int
     lateness: LatenessHistogram | None
+
+    def periodic(self, function: Callable[[float, int], object]) -> Periodic:
+        """A L{Periodic} at C{interval} on C{queue} and C{clock}, calling C{function}."""
 
     def started(self, proto: TimerServerProtocol) -> None:
         """C{proto} reached the protocol and is served now."""
@@ -128,16 +132,20 @@ class TimerServerProtocol(Protocol):
                 self._out = transport.transport
         self.started = True
         factory.started(self)
-        queue = factory.queue
-        self._periodic = Periodic(queue, factory.interval, self._tick, factory.clock)
+        self._periodic = factory.periodic(self._tick)
         transport.registerProducer(self, True)
         if factory.welcome:
             self._write(factory.welcome)
         self._periodic.start()
-        self._armIdle()
+        if factory.idleTimeout:
+            self._armIdle()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        if reason is not None and type(reason.value).__module__.startswith("OpenSSL"):
+        if (
+            reason is not None
+            and type(self.transport) is not tcp.Server  # TLS is never straight on the socket
+            and type(reason.value).__module__.startswith("OpenSSL")
+        ):
             # Not a TLS client (plain TCP, an old protocol, a bad handshake).
             self.factory.events.event(
                 "dropped",
