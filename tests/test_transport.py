@@ -15,7 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from timerserver.transport import closeNow, isFlushed, writeNow
+from timerserver.transport import closeNow, closeWithoutShutdown, isFlushed, writeNow
 
 
 @implementer(IPushProducer)
@@ -204,6 +204,25 @@ class HalfCloseable(protocol.Protocol):
         self.lost.callback(None)
 
 
+class RecordingSocket:
+    """A socket that records its shutdown and close calls."""
+
+    def __init__(self, wrapped: socket.socket) -> None:
+        self.wrapped = wrapped
+        self.calls: list[str] = []
+
+    def shutdown(self, how: int) -> None:
+        self.calls.append("shutdown")
+        self.wrapped.shutdown(how)
+
+    def close(self) -> None:
+        self.calls.append("close")
+        self.wrapped.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+
 class CloseNowTests(TestCase):
     @defer.inlineCallbacks
     def accept(self) -> Any:
@@ -253,6 +272,41 @@ class CloseNowTests(TestCase):
             received += len(chunk)
         self.assertEqual(received, len(big))
         yield server.lost
+
+    @defer.inlineCallbacks
+    def closedWithoutShutdown(self, close: str) -> Any:
+        """
+        A connection under L{closeWithoutShutdown}, closed by C{close}: the
+        client's half-close (closeNow), or loseConnection after a write;
+        what its socket was called, and what the client read.
+        """
+        server, client = yield self.accept()
+        closeWithoutShutdown(server.transport)
+        recording = server.transport.socket = RecordingSocket(server.transport.socket)
+        if close == "fin":
+            client.shutdown(socket.SHUT_WR)
+        else:
+            server.transport.write(b"x" * 100_000)
+            server.transport.loseConnection()
+        yield server.lost
+        client.settimeout(5)
+        received = b""
+        while chunk := client.recv(1 << 16):  # up to the FIN; a reset would raise
+            received += chunk
+        return recording.calls, len(received)
+
+    @defer.inlineCallbacks
+    def test_closeWithoutShutdownAfterAHalfClose(self) -> Any:
+        self.assertEqual((yield self.closedWithoutShutdown("fin")), (["close"], 0))
+
+    @defer.inlineCallbacks
+    def test_closeWithoutShutdownFlushesFirst(self) -> Any:
+        self.assertEqual((yield self.closedWithoutShutdown("lose")), (["close"], 100_000))
+
+    def test_closeWithoutShutdownLeavesOtherTransports(self) -> None:
+        transport = StringTransport()
+        closeWithoutShutdown(transport)
+        self.assertFalse(hasattr(transport, "_shouldShutdown"))
 
     def test_otherTransportsAreNotClosed(self) -> None:
         transport = StringTransport()

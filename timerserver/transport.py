@@ -1,6 +1,7 @@
 """
 L{writeNow}: write to a stream socket (TCP or unix) the way asyncio does, sending at once
-when nothing is queued; L{closeNow}: close one with nothing queued at once.
+when nothing is queued; L{closeNow}: close one with nothing queued at once;
+L{closeWithoutShutdown}: close it with one system call, not two.
 
 Twisted's C{transport.write} always queues: it registers the socket for
 writability, sends on the next reactor turn and unregisters, which costs two
@@ -53,6 +54,21 @@ def writeNow(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def closeWithoutShutdown(transport: Any) -> None:
+    """
+    Have a TCP or unix server connection close its socket with C{close()}
+    alone; any other transport is left as it is.
+
+    Twisted calls C{shutdown()} before C{close()} on an orderly close; the
+    process being the socket's only holder (Twisted sets C{FD_CLOEXEC}),
+    C{close()} does the same (a FIN after whatever is queued, or a reset if
+    unread data is left) with one system call less, and without the error
+    that C{shutdown()} raises on a socket the client reset.
+    """
+    if (kind := type(transport)) is tcp.Server or kind is unix.Server:
+        transport._shouldShutdown = False
 
 
 def isFlushed(transport: Any) -> bool:
