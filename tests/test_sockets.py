@@ -311,6 +311,46 @@ class FileLimitTests(ServerCase):
         self.assertServing(server)
         self.assertNothingLeft(server, socks)
 
+    def test_aLimitUnderTheSpareDescriptorIsNotABusyLoop(self) -> None:
+        """
+        The host lowers the soft limit below Twisted's spare descriptor (the
+        one its EMFILE recovery frees): clients wait in the listen queue and
+        the server does not spin on them; once the limit is back they are
+        welcomed, and the spare is back too: past a limit lowered again,
+        clients are closed at once, not held.
+        """
+        server = self.start("--interval", "0.5")
+        self.assertServing(server)
+        process = psutil.Process(server.pid)
+        _, hard = resource.prlimit(server.pid, resource.RLIMIT_NOFILE)
+
+        def cpu() -> float:
+            times = process.cpu_times()
+            return float(times.user + times.system)
+
+        def connectAll(count: int) -> list[socket.socket]:
+            socks = [self.connect(server) for _ in range(count)]
+            time.sleep(0.5)
+            return socks
+
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (6, hard))
+        waiting = connectAll(3)
+        before = cpu()
+        time.sleep(3)
+        self.assertLess(cpu() - before, 1.0)  # a busy loop takes the whole 3 s
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (hard, hard))
+        for sock in waiting:
+            self.assertEqual(recvExactly(sock, len(WELCOME), timeout=5), WELCOME)
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (process.num_fds(), hard))
+        turnedAway = connectAll(3)
+        before = cpu()
+        for sock in turnedAway:
+            self.assertEqual(recvUntilClosed(sock, timeout=3), b"")  # closed by the recovery
+        self.assertLess(cpu() - before, 1.0)
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (hard, hard))
+        self.assertServing(server)
+        self.assertNothingLeft(server, waiting + turnedAway)
+
 
 class ShutdownTests(ServerCase):
     def test_signalsDuringTheStopAreOneLineEach(self) -> None:

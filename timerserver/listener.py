@@ -27,17 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import endpoints, tcp
+from twisted.internet import endpoints
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.interfaces import (
     IProtocolFactory,
     IStreamServerEndpoint,
 )
-from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
-from zope.interface import provider
-
-from timerserver.eventlog import EventLog
 
 DEFAULT_BACKLOG = 4096
 """Linux's own cap (C{net.core.somaxconn}) since 5.4; the kernel lowers a larger
@@ -305,32 +301,6 @@ class Listener:
             return cls(**values)
         except (TypeError, ValueError) as e:
             raise ValueError(f"not a listener: {data!r}: {e}") from None
-
-
-def rateLimitAcceptLog(port: object, events: EventLog) -> None:
-    """
-    Route the log of C{port}'s accept loop through C{events}' rate limit.
-
-    Out of descriptors (a lowered limit, or a limit above the process's),
-    Twisted's C{tcp.Port} closes every socket it can then accept and logs
-    each one ("EMFILE recovery: Closed socket from ..."), one line a client:
-    a connect flood is a log flood.  Each such socket is now a C{dropped}
-    event, and the lines around them (releasing and re-reserving the spare
-    descriptor) are left out.
-    """
-    if not isinstance(port, tcp.Port):
-        return
-
-    @provider(ILogObserver)
-    def observe(event: dict[str, Any]) -> None:
-        if "address" in event:
-            events.event("dropped", event["address"], ": out of file descriptors (EMFILE)")
-        elif "acceptError" in event:
-            events.event(
-                "dropped", "an unknown address", f": accept failed ({event['acceptError']})"
-            )
-
-    port._logger = Logger(namespace=port._logger.namespace, observer=observe)
 
 
 def _number(description: str, name: str, value: str, low: int, high: int) -> int:

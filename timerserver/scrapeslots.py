@@ -40,8 +40,8 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from timerserver.acceptguard import guardAccept
 from timerserver.eventlog import EventLog
-from timerserver.listener import rateLimitAcceptLog
 
 EVICT_GRACE = 0.25
 """
@@ -92,7 +92,7 @@ class Slots:
         self.open = 0
         self.evicted = 0
         self.events = EventLog(clock, self.log)
-        """The port's accept loop logs through this rate limit (L{rateLimitAcceptLog})."""
+        """The port's accept loop logs through this rate limit (L{guardAccept})."""
         self.port: Any = None
         self.connections: dict[Slot, None] = {}
         """Open connections, oldest first."""
@@ -110,7 +110,7 @@ class Slots:
         L{events}.
         """
         self.port = port
-        rateLimitAcceptLog(port, self.events)
+        guardAccept(port, self.events, self.clock)
         backlog, sock = getattr(port, "backlog", None), getattr(port, "socket", None)
         if isinstance(backlog, int) and backlog < LISTEN_BACKLOG and sock is not None:
             sock.listen(LISTEN_BACKLOG)  # a connect flood waits there, not in SYN retries

@@ -19,13 +19,14 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamSer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from timerserver.acceptguard import guardAccept
 from timerserver.admission import Admission
 from timerserver.config import DEFAULT_SHUTDOWN_TIMEOUT, ServerConfig
 from timerserver.factory import TimerServerFactory
 from timerserver.interfaces import IQueueTimers
 from timerserver.kernelbuffers import boundKernelBuffers
 from timerserver.lateness import LatenessHistogram
-from timerserver.listener import Listener, rateLimitAcceptLog
+from timerserver.listener import Listener
 from timerserver.monitor import TimerQueueCounters
 from timerserver.proxyheader import ProxyHeaderFactory
 from timerserver.reactorqueue import ReactorTimerQueue
@@ -175,7 +176,7 @@ class TimerServerService(Service):
 
     def _listening(self, port: IListeningPort) -> None:
         self._port = port
-        rateLimitAcceptLog(port, self.factory.events)
+        guardAccept(port, self.factory.events, self.factory.clock)
         boundKernelBuffers(port)  # the master did too: for a socket of its own
         self._log.info(
             "timerserver listening on {address}, {queue!r}, interval {interval}s",

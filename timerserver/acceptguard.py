@@ -1,0 +1,126 @@
+"""
+L{guardAccept}: what a listening port's accept loop may log, and how hard it
+may spin when it cannot accept.
+
+Twisted's C{tcp.Port} accepts in a loop each time its socket is readable.
+Out of file descriptors (a lowered limit, or more sockets than it allows):
+
+ - its EMFILE recovery closes every socket it can then accept and logs each
+   one: a connect flood would be a log flood.  Each such socket is a
+   C{dropped} event of the port's L{EventLog} instead, which rate-limits them.
+ - that recovery needs a spare descriptor, which Twisted reserves once.
+   When it cannot reserve it again (a soft limit at or below its number),
+   it logs a traceback, and from then on every accept fails and leaves its
+   client queued: the socket stays readable and the reactor calls accept
+   again at once, a busy loop for as long as anybody waits.  Now a port
+   whose accept failed stops reading for 0.1 s (doubling to 1 s while it
+   keeps failing), and before it reads again the spare is reserved again if
+   a descriptor is free.  Each failure is an C{unaccepted} event (the client
+   still waits in the listen queue); the spare's failure is one too.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import ILogObserver, Logger
+from zope.interface import provider
+
+from timerserver.eventlog import EventLog
+
+FIRST_PAUSE = 0.1
+LONGEST_PAUSE = 1.0
+_NOT_OURS = "ECONNABORTED"
+"""An accept error a client causes (it went away): the port has nothing to wait for."""
+
+
+def guardAccept(port: object, events: EventLog, clock: IReactorTime) -> None:
+    """
+    Route the log of C{port}'s accept loop through C{events}' rate limit,
+    and pause the port when an accept fails for want of a resource.  Any
+    port but a C{tcp.Port} (or a subclass) is left as it is.
+    """
+    if not isinstance(port, tcp.Port):
+        return
+    guard = _AcceptGuard(port, events, clock)
+    port._logger = Logger(namespace=port._logger.namespace, observer=guard.observe)
+    spare: Any = tcp._reservedFD
+    if "_log" not in vars(spare):  # the process's first guarded port hears of the spare
+        spare._log = Logger(namespace="timerserver.acceptguard", observer=guard.observeSpare)
+    accept: Any = port.doRead
+
+    def doRead() -> object:
+        guard.failed = False
+        try:
+            return accept()
+        finally:
+            guard.turnDone()
+
+    port.doRead = doRead  # type: ignore[method-assign]
+
+
+class _AcceptGuard:
+    """The state of one guarded port."""
+
+    def __init__(self, port: tcp.Port, events: EventLog, clock: IReactorTime) -> None:
+        self.port = port
+        self.events = events
+        self.clock = clock
+        self.failed = False
+        self.pause = FIRST_PAUSE
+        self._resume: IDelayedCall | None = None
+
+    @provider(ILogObserver)
+    def observe(self, event: dict[str, Any]) -> None:
+        if "address" in event:
+            self.events.event("dropped", event["address"], ": out of file descriptors (EMFILE)")
+        elif "acceptError" in event:
+            error = event["acceptError"]
+            if error != _NOT_OURS:
+                self.failed = True
+            self.events.event(
+                "unaccepted", "an unknown address", f": accept failed ({error}), left queued"
+            )
+
+    @provider(ILogObserver)
+    def observeSpare(self, event: dict[str, Any]) -> None:
+        self.events.event(
+            "unaccepted",
+            "an unknown address",
+            ": out of file descriptors, none spare for Twisted's EMFILE recovery",
+        )
+
+    def turnDone(self) -> None:
+        """An accept turn ended: pause the port if an accept failed, else start afresh."""
+        if not self.failed:
+            self.pause = FIRST_PAUSE
+            return
+        if not self.port.connected:
+            return
+        self.port.stopReading()  # whoever started it reading again meanwhile
+        if self._resume is None:
+            self._resume = self.clock.callLater(self.pause, self._read)
+            self.pause = min(2 * self.pause, LONGEST_PAUSE)
+
+    def _read(self) -> None:
+        self._resume = None
+        if not self.port.connected:
+            return  # it stopped listening meanwhile
+        _reserveSpare()
+        self.port.startReading()
+
+
+def _reserveSpare() -> None:
+    """Reserve Twisted's spare descriptor again, if it is gone and one is free."""
+    spare: Any = tcp._reservedFD
+    if spare.available():
+        return
+    try:
+        probe = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return  # still none free: the next pause tries again
+    os.close(probe)
+    spare.reserve()
