@@ -54,10 +54,10 @@ def guardAccept(port: object, events: EventLog, clock: IReactorTime) -> None:
 
     def doRead() -> object:
         guard.failed = False
-        try:
-            return accept()
-        finally:
+        result = accept()  # Twisted's accept loop logs what it raises
+        if guard.failed or guard.pause != FIRST_PAUSE:
             guard.turnDone()
+        return result
 
     port.doRead = doRead  # type: ignore[method-assign]
 
