@@ -6,6 +6,7 @@ one that raises), on a L{MemoryReactorClock}.
 from __future__ import annotations
 
 import errno
+import math
 from typing import Any
 
 from twisted.internet import protocol, tcp
@@ -14,6 +15,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
+from timerserver import acceptguard
 from timerserver.acceptguard import FIRST_PAUSE, LONGEST_PAUSE, guardAccept
 from timerserver.eventlog import EventLog
 
@@ -24,6 +26,13 @@ class FailingSocket:
     def __init__(self, error: int = errno.EMFILE) -> None:
         self.error = error
         self.accepts = 0
+        self.closed = False
+
+    def shutdown(self, how: int) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
 
     def accept(self) -> Any:
         self.accepts += 1
@@ -110,6 +119,7 @@ class GuardTests(SynchronousTestCase):
         self.assertTrue(self.reading())
         self.assertEqual(self.reactor.getDelayedCalls(), [])
         self.assertEqual(self.events.totals["unaccepted"], 1)
+        self.assertIn("the client went away", self.logged[0]["detail"])
         self.events.stop()
 
     def test_readingStartedByAnotherIsPausedAgain(self) -> None:
@@ -122,24 +132,42 @@ class GuardTests(SynchronousTestCase):
         self.reactor.advance(FIRST_PAUSE)
         self.assertTrue(self.reading())
 
-    def test_aPortThatStoppedListeningIsNotResumed(self) -> None:
+    def test_aPortThatStopsListeningEndsItsPause(self) -> None:
+        """Stopping the port cancels the pause: nothing is left pending, nothing reads."""
         self.port.doRead()
-        self.port.connected = False
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        d = self.port.stopListening()
+        self.reactor.advance(0)  # Twisted closes the port on the next turn
+        self.successResultOf(d)
+        self.assertTrue(self.failing.closed)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertFalse(self.reading())
+        self.assertEqual(self.spare.reserves, 0)
+
+    def test_aPortStoppingDuringAPauseIsNotResumed(self) -> None:
+        self.port.doRead()
+        self.port.loseConnection()  # stopping: the guard's call comes first
         self.reactor.advance(FIRST_PAUSE)
         self.assertFalse(self.reading())
         self.assertEqual(self.spare.reserves, 0)
 
     def test_otherPortsAreLeftAlone(self) -> None:
-        other = object()
+        class OtherPort:
+            def doRead(self) -> None:
+                pass
+
+            _logger = Logger()
+
+        other = OtherPort()
         guardAccept(other, self.events, self.reactor)
-        self.assertEqual(vars(other) if hasattr(other, "__dict__") else {}, {})
+        self.assertEqual(vars(other), {})  # a guarded port gets its own doRead and _logger
 
 
 class SpareTests(SynchronousTestCase):
-    def test_theSparesFailureIsAnEventNotATraceback(self) -> None:
+    def test_theSparesFailureIsALineAMinuteNotATraceback(self) -> None:
         """
         Twisted logs its failure to reserve the spare as a critical error
-        with a traceback, through a logger of its own: here, one event.
+        with a traceback: here, one warning a minute at most.
         """
 
         def noDescriptor() -> Any:
@@ -147,16 +175,21 @@ class SpareTests(SynchronousTestCase):
 
         spare = tcp._FileDescriptorReservation(noDescriptor)  # type: ignore[no-untyped-call]
         self.patch(tcp, "_reservedFD", spare)
-        reactor = MemoryReactorClock()
         logged: list[dict[str, Any]] = []
-        events = EventLog(reactor, Logger(observer=logged.append))
+        self.patch(acceptguard, "_log", Logger(observer=logged.append))
+        self.patch(acceptguard, "_spareLogged", -math.inf)
+        now = [1000.0]
+        self.patch(acceptguard.time, "monotonic", lambda: now[0])
+        reactor = MemoryReactorClock()
         port = tcp.Port(0, protocol.Factory(), interface="127.0.0.1", reactor=reactor)
-        guardAccept(port, events, reactor)
-        spare.reserve()  # type: ignore[no-untyped-call]
+        guardAccept(port, EventLog(Clock(), Logger()), reactor)
+        for _ in range(3):
+            spare.reserve()  # type: ignore[no-untyped-call]
+            now[0] += 20
         self.assertFalse(spare.available())  # type: ignore[no-untyped-call]
-        self.assertEqual(events.totals["unaccepted"], 1)
         [line] = logged
         self.assertNotIn("log_failure", line)
-        self.assertIn("none spare for Twisted's EMFILE recovery", line["detail"])
+        self.assertIn("none spare for Twisted's EMFILE recovery", line["log_format"])
+        spare.reserve()  # type: ignore[no-untyped-call]
+        self.assertEqual(len(logged), 2)  # a minute later
         self.assertEqual(self.flushLoggedErrors(), [])
-        events.stop()

@@ -252,6 +252,15 @@ class PeriodicTestsMixin:
         self.assertRaises(RuntimeError, sibling.start)
         self.assertFalse(sibling.running)
 
+    def test_startChecksAnIntervalChangedSinceItWasMade(self) -> None:
+        """An interval set after the checks of its making is checked by start()."""
+        for bad in (-1.0, float("nan"), 1e300):
+            periodic = self.periodic.sibling(self.record)
+            periodic.interval = bad
+            self.assertRaises(ValueError, periodic.start)
+            self.assertFalse(periodic.running)
+        self.assertEqual(self.queue.shutdown(), 0)  # nothing was set
+
     def test_badInterval(self) -> None:
         for bad in (0, -1, float("nan"), float("inf"), "1"):
             self.assertRaises(ValueError, Periodic, self.queue, bad, self.record)

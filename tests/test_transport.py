@@ -15,7 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from timerserver.transport import closeNow, closeWithoutShutdown, isFlushed, writeNow
+from timerserver.transport import closeNow, isFlushed, writeNow
 
 
 @implementer(IPushProducer)
@@ -274,39 +274,41 @@ class CloseNowTests(TestCase):
         yield server.lost
 
     @defer.inlineCallbacks
-    def closedWithoutShutdown(self, close: str) -> Any:
+    def test_finWithNothingQueuedClosesWithoutShutdown(self) -> Any:
         """
-        A connection under L{closeWithoutShutdown}, closed by C{close}: the
-        client's half-close (closeNow), or loseConnection after a write;
-        what its socket was called, and what the client read.
+        After the client's FIN, close() alone sends the server's: no
+        shutdown() first, which is a system call more, and an error on a
+        socket the client reset.
         """
         server, client = yield self.accept()
-        closeWithoutShutdown(server.transport)
         recording = server.transport.socket = RecordingSocket(server.transport.socket)
-        if close == "fin":
-            client.shutdown(socket.SHUT_WR)
-        else:
-            server.transport.write(b"x" * 100_000)
-            server.transport.loseConnection()
+        client.shutdown(socket.SHUT_WR)
         yield server.lost
+        self.assertEqual(recording.calls, ["close"])
+        client.settimeout(5)
+        self.assertEqual(client.recv(10), b"")  # a FIN, not a reset
+
+    @defer.inlineCallbacks
+    def test_aCloseTheServerBeginsKeepsShutdown(self) -> Any:
+        """
+        A close the server begins, with bytes from the client still unread,
+        shuts the socket down first: what it wrote arrives, then a FIN
+        (close() alone would reset it, and drop what was still on its way).
+        """
+        server, client = yield self.accept()
+        server.transport.stopReading()
+        client.sendall(b"x" * 1000)  # never read by the server
+        yield task.deferLater(reactor, 0.1, lambda: None)
+        recording = server.transport.socket = RecordingSocket(server.transport.socket)
+        server.transport.write(b"goodbye\r\n")
+        server.transport.loseConnection()
+        yield server.lost
+        self.assertEqual(recording.calls, ["shutdown", "close"])
         client.settimeout(5)
         received = b""
         while chunk := client.recv(1 << 16):  # up to the FIN; a reset would raise
             received += chunk
-        return recording.calls, len(received)
-
-    @defer.inlineCallbacks
-    def test_closeWithoutShutdownAfterAHalfClose(self) -> Any:
-        self.assertEqual((yield self.closedWithoutShutdown("fin")), (["close"], 0))
-
-    @defer.inlineCallbacks
-    def test_closeWithoutShutdownFlushesFirst(self) -> Any:
-        self.assertEqual((yield self.closedWithoutShutdown("lose")), (["close"], 100_000))
-
-    def test_closeWithoutShutdownLeavesOtherTransports(self) -> None:
-        transport = StringTransport()
-        closeWithoutShutdown(transport)
-        self.assertFalse(hasattr(transport, "_shouldShutdown"))
+        self.assertEqual(received, b"goodbye\r\n")
 
     def test_otherTransportsAreNotClosed(self) -> None:
         transport = StringTransport()

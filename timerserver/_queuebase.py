@@ -246,16 +246,23 @@ class TimerQueueBase(Generic[H]):
         """
         C{setTimer(h, timer, timeout)} for an L{ITimer} C{timer} that owns
         C{h} (L{timerserver.periodic.Periodic} starting), with C{now} read
-        from this queue's clock: the checks that cannot fail for it skipped.
+        from this queue's clock: C{setTimer}'s checks of C{timer} and C{when},
+        which cannot fail for it, skipped.
         """
         if h.queue is not self:
             self._live(h)
+        kind = type(timeout)
+        if (kind is not float and kind is not int) or not 0 <= timeout <= self.maximumTimeout:
+            timeout = checkTimeout(timeout, self.maximumTimeout)  # its interval may be anything
         if self._stopped:
             self._checkRunning()
         h.timer = timer
         h.isTimer = True
         h.userData = None
-        self._setAgain(h, timeout, now)
+        wasPending = h.deadline is not None
+        self._arm(h, timeout, now)
+        if self._monitor is not None:
+            self._monitor.timerSet(wasPending)
 
     def setOneShotTimer(self, timer: object, timeout: float, userData: object = None) -> None:
         """See L{IQueueTimers.setOneShotTimer}."""

@@ -16,12 +16,15 @@ Out of file descriptors (a lowered limit, or more sockets than it allows):
    whose accept failed stops reading for 0.1 s (doubling to 1 s while it
    keeps failing), and before it reads again the spare is reserved again if
    a descriptor is free.  Each failure is an C{unaccepted} event (the client
-   still waits in the listen queue); the spare's failure is one too.
+   still waits in the listen queue); Twisted's failure to reserve the spare
+   is one line a minute at most, without a traceback.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from typing import Any
 
 from twisted.internet import tcp
@@ -33,8 +36,12 @@ from timerserver.eventlog import EventLog
 
 FIRST_PAUSE = 0.1
 LONGEST_PAUSE = 1.0
+SPARE_LOG_INTERVAL = 60.0
 _NOT_OURS = "ECONNABORTED"
 """An accept error a client causes (it went away): the port has nothing to wait for."""
+_log = Logger()
+_spareLogged = -math.inf
+"""When L{_spareFailed} last wrote its line (C{time.monotonic})."""
 
 
 def guardAccept(port: object, events: EventLog, clock: IReactorTime) -> None:
@@ -47,10 +54,10 @@ def guardAccept(port: object, events: EventLog, clock: IReactorTime) -> None:
         return
     guard = _AcceptGuard(port, events, clock)
     port._logger = Logger(namespace=port._logger.namespace, observer=guard.observe)
-    spare: Any = tcp._reservedFD
-    if "_log" not in vars(spare):  # the process's first guarded port hears of the spare
-        spare._log = Logger(namespace="timerserver.acceptguard", observer=guard.observeSpare)
+    spare: Any = tcp._reservedFD  # one for the process
+    spare._log = Logger(namespace=__name__, observer=_spareFailed)
     accept: Any = port.doRead
+    lost: Any = port.connectionLost
 
     def doRead() -> object:
         guard.failed = False
@@ -59,7 +66,25 @@ def guardAccept(port: object, events: EventLog, clock: IReactorTime) -> None:
             guard.turnDone()
         return result
 
+    def connectionLost(reason: object) -> object:
+        guard.stop()
+        return lost(reason)
+
     port.doRead = doRead  # type: ignore[method-assign]
+    port.connectionLost = connectionLost  # type: ignore[method-assign]
+
+
+@provider(ILogObserver)
+def _spareFailed(event: dict[str, Any]) -> None:
+    """Twisted could not reserve its spare descriptor: a line a minute, no traceback."""
+    global _spareLogged
+    now = time.monotonic()
+    if now - _spareLogged >= SPARE_LOG_INTERVAL:
+        _spareLogged = now
+        _log.warn(
+            "Out of file descriptors, with none spare for Twisted's EMFILE recovery: "
+            "clients wait in the listen queue until one is free (logged once a minute)"
+        )
 
 
 class _AcceptGuard:
@@ -79,26 +104,19 @@ class _AcceptGuard:
             self.events.event("dropped", event["address"], ": out of file descriptors (EMFILE)")
         elif "acceptError" in event:
             error = event["acceptError"]
-            if error != _NOT_OURS:
+            if error == _NOT_OURS:
+                detail = f": accept failed ({error}), the client went away"
+            else:
                 self.failed = True
-            self.events.event(
-                "unaccepted", "an unknown address", f": accept failed ({error}), left queued"
-            )
-
-    @provider(ILogObserver)
-    def observeSpare(self, event: dict[str, Any]) -> None:
-        self.events.event(
-            "unaccepted",
-            "an unknown address",
-            ": out of file descriptors, none spare for Twisted's EMFILE recovery",
-        )
+                detail = f": accept failed ({error}), left queued"
+            self.events.event("unaccepted", "an unknown address", detail)
 
     def turnDone(self) -> None:
         """An accept turn ended: pause the port if an accept failed, else start afresh."""
         if not self.failed:
             self.pause = FIRST_PAUSE
             return
-        if not self.port.connected:
+        if not self.port.connected or self.port.disconnecting:
             return
         self.port.stopReading()  # whoever started it reading again meanwhile
         if self._resume is None:
@@ -107,10 +125,16 @@ class _AcceptGuard:
 
     def _read(self) -> None:
         self._resume = None
-        if not self.port.connected:
-            return  # it stopped listening meanwhile
+        if not self.port.connected or self.port.disconnecting:
+            return  # it is stopping
         _reserveSpare()
         self.port.startReading()
+
+    def stop(self) -> None:
+        """The port stopped listening: no pause goes on."""
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
 
 
 def _reserveSpare() -> None:

@@ -121,10 +121,10 @@ class Periodic:
 
     def sibling(self, function: Callable[[float, int], object]) -> Periodic:
         """
-        Another L{Periodic} on this one's queue, clock and interval, calling
-        C{function}, with a handle of its own: made without checking them
-        again, as a server making one a connection would.  A closed
-        L{Periodic} makes siblings too.
+        Another L{Periodic} (this class, not a subclass) on this one's
+        queue, clock and interval, calling C{function}, with a handle of its
+        own: made without checking them again, as a server making one a
+        connection would.  A closed L{Periodic} makes siblings too.
         """
         p = Periodic.__new__(Periodic)
         p.queue = self.queue

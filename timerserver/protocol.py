@@ -30,13 +30,7 @@ from timerserver.eventlog import EventLog
 from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
 from timerserver.lateness import LatenessHistogram
 from timerserver.periodic import Periodic
-from timerserver.transport import (
-    closeNow,
-    closeWithoutShutdown,
-    isFlushed,
-    queuedBytes,
-    writeNow,
-)
+from timerserver.transport import closeNow, isFlushed, queuedBytes, writeNow
 
 # What the watchdog is armed for: the userData of its onTimer calls.
 IDLE = "idle"
@@ -136,7 +130,6 @@ class TimerServerProtocol(Protocol):
             if isinstance(transport, Gate):
                 # Plain TCP writes go straight to the socket (writeNow), under the gate.
                 self._out = transport.transport
-        closeWithoutShutdown(self._out)
         self.started = True
         factory.started(self)
         self._periodic = factory.periodic(self._tick)

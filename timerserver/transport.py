@@ -1,7 +1,6 @@
 """
 L{writeNow}: write to a stream socket (TCP or unix) the way asyncio does, sending at once
-when nothing is queued; L{closeNow}: close one with nothing queued at once;
-L{closeWithoutShutdown}: close it with one system call, not two.
+when nothing is queued; L{closeNow}: close one with nothing queued at once.
 
 Twisted's C{transport.write} always queues: it registers the socket for
 writability, sends on the next reactor turn and unregisters, which costs two
@@ -56,21 +55,6 @@ def writeNow(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
-def closeWithoutShutdown(transport: Any) -> None:
-    """
-    Have a TCP or unix server connection close its socket with C{close()}
-    alone; any other transport is left as it is.
-
-    Twisted calls C{shutdown()} before C{close()} on an orderly close; the
-    process being the socket's only holder (Twisted sets C{FD_CLOEXEC}),
-    C{close()} does the same (a FIN after whatever is queued, or a reset if
-    unread data is left) with one system call less, and without the error
-    that C{shutdown()} raises on a socket the client reset.
-    """
-    if (kind := type(transport)) is tcp.Server or kind is unix.Server:
-        transport._shouldShutdown = False
-
-
 def isFlushed(transport: Any) -> bool:
     """
     Whether C{transport} is a TCP or unix server connection with nothing left to
@@ -111,5 +95,11 @@ def closeNow(transport: Any) -> bool:
     """
     if not isFlushed(transport) or not transport.connected:
         return False
+    # The client's FIN was read (nothing unread is left) and nothing is
+    # queued: close() alone sends our FIN.  Twisted's shutdown() first is one
+    # more system call, and an error on a socket the client then reset.  (A
+    # close the server begins keeps it: with unread bytes, close() alone
+    # would reset the connection and drop what is still on its way.)
+    transport._shouldShutdown = False
     transport.connectionLost(_DONE)
     return True

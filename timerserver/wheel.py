@@ -98,8 +98,9 @@ class TimerWheel(TimerQueueBase[WheelTimerHandle], WheelSlots):
                 return
             self._unplace(h)
         elif not (self._advancing or self._inSlots or self._inUpper or self._overflowLive):
-            # Nothing pending (and so no reactor call): the wheel starts again
-            # from now, past its idle ticks or back after the clock went back.
+            # Nothing pending (and so no reactor call, or a kept one that will
+            # find nothing to do): the wheel starts again from now, past its
+            # idle ticks or back after the clock went back.
             self._tick = math.floor(now / self.granularity)
         h.deadline = deadline
         tick = math.ceil(deadline * self._perSecondDown)
