@@ -179,7 +179,7 @@ class SpareTests(SynchronousTestCase):
         self.patch(acceptguard, "_log", Logger(observer=logged.append))
         self.patch(acceptguard, "_spareLogged", -math.inf)
         now = [1000.0]
-        self.patch(acceptguard.time, "monotonic", lambda: now[0])
+        self.patch(acceptguard, "monotonic", lambda: now[0])
         reactor = MemoryReactorClock()
         port = tcp.Port(0, protocol.Factory(), interface="127.0.0.1", reactor=reactor)
         guardAccept(port, EventLog(Clock(), Logger()), reactor)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-import time
+from time import monotonic
 from typing import Any
 
 from twisted.internet import tcp
@@ -41,7 +41,7 @@ _NOT_OURS = "ECONNABORTED"
 """An accept error a client causes (it went away): the port has nothing to wait for."""
 _log = Logger()
 _spareLogged = -math.inf
-"""When L{_spareFailed} last wrote its line (C{time.monotonic})."""
+"""When L{_spareFailed} last wrote its line (C{monotonic()})."""
 
 
 def guardAccept(port: object, events: EventLog, clock: IReactorTime) -> None:
@@ -78,7 +78,7 @@ def guardAccept(port: object, events: EventLog, clock: IReactorTime) -> None:
 def _spareFailed(event: dict[str, Any]) -> None:
     """Twisted could not reserve its spare descriptor: a line a minute, no traceback."""
     global _spareLogged
-    now = time.monotonic()
+    now = monotonic()
     if now - _spareLogged >= SPARE_LOG_INTERVAL:
         _spareLogged = now
         _log.warn(
