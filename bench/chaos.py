@@ -239,12 +239,18 @@ class Soak:
         event["restoredAt"] = self.log("restored")["at"]
 
     def fault_stop_worker(self) -> None:
-        number, pid = random.choice(sorted(self.workerPids().items()))
-        victims = [
-            f"{c.raddr.ip}:{c.raddr.port}"
-            for c in psutil.Process(pid).net_connections(kind="tcp")
-            if c.raddr and c.laddr.port == self.server.port
-        ]
+        # The worker with the most clients: one that has none yet (a fresh
+        # worker whose first load report came late gets none) tests nothing.
+        clients = {
+            (number, pid): [
+                f"{c.raddr.ip}:{c.raddr.port}"
+                for c in psutil.Process(pid).net_connections(kind="tcp")
+                if c.raddr and c.laddr.port == self.server.port
+            ]
+            for number, pid in sorted(self.workerPids().items())
+            if psutil.pid_exists(pid)
+        }
+        (number, pid), victims = max(clients.items(), key=lambda item: len(item[1]))
         os.kill(pid, signal.SIGSTOP)
         event = self.log("stop-worker", worker=number, pid=pid, clients=len(victims))
         time.sleep(self.plan.workerStop)
