@@ -21,7 +21,8 @@ where callgrind dumps its counts), after a warm-up.
    instructions per message.
 
     python -m bench.instructions [--connections 400] [--seconds 3] [--cycles 2000]
-        [--what connection,message] [--beside 0] [--servers baseline,timerserver[,no-welcome]]
+        [--what connection,message] [--beside 0]
+        [--servers baseline,timerserver[,no-welcome][,idle]]
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ from typing import Any
 from bench.results import writeResults
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVERS = ("baseline", "timerserver", "no-welcome")
-"""The hand-written baseline, the server on its defaults, and with C{--no-welcome}."""
+SERVERS = ("baseline", "timerserver", "no-welcome", "idle")
+"""
+The hand-written baseline, the server on its defaults, with C{--no-welcome},
+and with C{--idle-timeout 60}.
+"""
 RST = struct.pack("ii", 1, 0)
 MAX_DESCRIPTORS = 20_000
 INTERVAL = 0.1
@@ -73,7 +77,11 @@ def _factory(server: str, reactor: Any) -> Any:
     # No connection limit, as the baseline has none.
     welcome = b"" if server == "no-welcome" else DEFAULT_WELCOME
     config = ServerConfig(
-        listener=listener, interval=INTERVAL, welcome=welcome, maxConnections=MAX_DESCRIPTORS
+        listener=listener,
+        interval=INTERVAL,
+        welcome=welcome,
+        maxConnections=MAX_DESCRIPTORS,
+        idleTimeout=60.0 if server == "idle" else 0.0,
     )
     return buildServer(config, reactor).admission
 

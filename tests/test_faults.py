@@ -184,15 +184,85 @@ class IdleTests(SynchronousTestCase):
     def test_readsPushTheIdleTimeoutBack(self) -> None:
         h = Harness(idleTimeout=10.0, interval=100.0)
         proto, transport = h.connect()
-        updates = h.counters.updated
+        self.assertEqual((h.counters.created, h.counters.pending), (2, 2))  # armed at start
         for _ in range(5):
             h.elapse(8.0, step=0.1)
+            operations = (h.counters.set, h.counters.updated, h.counters.created)
             proto.dataReceived(b"ping")
-        self.assertEqual(h.counters.updated - updates, 5)  # the update path, no new timers
+            # A read is no timer operation: the watchdog reads the time when it fires.
+            self.assertEqual((h.counters.set, h.counters.updated, h.counters.created), operations)
         self.assertEqual(h.counters.created, 2)
         self.assertFalse(transport.disconnecting)
-        h.elapse(10.1, step=0.1)
+        h.elapse(9.9, step=0.1)
+        self.assertFalse(transport.disconnecting)
+        h.elapse(0.2, step=0.1)
         self.assertTrue(transport.disconnecting)
+
+    def test_noWatchdogUntilTheTickBeforeTheDeadline(self) -> None:
+        h = Harness(idleTimeout=60.0, interval=2.0)
+        proto, transport = h.connect()
+        h.elapse(31.0, step=0.1)
+        proto.dataReceived(b"ping")
+        h.elapse(55.0, step=0.1)
+        # 86 s in, 55 s after the read: only the periodic handle so far.
+        self.assertEqual((h.counters.created, h.counters.pending), (1, 1))
+        # The tick at 88 s is the first with the deadline (91 s) before the one after next.
+        h.elapse(2.5, step=0.1)
+        self.assertEqual((h.counters.created, h.counters.pending), (2, 2))
+        h.elapse(2.45, step=0.05)
+        self.assertFalse(transport.disconnecting)
+        h.elapse(0.2, step=0.05)
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.value().endswith(b"Idle timeout\r\n"))
+
+    def test_aShortConnectionMakesNoWatchdog(self) -> None:
+        h = Harness(idleTimeout=60.0, interval=2.0)
+        for port in range(3):
+            proto, transport = h.connect(port=port)
+            h.elapse(5.0, step=0.1)
+            proto.dataReceived(b"ping")
+            h.lose(proto, transport)
+        self.assertEqual(h.counters.created, 3)  # the three periodic handles
+        self.assertEqual((h.counters.pending, h.counters.live), (0, 0))
+
+    def test_resumingStartsTheIdleTimeAgain(self) -> None:
+        h = Harness(idleTimeout=5.0, interval=100.0, stallTimeout=30.0)
+        proto, transport = h.connect()
+        h.elapse(4.0, step=0.1)
+        proto.pauseProducing()  # no reading while paused: it cannot be idle
+        h.elapse(10.0, step=0.1)
+        self.assertFalse(transport.disconnecting)
+        proto.resumeProducing()
+        h.elapse(4.9, step=0.1)
+        self.assertFalse(transport.disconnecting)
+        h.elapse(0.2, step=0.1)
+        self.assertTrue(transport.disconnecting)
+
+    @settings(max_examples=100, deadline=None)
+    @given(
+        interval=st.sampled_from([0.25, 1.0, 3.0, 20.0]),
+        timeout=st.sampled_from([0.5, 2.0, 7.5]),
+        gaps=st.lists(st.floats(0.0, 10.0), max_size=8),
+    )
+    def test_closedAtTheIdleDeadlineWhateverTheInterval(
+        self, interval: float, timeout: float, gaps: list[float]
+    ) -> None:
+        h = Harness(idleTimeout=timeout, interval=interval)
+        proto, transport = h.connect()
+        lastRead = h.clock.seconds()
+        for gap in gaps:
+            gap = round(gap, 1)
+            if gap >= timeout:
+                break  # the client is idle before its next read
+            h.elapse(gap, step=0.05)
+            self.assertFalse(transport.disconnecting)
+            proto.dataReceived(b"x")
+            lastRead = h.clock.seconds()
+        h.elapse(lastRead + timeout - 0.05 - h.clock.seconds(), step=0.05)
+        self.assertFalse(transport.disconnecting)
+        h.elapse(0.1, step=0.05)  # the deadline, within the wheel's 10 ms tick
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.value().endswith(b"Idle timeout\r\n"))
 
     def test_idleMessageIsConfigurable(self) -> None:
         h = Harness(idleTimeout=1.0, idleMessage=b"bye\n", interval=100.0)

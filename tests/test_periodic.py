@@ -48,6 +48,20 @@ class PeriodicTestsMixin:
             self.assertLess(at, 100 + k + 0.02)
         self.assertEqual(self.periodic.skipped, 0)
 
+    def test_dueIsWhenTheCallBeingMadeWasDue(self) -> None:
+        seen: list[tuple[float, float]] = []
+
+        def record(late: float, skipped: int) -> None:
+            seen.append((periodic.due, late))
+
+        periodic = Periodic(self.queue, 1.0, record)
+        periodic.start()
+        self.assertEqual(periodic.due, 101.0)
+        self.clock.advance(1.25)
+        self.clock.advance(3.5)  # stuck: the calls due at 102 and 103 are skipped
+        self.assertEqual(seen, [(101.0, 0.25), (104.0, 0.75)])
+        self.assertEqual(periodic.due, 105.0)
+
     def test_aStallSkipsTheOlderCalls(self) -> None:
         self.periodic.start()
         self.clock.advance(5.5)  # the reactor was stuck for 5.5 intervals

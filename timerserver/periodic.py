@@ -65,6 +65,8 @@ class Periodic:
     @param clock: the clock of the schedule: the queue's own (C{queue.clock})
         if C{None}, so that there is one time source.
     @ivar skipped: calls skipped since this was made.
+    @ivar due: when the next call is due, on C{clock}; inside the function,
+        when the call being made was due (it ran C{late} seconds after).
     @ivar running: whether its next call is set: True from L{start} until
         L{stop} or L{close}, or until the function raises (the calls stop)
         or leaves the queue shut down; inside the function, True unless it
@@ -73,7 +75,7 @@ class Periodic:
     """
 
     __slots__ = (
-        "_due", "_handle", "_ours", "_skipAfter", "clock", "function", "interval", "queue",
+        "_handle", "_ours", "_skipAfter", "clock", "due", "function", "interval", "queue",
         "running", "skipped",
     )  # fmt: skip
 
@@ -107,7 +109,7 @@ class Periodic:
         self.function = function
         self.skipped = 0
         self.running = False
-        self._due = 0.0
+        self.due = 0.0
         self._handle: TimerHandle | None = queue.createTimer()
         # One of our own queues (its setTimer not overridden) on the same
         # clock is set again without setTimer's checks, which cannot fail
@@ -135,7 +137,7 @@ class Periodic:
         p.function = function
         p.skipped = 0
         p.running = False
-        p._due = 0.0
+        p.due = 0.0
         p._handle = self.queue.createTimer()
         return p
 
@@ -148,7 +150,7 @@ class Periodic:
         # and then nothing is set.
         self.running = False
         now = self.clock.seconds()
-        self._due = now + self.interval
+        self.due = now + self.interval
         if self._ours is not None:
             self._ours._setOwn(handle, self, self.interval, now)
         else:
@@ -174,22 +176,22 @@ class Periodic:
     def onTimer(self, userData: object) -> None:
         interval = self.interval
         now = self.clock.seconds()
-        late = now - self._due
+        late = now - self.due
         skipped = 0
         if late >= self._skipAfter:
             # Two intervals or more late (a stall, not the queue's granularity):
             # this call stands for the latest one due; the older ones are skipped.
             skipped = math.floor(late / interval)
             self.skipped += skipped
-            self._due += skipped * interval
+            self.due += skipped * interval
             late -= skipped * interval
-        due = self._due
+        due = self.due
         try:  # free unless it raises (CPython 3.11's exceptions)
             self.function(late, skipped)
             # Unless the function stopped, closed or restarted it (start() moves
             # the schedule and sets the handle itself).
-            if self.running and self._handle is not None and self._due == due:
-                due = self._due = due + interval
+            if self.running and self._handle is not None and self.due == due:
+                due = self.due = due + interval
                 if self._ours is not None:
                     self._ours._setAgain(self._handle, due - now if due > now else 0.0, now)
                 else:

@@ -7,6 +7,7 @@ complete.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
@@ -94,6 +95,12 @@ class TimerServerProtocol(Protocol):
     _periodic: Periodic
     _watchdog: TimerHandle | None = None
     """Made the first time a timeout is armed: most connections never need it."""
+    _lastRead = 0.0
+    """When the client last sent data, or the connection started or resumed (C{factory.clock})."""
+    _idleFrom: float | None = None
+    """The C{_lastRead} the idle deadline was set from; None unless the watchdog is set for idle."""
+    _idleCheckAt = math.inf
+    """From when a periodic tick looks at the idle deadline again (never while the watchdog is)."""
     _out: Any
     paused = False
     _readingPaused = False
@@ -138,7 +145,8 @@ class TimerServerProtocol(Protocol):
             self._write(factory.welcome)
         self._periodic.start()
         if factory.idleTimeout:
-            self._armIdle()
+            self._lastRead = factory.clock.seconds()
+            self._armIdle(self._lastRead)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if (
@@ -168,9 +176,13 @@ class TimerServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing or not self.started:
             return
-        self.factory.echoBytes += len(data)
+        factory = self.factory
+        factory.echoBytes += len(data)
+        if factory.idleTimeout:
+            # No timer operation: the watchdog, or the periodic tick before
+            # the deadline, reads this when it runs (see _armIdle).
+            self._lastRead = factory.clock.seconds()
         self._write(data)
-        self._armIdle()
 
     def readConnectionLost(self) -> None:
         """
@@ -190,6 +202,10 @@ class TimerServerProtocol(Protocol):
     def onTimer(self, userData: object) -> None:
         """The watchdog: idle, stalled, or a close that did not complete."""
         if userData == IDLE:
+            armedFrom, self._idleFrom = self._idleFrom, None
+            if self._lastRead != armedFrom:  # the client sent data since: not idle yet
+                self._armIdle(self.factory.clock.seconds())
+                return
             self.factory.events.event("idle", self.transport.getPeer())
             self._write(self.factory.idleMessage)
             self.close(grace=self.factory.closeGrace, reason=reasons.IDLE)
@@ -217,16 +233,35 @@ class TimerServerProtocol(Protocol):
             factory.skippedMessages += 1
         else:
             factory.periodicMessages += 1
+            if factory.idleTimeout:
+                due = self._periodic.due
+                if due >= self._idleCheckAt:
+                    self._armIdle(due + late)
             self._write(factory.message)  # the write itself may pause the connection
 
-    def _armIdle(self) -> None:
-        """(Re-)arm the idle timeout, if there is one, through the update path."""
-        timeout = self.factory.idleTimeout
-        if timeout and not self.paused and not self.closing:
-            queue = self.factory.queue
-            if self._watchdog is None:
-                self._watchdog = queue.createTimer()
-            queue.updateTimer(self._watchdog, self, timeout, IDLE)
+    def _armIdle(self, now: float) -> None:
+        """
+        Set the watchdog for the idle deadline (C{idleTimeout} after the last
+        read) if it comes within two intervals, before the periodic tick
+        after next (ticks do not drift, and one is never an interval late);
+        else the first tick due two intervals before it looks again.  So a
+        connection that lives less than its idle timeout less two intervals
+        never makes a watchdog, a read costs no timer operation, and a tick
+        a comparison.  When the watchdog fires and the client has sent data
+        since, this runs again.
+        """
+        factory = self.factory
+        if self.paused or self.closing:
+            return
+        deadline = self._lastRead + factory.idleTimeout
+        left = deadline - now
+        twice = 2.0 * factory.interval
+        if left <= twice:
+            self._guard(left if left > 0.0 else 0.0, IDLE)
+            self._idleFrom = self._lastRead
+            self._idleCheckAt = math.inf
+        else:
+            self._idleCheckAt = deadline - twice
 
     # Writing, backpressure and closing
 
@@ -243,10 +278,12 @@ class TimerServerProtocol(Protocol):
         if self._watchdog is None:
             self._watchdog = queue.createTimer()
         queue.setTimer(self._watchdog, self, timeout, userData)
+        self._idleFrom = None
 
     def _unguard(self) -> None:
         if self._watchdog is not None:
             self.factory.queue.cancelTimer(self._watchdog)
+            self._idleFrom = None
 
     def pauseProducing(self) -> None:
         """
@@ -277,7 +314,11 @@ class TimerServerProtocol(Protocol):
             self._readingPaused = False
             self.transport.resumeProducing()
         self._unguard()
-        self._armIdle()
+        factory = self.factory
+        if factory.idleTimeout:
+            # Reading stopped while it was paused: the idle time starts again.
+            self._lastRead = factory.clock.seconds()
+            self._armIdle(self._lastRead)
 
     def stopProducing(self) -> None:
         """The connection is going away; connectionLost cleans up."""
