@@ -125,6 +125,39 @@ class TLSTests(SynchronousTestCase):
         self.assertIsNone(_serverSendQueue(server.port))
         self.assertNotIn("Traceback", server.output)
 
+    def test_aSecondClientHelloPastTheHandshakeBoundIsDropped(self) -> None:
+        """
+        A TLS 1.3 client that offers x25519 with no key share gets a
+        HelloRetryRequest; its second ClientHello skips the first record's
+        check, and OpenSSL would hold one of up to 128 KiB until the
+        handshake deadline.  Past MAX_HANDSHAKE_BYTES it is dropped at once.
+        """
+        server = self.start("--handshake-timeout", "60")
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        self.addCleanup(raw.close)
+        raw.sendall(_helloAskingForARetry())
+        reply = b""
+        while len(reply) < 5 or len(reply) < 5 + int.from_bytes(reply[3:5], "big"):
+            chunk = raw.recv(4096)
+            self.assertTrue(chunk, "closed before its HelloRetryRequest")
+            reply += chunk
+        self.assertIn(HELLO_RETRY_RANDOM, reply)
+        started = time.monotonic()
+        raw.sendall(b"\x14\x03\x03\x00\x01\x01")  # a ChangeCipherSpec, as clients send
+        second = b"\x01" + (131_000).to_bytes(3, "big") + bytes(16_380)
+        records = [second] + [bytes(16_384)] * 3  # 64 KiB of a 128 KiB ClientHello
+        try:
+            for body in records:
+                raw.sendall(b"\x16\x03\x03" + len(body).to_bytes(2, "big") + body)
+            while raw.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        self.assertLess(time.monotonic() - started, 10)  # not the handshake deadline
+        server.waitForLine(r"dropped connection from .*bytes before its TLS handshake was done", 5)
+        self.assertServing(server)
+        self.assertNotIn("Traceback", server.output)
+
     def test_closeNotifyRightAfterTheClientHelloIsNoTraceback(self) -> None:
         """
         pyOpenSSL reports it as a ZeroReturnError with no reason, which
@@ -232,6 +265,33 @@ class TLSTests(SynchronousTestCase):
         sock = self.connect(server)
         recvExactly(sock, len(WELCOME))
         self.assertEqual(recvExactly(sock, 14), b"Idle timeout\r\n")
+
+
+HELLO_RETRY_RANDOM = bytes.fromhex(
+    "cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c"
+)
+"""The ServerHello random that makes it a HelloRetryRequest (RFC 8446, 4.1.3)."""
+
+
+def _helloAskingForARetry() -> bytes:
+    """A TLS 1.3 ClientHello record offering x25519 with an empty key share."""
+
+    def extension(kind: int, data: bytes) -> bytes:
+        return kind.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+
+    extensions = (
+        extension(0x002B, b"\x02\x03\x04")  # supported_versions: TLS 1.3
+        + extension(0x000A, b"\x00\x02\x00\x1d")  # supported_groups: x25519
+        + extension(0x0033, b"\x00\x00")  # key_share: none
+        + extension(0x000D, b"\x00\x06\x04\x03\x08\x04\x04\x01")  # signature_algorithms
+    )
+    body = (
+        b"\x03\x03" + bytes(range(32)) + b"\x20" + bytes(32)  # version, random, session id
+        + b"\x00\x02\x13\x01" + b"\x01\x00"  # TLS_AES_128_GCM_SHA256; no compression
+        + len(extensions).to_bytes(2, "big") + extensions
+    )  # fmt: skip
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(handshake).to_bytes(2, "big") + handshake
 
 
 def _serverSendQueue(port: int) -> int | None:

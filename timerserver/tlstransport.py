@@ -13,7 +13,19 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolFactory
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from timerserver.clienthello import ClientHelloFactory
+from timerserver import reasons
+from timerserver.admission import gateOf
+from timerserver.clienthello import MAX_CLIENT_HELLO, ClientHelloFactory
+
+MAX_HANDSHAKE_BYTES = 2 * MAX_CLIENT_HELLO + 8192
+"""
+The most a client may send before its TLS handshake is done: two
+ClientHellos (a second one after a HelloRetryRequest), a ChangeCipherSpec,
+its key exchange (TLS 1.2) and Finished, and their record headers; the
+server asks for no certificate.  L{ClientHelloFactory} checks only the first
+ClientHello, and OpenSSL holds a second one of up to 128 KiB until the
+handshake ends (240 KiB a socket, measured).
+"""
 
 
 def tlsLayer(contextFactory: Any, factory: IProtocolFactory) -> IProtocolFactory:
@@ -33,7 +45,9 @@ def tlsLayer(contextFactory: Any, factory: IProtocolFactory) -> IProtocolFactory
 def _flushingTLS() -> type[Any]:
     """
     Twisted's TLS transport, sending what it has gathered before its
-    close_notify, and closing with a deadline when the client ends TLS.
+    close_notify, closing with a deadline when the client ends TLS, and
+    dropping a client that sends more than L{MAX_HANDSHAKE_BYTES} before its
+    handshake is done.
 
     C{BufferingTLSTransport} gathers small writes and sends them on the next
     reactor turn.  When the client's close_notify (TLS's half-close) arrives
@@ -80,6 +94,25 @@ def _flushingTLS() -> type[Any]:
                 self.transport.abortConnection()  # type: ignore[union-attr]
             elif IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
                 self.wrappedProtocol.readConnectionLost()
+
+        _handshakeBytes = 0
+
+        def dataReceived(self, data: bytes) -> None:
+            if self._handshakeDone:
+                super().dataReceived(data)  # type: ignore[no-untyped-call]
+                return
+            received = self._handshakeBytes = self._handshakeBytes + len(data)
+            super().dataReceived(data)  # type: ignore[no-untyped-call]
+            if received > MAX_HANDSHAKE_BYTES and not self._handshakeDone:
+                # Checked after TLS read it: the read that ends a handshake may
+                # carry the application data a client sends right after it.
+                transport: Any = self.transport
+                gate = gateOf(transport)
+                why = f"{received} bytes before its TLS handshake was done"
+                if gate is not None:
+                    gate.drop(reasons.TLS, f"{why} (at most {MAX_HANDSHAKE_BYTES})")
+                elif transport is not None:
+                    transport.abortConnection()
 
         def connectionLost(self, reason: Failure = connectionDone) -> None:
             super().connectionLost(reason)
