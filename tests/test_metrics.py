@@ -243,6 +243,43 @@ class RenderTests(SynchronousTestCase):
         self.assertTrue(contentType.startswith("application/openmetrics-text"))
         self.assertTrue(body.endswith(b"# EOF\n"))
 
+    def test_noContentTypeCarriesTheClientsBytes(self) -> None:
+        """prometheus-client copies the version it is asked for into the content type."""
+        from timerserver.metrics import render
+
+        rendered = render(lambda: defer.succeed((combine([{"accepted": 3}]), {})))
+        for accept in (
+            "application/openmetrics-text; version=2.\nX-Injected: yes\n\nbody",
+            "application/openmetrics-text; version=1.0.7",
+            "application/openmetrics-text; version=10.0.0; charset=x",
+        ):
+            contentType, body = self.successResultOf(rendered(accept))
+            self.assertEqual(contentType, "text/plain; version=0.0.4; charset=utf-8")
+            self.assertIn(b"timerserver_connections_accepted_total 3.0\n", body)
+
+    def test_everyFormatThereIsIsRenderedOnceAResult(self) -> None:
+        from prometheus_client.openmetrics import exposition as openmetrics
+
+        from timerserver.metrics import FORMATS_KEPT, render
+
+        def source() -> defer.Deferred[Any]:
+            return defer.succeed(result)
+
+        result = (combine([{"accepted": 3}]), {})
+        rendered = render(source)
+        accepts = ["", "application/openmetrics-text"] + [
+            f"{kind}; version=1.0.0; escaping={escaping}"
+            for kind in ("text/plain", "application/openmetrics-text")
+            for escaping in (
+                openmetrics.UNDERSCORES, openmetrics.DOTS, openmetrics.VALUES, openmetrics.ALLOWUTF8
+            )
+        ] + [f"application/openmetrics-text; version=1.0.{n}" for n in range(1, 50)]  # fmt: skip
+        first = {}
+        for accept in accepts * 2:
+            contentType, body = self.successResultOf(rendered(accept))
+            self.assertIs(first.setdefault(contentType, body), body)  # the same rendering
+        self.assertEqual(len(first), FORMATS_KEPT)
+
 
 class StopTests(TestCase):
     @defer.inlineCallbacks

@@ -136,14 +136,25 @@ class SnapshotCollector:
             yield up
 
 
-FORMATS_KEPT = 4
-"""Renderings of one result kept, one per content type (a scraper names the type)."""
+FORMATS_KEPT = 10
+"""
+Renderings of one result kept, one per content type: every one there is
+(the text format of 0.0.4, the text and OpenMetrics formats of 1.0.0 with
+each of four escapings, and OpenMetrics without an escaping), so that
+scrapes that cycle through them do not make each other render again.
+"""
+VERSIONS = frozenset({"0.0.4", "1.0.0"})
+"""The format versions there are: prometheus-client writes any other the client names."""
 
 
 def chooseEncoder(accept: str) -> tuple[Callable[[Any], bytes], str]:
     """
     prometheus-client's encoder for the C{Accept} header C{accept}, or its
-    text format if that header confuses it (C{version=x} raises TypeError).
+    text format if that header confuses it (C{version=x} raises TypeError)
+    or names a version there is not.  prometheus-client copies the version
+    from the header into the content type: a client's bytes in our response
+    header (a line feed in it was a header of the client's choosing), and a
+    content type of its own for every scrape, each rendered anew.
     """
     from prometheus_client.exposition import (
         CONTENT_TYPE_PLAIN_0_0_4,
@@ -152,9 +163,13 @@ def chooseEncoder(accept: str) -> tuple[Callable[[Any], bytes], str]:
     )
 
     try:
-        return choose_encoder(accept)
+        encoder, contentType = choose_encoder(accept)
     except Exception:
         return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
+    version = contentType.partition("version=")[2].partition(";")[0]
+    if version not in VERSIONS:
+        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
+    return encoder, contentType
 
 
 def render(source: Source) -> Callable[[str], defer.Deferred[tuple[str, bytes]]]:
