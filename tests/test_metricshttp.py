@@ -6,6 +6,7 @@ and a scraper's half-close over a real loopback connection.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.internet import defer
@@ -26,7 +27,8 @@ from timerserver.metricshttp import (
     MetricsHTTP,
     MetricsHTTPFactory,
 )
-from timerserver.scrapeslots import DROP_LOG_INTERVAL, EVICT_GRACE, LISTEN_BACKLOG
+from timerserver.scrapeslots import DELIVERY_CHECK, DROP_LOG_INTERVAL, EVICT_GRACE, LISTEN_BACKLOG
+from timerserver.transport import isDelivered
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -195,11 +197,15 @@ class RefusalTests(SynchronousTestCase):
 
     def test_lingerEndsWithAnAbort(self) -> None:
         h, proto, transport = self.refused(b"DELETE /metrics HTTP/1.1\r\n\r\n")
+        logged: list[dict[str, Any]] = []
+        h.factory.log = Logger(observer=logged.append)
         h.clock.advance(LINGER - 0.01)
         self.assertFalse(transport.aborted)
         h.clock.advance(0.02)
         self.assertTrue(transport.aborted)
+        self.assertEqual([e["counts"] for e in logged], ["1 held after the answer"])
         h.lose(proto)
+        h.factory.stopFactory()  # the log's once-a-minute window
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
     def test_headTooLargeIs431(self) -> None:
@@ -579,8 +585,75 @@ class EvictionTests(SynchronousTestCase):
         h.clock.advance(REQUEST_TIMEOUT)  # the last two time out
         h.clock.advance(DROP_LOG_INTERVAL)
         self.assertEqual(len(logged), 2)
-        self.assertEqual((logged[1]["count"], logged[1]["counts"]), (51, "49 evicted, 2 timed out"))
+        self.assertEqual(
+            (logged[1]["count"], logged[1]["counts"]),
+            (53, "49 evicted, 2 held after the answer, 2 timed out"),
+        )
         self.assertEqual(h.factory.answers, {408: 2})
+
+
+class DeliveredAnswerTests(SynchronousTestCase):
+    """An answered connection whose client has all of its answer gives its slot to a waiting one."""
+
+    def answeredAndHeld(self, delivered: bool) -> tuple[Harness, AcceptingPort]:
+        h, port, _ = bounded(maxConnections=2, waiting=3)
+        port.turn()
+        for proto, _ in port.accepted:
+            proto.dataReceived(b"GET /metrics HTTP/1.1\r\n\r\n")  # answered; never closes
+            proto.delivered = lambda: delivered  # type: ignore[method-assign]
+        return h, port
+
+    def test_aDeliveredAnswerIsEvictedForAWaitingConnection(self) -> None:
+        h, port = self.answeredAndHeld(delivered=True)
+        self.assertTrue(port.reading)  # one waits, and they may be evicted
+        port.turn()
+        self.assertEqual(h.factory.evicted, 2)
+        self.assertTrue(all(t.aborted for _, t in port.accepted))
+
+    def test_anAnswerOnItsWayIsNotEvictedAndIsLookedAtAgain(self) -> None:
+        h, port = self.answeredAndHeld(delivered=False)
+        self.assertFalse(port.reading)
+        self.assertEqual(h.factory.evicted, 0)
+        for proto, _ in port.accepted:
+            proto.delivered = lambda: True  # type: ignore[method-assign]
+        h.clock.advance(DELIVERY_CHECK)  # the acknowledgement came
+        self.assertTrue(port.reading)
+        port.turn()
+        self.assertEqual(h.factory.evicted, 2)
+
+    def test_overTCPAnAnswerIsDeliveredOnceTheClientsKernelHasIt(self) -> None:
+        import socket
+
+        from twisted.internet import tcp
+
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        self.addCleanup(listener.close)
+        client = socket.create_connection(listener.getsockname())
+        self.addCleanup(client.close)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock, _ = listener.accept()
+        self.addCleanup(sock.close)
+        server = tcp.Server.__new__(tcp.Server)
+        server.socket, server.dataBuffer, server._tempDataLen = sock, b"", 0
+        self.assertTrue(isDelivered(server))  # nothing written
+        sock.setblocking(False)
+        sent = 0
+        try:
+            while True:
+                sent += sock.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+        self.assertFalse(isDelivered(server))  # the client reads none of it
+        while sent:
+            sent -= len(client.recv(65536))
+        deadline = time.monotonic() + 5
+        while not isDelivered(server) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertTrue(isDelivered(server))
+        server._tempDataLen = 1  # and what Twisted still holds counts
+        self.assertFalse(isDelivered(server))
 
 
 class SilentSocketsOverTCPTests(TestCase):

@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from timerserver.scrapeslots import Slots
+from timerserver.transport import isDelivered
 
 REQUEST_TIMEOUT = 2.0
 """Seconds a request's head may take to arrive (a scraper sends it at once)."""
@@ -109,6 +110,10 @@ class MetricsHTTP(Protocol):
         self.evicted = True
         self.transport.abortConnection()
 
+    def delivered(self) -> bool:
+        """Answered, and the client's kernel acknowledged all of the answer (plain TCP)."""
+        return self.state == "done" and not self.gone and isDelivered(self.transport)
+
     def _timedOut(self) -> None:
         if self.state == "head":
             self.factory.dropped("timed out")
@@ -116,6 +121,7 @@ class MetricsHTTP(Protocol):
         elif self.state == "rendering":
             self.respond(503, b"# the metrics were not ready in time\n")
         else:
+            self.factory.dropped("held after the answer")
             self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:

@@ -16,15 +16,20 @@ scraper.
    the port is full and a connection waits, every connection still reading
    its request head L{EVICT_GRACE} seconds after its accept is aborted to
    make room, all in one turn (one at a time, a busy machine turned them
-   over too slowly).  A connection being answered, or lingering after its
-   answer, is never evicted: its answer may still be on its way to a slow
-   scraper.  While no connection may be evicted yet, the port is paused and
-   resumed when one may.  The grace bounds how fast the port turns over
-   against silent clients (16 slots a grace, 64 connections a second at
-   0.25 s); it is that long because a scraper's request can take that
-   long to arrive after its accept (a TLS handshake first, or a scraper
-   process not yet scheduled on a busy machine).
- - Evicted connections, and those whose head did not arrive in time, are
+   over too slowly), and so is every connection lingering after an answer
+   the client's kernel has acknowledged whole (a client that sends a
+   request and holds its connection held a slot for the whole linger).  A
+   connection being answered, or whose answer is still on its way to a
+   slow scraper, is never evicted.  While no connection may be evicted
+   yet, the port is paused and resumed when one may (looked at again every
+   L{DELIVERY_CHECK} seconds while an answer is on its way).  The grace
+   bounds how fast the port turns over against silent clients (16 slots a
+   grace, 64 connections a second at 0.25 s); it is that long because a
+   scraper's request can take that long to arrive after its accept (a TLS
+   handshake first, or a scraper process not yet scheduled on a busy
+   machine).
+ - Evicted connections, and those whose head did not arrive in time or
+   that held their connection for the whole linger after the answer, are
    counted (C{evicted}, and the factory's C{answers} for the 408s) and
    logged together, at most once every L{DROP_LOG_INTERVAL} seconds; the
    port's accept loop logs through an L{EventLog} (at most 20 lines in
@@ -50,6 +55,8 @@ its accept: a scraper's request on its way (a TLS handshake first, or a
 scraper not yet scheduled on a busy machine; at 10 ms, 16 TLS scrapes at
 once lost 15 of 20, and 200 plain ones at once up to 28).
 """
+DELIVERY_CHECK = 0.02
+"""How often a full port looks again whether an answer on its way has arrived."""
 LISTEN_BACKLOG = 1024
 """The least listen queue the port is given (the kernel caps it at C{somaxconn})."""
 DROP_LOG_INTERVAL = 60.0
@@ -60,13 +67,16 @@ class Slot(Protocol):
     """A connection holding a slot, as L{Slots} sees it."""
 
     state: str
-    """C{"rendering"} (never evicted), or reading its head, or answered."""
+    """C{"head"} (reading it), C{"rendering"} (never evicted), or C{"done"} (answered)."""
     since: float
     """When it entered its state."""
     evicted: bool
 
     def evict(self) -> None:
         """Abort it to make room for a waiting connection."""
+
+    def delivered(self) -> bool:
+        """Whether it was answered and the client's kernel acknowledged all of the answer."""
 
 
 class Slots:
@@ -150,8 +160,15 @@ class Slots:
         return oldest
 
     def _evictable(self, c: Slot, now: float) -> bool:
-        """May C{c} be evicted for a waiting connection (reading its head, past its grace)?"""
-        return c.state == "head" and not c.evicted and c.since + EVICT_GRACE <= now + 1e-9
+        """
+        May C{c} be evicted for a waiting connection: reading its head past
+        its grace, or answered and its answer delivered?
+        """
+        if c.evicted:
+            return False
+        if c.state == "head":
+            return c.since + EVICT_GRACE <= now + 1e-9
+        return c.state == "done" and c.delivered()
 
     def dropped(self, why: str) -> None:
         """
@@ -234,12 +251,17 @@ class Slots:
             self._pause(True)  # until the one evicted is closed
             return
         now, oldest = self.clock.seconds(), self._oldest()
-        if oldest is not None and self._evictable(oldest, now):
+        if any(self._evictable(c, now) for c in self.connections):
             self._pause(False)  # a waiting connection evicts it
             return
         self._pause(True)
-        if oldest is not None and self.port is not None:
-            self._resume = self.clock.callLater(oldest.since + EVICT_GRACE - now, self._update)
+        if self.port is None:
+            return
+        wait = None if oldest is None else oldest.since + EVICT_GRACE - now
+        if any(c.state == "done" for c in self.connections):  # an answer on its way
+            wait = DELIVERY_CHECK if wait is None else min(wait, DELIVERY_CHECK)
+        if wait is not None:
+            self._resume = self.clock.callLater(wait, self._update)
 
     def _pause(self, paused: bool) -> None:
         if paused == self._paused or self.port is None:

@@ -1,6 +1,7 @@
 """
 L{writeNow}: write to a stream socket (TCP or unix) the way asyncio does, sending at once
-when nothing is queued; L{closeNow}: close one with nothing queued at once.
+when nothing is queued; L{closeNow}: close one with nothing queued at once;
+L{isDelivered}: whether the client has everything written to it.
 
 Twisted's C{transport.write} always queues: it registers the socket for
 writability, sends on the next reactor turn and unregisters, which costs two
@@ -13,6 +14,9 @@ handling stay Twisted's own.
 
 from __future__ import annotations
 
+import fcntl
+import struct
+import termios
 from errno import ECONNRESET, ENOTCONN, EPIPE, ETIMEDOUT
 from typing import Any
 
@@ -82,6 +86,24 @@ def queuedBytes(transport: Any) -> int:
         - getattr(transport, "offset", 0)
         + getattr(transport, "_tempDataLen", 0)
     )
+
+
+def isDelivered(transport: Any) -> bool:
+    """
+    Whether everything written to C{transport}, a TCP server connection,
+    has been acknowledged by the client's kernel: nothing in its buffer, and
+    nothing in the socket's send queue (C{TIOCOUTQ}).  An abort then cuts
+    nothing off: the client can still read all of it before the reset.
+    False for any other transport (TLS keeps buffers of its own).
+    """
+    if not isFlushed(transport) or type(transport) is not tcp.Server:
+        return False
+    try:
+        queued = fcntl.ioctl(transport.socket.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return False
+    unacknowledged: int = struct.unpack("i", queued)[0]
+    return unacknowledged == 0
 
 
 def closeNow(transport: Any) -> bool:
