@@ -19,19 +19,24 @@ UNITS = ROOT / "contrib" / "systemd"
 
 
 class SocketActivationTests(SynchronousTestCase):
-    def activate(self, *args: str, fdname: str = "timerserver") -> tuple[ServerProcess, int]:
-        tool = shutil.which("systemd-socket-activate")
-        if tool is None:
+    def activate(
+        self,
+        *args: str,
+        fdname: str = "timerserver",
+        listen: str = "127.0.0.1:{port}",
+        tool: tuple[str, ...] = (),
+        port: str = "systemd:domain=INET:name=timerserver",
+    ) -> tuple[ServerProcess, int]:
+        path = shutil.which("systemd-socket-activate")
+        if path is None:
             raise SkipTest("systemd-socket-activate is not installed (Debian package systemd)")
-        port = freePort()
-        command = [tool, f"--fdname={fdname}", "-l", f"127.0.0.1:{port}"]
-        command += twistdCommand(
-            "-n", "--pidfile=", "timerserver", "--port", "systemd:domain=INET:name=timerserver",
-            *args,
-        )  # fmt: skip
+        number = freePort()
+        command = [path, *tool, f"--fdname={fdname}", "-l", listen.format(port=number)]
+        command += twistdCommand("-n", "--pidfile=", "timerserver", "--port", port, *args)
         # systemd-socket-activate listens at once and starts the server on the
         # first connection, as systemd does: that client waits in the backlog.
-        server = ServerProcess(command=command, portPattern=r"Listening on [\d.]+:(\d+) as")
+        server = ServerProcess(command=command, portPattern=r"Listening on \S+:(\d+) as")
+        port = number
         self.addCleanup(server.kill)
         self.assertEqual(server.port, port)
         return server, port
@@ -59,6 +64,55 @@ class SocketActivationTests(SynchronousTestCase):
                 server.waitForLine(r"cannot listen on systemd:.*no socket 'timerserver'", 20)
             self.assertNotEqual(server.stop(timeout=20), 0)
             self.assertNotIn("Traceback", server.output)
+
+    def test_anIPv6SocketUnderDomainINETIsReadAsWhatItIs(self) -> None:
+        """
+        systemd makes C{ListenStream=5050} an IPv6 socket (every address,
+        IPv4 mapped); read as C{domain=INET}, every client's address was the
+        same garbage: one allowance for all, and behind HAProxy none trusted.
+        """
+        for args in ((), ("--workers", "2")):
+            server, port = self.activate("--max-per-peer", "1", *args, listen="{port}")
+            first = socket.create_connection(("127.0.0.1", port), timeout=5)
+            self.addCleanup(first.close)
+            self.assertEqual(recvExactly(first, len(WELCOME), timeout=30), WELCOME)
+            second = socket.create_connection(("127.0.0.1", port), timeout=5)
+            self.addCleanup(second.close)
+            self.assertEqual(recvExactly(second, 13), b"Server busy\r\n")  # one per host
+            for source in ("127.0.0.2", "::1"):
+                family = socket.AF_INET6 if ":" in source else socket.AF_INET
+                with socket.socket(family) as other:
+                    other.settimeout(5)
+                    other.bind((source, 0))
+                    other.connect(("::1" if ":" in source else "127.0.0.1", port))
+                    self.assertEqual(recvExactly(other, len(WELCOME), timeout=30), WELCOME)
+            server.stop(timeout=20)
+            self.assertIn("host='::ffff:127.0.0.1'", server.output)
+            self.assertNotIn("Traceback", server.output)
+        server, port = self.activate(
+            listen="{port}", port="haproxy:systemd:domain=INET:name=timerserver"
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as proxied:
+            proxied.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 5050\r\n")
+            self.assertEqual(recvExactly(proxied, len(WELCOME), timeout=30), WELCOME)
+
+    def test_aSocketTheServerCannotServeOnIsOneLine(self) -> None:
+        """A datagram socket, or a connected one (Accept=yes): one line and exit, no spin."""
+        for tool, why in (
+            (("--datagram",), "is not a stream socket"),
+            (("--accept",), "is not listening"),
+        ):
+            for args in ((), ("--workers", "2")):
+                server, port = self.activate(*args, tool=tool)
+                if tool == ("--datagram",):
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as datagram:
+                        datagram.sendto(b"x", ("127.0.0.1", port))  # starts the server
+                    server.waitForLine(why, 20)
+                else:
+                    with socket.create_connection(("127.0.0.1", port), timeout=5):
+                        server.waitForLine(why, 20)
+                self.assertNotEqual(server.stop(timeout=20), 0)
+                self.assertNotIn("Traceback", server.output)
 
     def test_theMasterHandsTheSocketToItsWorkers(self) -> None:
         server, port = self.activate("--workers", "2")

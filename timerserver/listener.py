@@ -25,7 +25,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import endpoints
 from twisted.internet.abstract import isIPv6Address
@@ -280,8 +280,48 @@ class Listener:
                     f"{e} passed by systemd (LISTEN_FDNAMES={names!r}; a unit's "
                     f"FileDescriptorName=, systemd-socket-activate's --fdname=)"
                 ) from None
-            return endpoint
-        return endpoints.AdoptedStreamServerEndpoint(reactor, fd, FAMILIES[self.family])
+            if self.kind != "systemd":
+                return endpoint
+            fd = cast(endpoints.AdoptedStreamServerEndpoint, endpoint).fileno
+        return endpoints.AdoptedStreamServerEndpoint(reactor, fd, self.adoptable(fd))
+
+    def adoptable(self, fd: int) -> int:
+        """
+        The address family of C{fd}, a listening stream socket passed to the
+        server (by systemd, or by the master to a worker), or C{SystemExit}
+        with one line if it is not one.  The socket's own family, whatever
+        C{domain=} says: systemd makes C{ListenStream=5050} an IPv6 socket
+        (every address, IPv4 ones mapped), and read as the family named,
+        every client's address was the same garbage.
+        """
+
+        def fail(why: str) -> SystemExit:
+            return SystemExit(f"twistd timerserver: cannot listen on {self.description}: {why}")
+
+        try:
+            probe = socket.socket(fileno=os.dup(fd))
+        except OSError as e:
+            raise fail(f"descriptor {fd}: {e.strerror}") from None
+        with probe:
+            kind = probe.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+            listening = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            family = probe.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+        if kind != socket.SOCK_STREAM:
+            raise fail(
+                f"descriptor {fd} is not a stream socket (ListenDatagram=? the server "
+                "needs ListenStream=)"
+            )
+        if not listening:
+            raise fail(
+                f"descriptor {fd} is not listening (a connected socket, as a unit with "
+                "Accept=yes passes each instance, or one bound without listen()): the "
+                "server needs the listening socket (Accept=no)"
+            )
+        if family not in FAMILIES.values():
+            raise fail(
+                f"descriptor {fd} is a socket of address family {family}, not INET, INET6 or UNIX"
+            )
+        return family
 
     def toData(self) -> dict[str, Any]:
         """This listener as JSON-able data."""
