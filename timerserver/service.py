@@ -16,7 +16,7 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
 from timerserver.acceptguard import guardAccept
@@ -28,6 +28,7 @@ from timerserver.kernelbuffers import boundKernelBuffers
 from timerserver.lateness import LatenessHistogram
 from timerserver.listener import Listener
 from timerserver.monitor import TimerQueueCounters
+from timerserver.outofmemory import ExitOnMemoryError
 from timerserver.proxyheader import ProxyHeaderFactory
 from timerserver.reactorqueue import ReactorTimerQueue
 from timerserver.wheel import TimerWheel
@@ -99,7 +100,8 @@ class ServerRoot(MultiService):
     The service C{twistd timerserver} runs: once the reactor begins to stop,
     a second SIGTERM or SIGINT is one log line, not Twisted's
     C{ReactorNotRunning} traceback (the stop is already under way, bounded
-    by C{--shutdown-timeout}).
+    by C{--shutdown-timeout}); and while it runs, a C{MemoryError} ends the
+    process (L{ExitOnMemoryError}).
     """
 
     _log = Logger()
@@ -107,12 +109,19 @@ class ServerRoot(MultiService):
     def __init__(self, reactor: Any) -> None:
         MultiService.__init__(self)
         self._reactor = reactor
+        self._outOfMemory = ExitOnMemoryError()
 
     def startService(self) -> None:
+        globalLogPublisher.addObserver(self._outOfMemory)
         MultiService.startService(self)
         addTrigger = getattr(self._reactor, "addSystemEventTrigger", None)
         if addTrigger is not None:
             addTrigger("before", "shutdown", self._stopping)
+
+    def stopService(self) -> defer.Deferred[None]:
+        globalLogPublisher.removeObserver(self._outOfMemory)
+        stopped: defer.Deferred[None] = MultiService.stopService(self)
+        return stopped
 
     def _stopping(self) -> None:
         try:

@@ -40,6 +40,7 @@ from twisted.python import usage
 from timerserver.clock import useMonotonicTime
 from timerserver.config import FILE_RESERVE, ServerConfig
 from timerserver.messages import MAX_LOAD, Load, StopFigures
+from timerserver.outofmemory import ExitOnMemoryError
 from timerserver.service import TimerServerService, buildServer
 from timerserver.snapshots import processFigures
 from timerserver.workerchannel import ChannelLogObserver, OutChannel
@@ -233,7 +234,9 @@ def main(argv: list[str]) -> None:
 
     channel = OutChannel(reactor, sys.stdout.fileno())
     sys.stdout = sys.stderr  # nothing else may write to the channel's pipe
-    globalLogBeginner.beginLoggingTo([ChannelLogObserver(channel)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo(
+        [ChannelLogObserver(channel), ExitOnMemoryError()], redirectStandardIO=False
+    )
     useMonotonicTime(reactor)
     fds = [int(fd) for fd in args.fds.split(",")]
     worker = Worker(reactor, channel, fds)
