@@ -331,6 +331,33 @@ class StopTests(SynchronousTestCase):
         self.assertEqual(len(reactor.processes), 2)  # the worker and the spare, no other
         self.assertEqual(reactor.getDelayedCalls(), [])
 
+    def test_aStopSignalWhileStoppingIsNoWarning(self) -> None:
+        """
+        Ctrl-C or C{kill -- -PGID} signal every process: a worker that dies of
+        the stop signal did what stopping asked; another death is a warning.
+        """
+        service, reactor = pool(workers=2)
+        service.startService()
+        logged = captureLog(self)
+        service.stopService()
+        one, two, spare = reactor.processes
+        one.end(Failure(ProcessTerminated(signal=signal.SIGTERM)))
+        spare.end(Failure(ProcessTerminated(signal=signal.SIGINT)))
+        two.end(Failure(ProcessTerminated(signal=signal.SIGKILL)))
+        levels = [
+            (e["log_level"].name, e["status"])
+            for e in logged
+            if "while stopping" in e["log_format"]
+        ]
+        self.assertEqual(
+            levels,
+            [
+                ("info", "killed by signal 15 (SIGTERM)"),
+                ("info", "killed by signal 2 (SIGINT)"),
+                ("warn", "killed by signal 9 (SIGKILL)"),
+            ],
+        )
+
 
 class WorkerOutputTests(SynchronousTestCase):
     def worker(self) -> tuple[WorkerProcess, list[dict[str, Any]]]:

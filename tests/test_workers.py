@@ -164,6 +164,31 @@ class WorkerTests(WorkerCase):
         self.assertEqual((figures["workers"], figures["unreported"]), (2, 0))
         self.assertNotIn("Traceback", server.output)
 
+    def test_theMastersSignalsLeaveTheWorkersServing(self) -> None:
+        """
+        A hangup of the process group, and twistd's log reopening sent to
+        every process of a unit (C{systemctl kill -s USR1}), killed every
+        worker (the spare too) and their clients without a goodbye.
+        """
+        server = self.start("--interval", "0.2")
+        socks = [self.connect(server, f"127.0.0.{2 + i}") for i in range(10)]
+        for sock in socks:
+            recvExactly(sock, len(WELCOME))
+        spare = re.search(r"spare worker started, pid (\d+)", server.output)
+        assert spare is not None, server.output
+        pids = [*self.workerPids(server).values(), int(spare.group(1))]
+        for number in (signal.SIGHUP, signal.SIGUSR1):
+            for pid in pids:
+                os.kill(pid, number)
+        time.sleep(0.5)
+        for sock in socks:  # every client still gets its messages
+            self.assertEqual(recvExactly(sock, len(MESSAGE)), MESSAGE)
+        self.assertEqual([pid for pid in pids if not _notZombie(pid)], [])
+        self.assertNotIn("killed by signal", server.output)
+        server.stop(signal.SIGTERM, timeout=20)
+        for sock in socks:
+            self.assertTrue(recvUntilClosed(sock).endswith(b"Server shutting down\r\n"))
+
     def test_workersOfAKilledMasterExitByThemselves(self) -> None:
         server = self.start()
         pids = list(self.workerPids(server).values())

@@ -58,7 +58,9 @@ GIVE_UP_AFTER = 4.5
 """Seconds past the shutdown timeout after which the master stops waiting for any worker."""
 STOP_FIELDS = ("closed", "cancelled", "skipped")
 WORKER_MAIN = (
-    "import sys\n"
+    "import signal, sys\n"
+    "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+    "signal.signal(signal.SIGUSR1, signal.SIG_IGN)\n"
     "if sys.path[:1] == ['']:\n"
     "    del sys.path[0]\n"
     "from timerserver.worker import main\n"
@@ -68,6 +70,11 @@ WORKER_MAIN = (
 A worker's C{python -c}: C{timerserver.worker}'s main, imported with the
 working directory off C{sys.path} (C{python -m} and C{-c} put it first, so
 whoever can write there would run code in every worker; C{-P} needs 3.11).
+First, before any import, it ignores the signals meant for its master: a
+hangup of the terminal's process group, and twistd's log reopening
+(C{systemctl kill -s USR1} signals every process of the unit) killed every
+worker and their clients without a goodbye.  A worker logs through its
+master and is stopped by it, or by the end of its master's pipe.
 """
 
 
@@ -230,7 +237,10 @@ class WorkerPoolService(Service):
         self.figures.retire(worker)
         if self.stopping:
             if not isinstance(reason.value, ProcessDone):
-                self._log.warn(
+                # A stop signal is what stopping asked for (ours, or the
+                # process group's: Ctrl-C, kill -- -PGID): not a warning.
+                asked = getattr(reason.value, "signal", None) in (signal.SIGTERM, signal.SIGINT)
+                (self._log.info if asked else self._log.warn)(
                     "{name} {status} while stopping", name=worker.name, status=exitStatus(reason)
                 )
             return
