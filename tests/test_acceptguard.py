@@ -100,11 +100,16 @@ class GuardTests(SynchronousTestCase):
         self.assertEqual(self.pauses(2), [0.1, 0.2])
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
-    def test_eachFailureIsARateLimitedEvent(self) -> None:
-        self.pauses(30)
+    def test_eachFailureIsCountedAndLoggedOnceAMinute(self) -> None:
+        """It retries every second while it lasts: a line a second was never summarised."""
+        self.pauses(30)  # 27.5 s
         self.assertEqual(self.events.totals["unaccepted"], 30)
-        self.assertEqual(len(self.logged), 20)
+        self.assertEqual(len(self.logged), 1)
         self.assertIn("accept failed (EMFILE), left queued", self.logged[0]["detail"])
+        self.pauses(34)  # the last at 60.5 s
+        self.assertEqual(self.events.totals["unaccepted"], 64)
+        self.assertEqual(len(self.logged), 2)
+        self.assertIn("; 62 more since the last such line", self.logged[1]["detail"])
         self.assertEqual(self.events.totals["dropped"], 0)  # nobody was dropped
         self.events.stop()
 

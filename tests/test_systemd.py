@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import re
+import shlex
 import shutil
 import socket
 
@@ -113,6 +114,26 @@ class SocketActivationTests(SynchronousTestCase):
                         server.waitForLine(why, 20)
                 self.assertNotEqual(server.stop(timeout=20), 0)
                 self.assertNotIn("Traceback", server.output)
+
+    def test_aWrapperThatForksIsOneLineThatSaysSo(self) -> None:
+        """systemd's sockets are for the process it started (LISTEN_PID), not its child."""
+        path = shutil.which("systemd-socket-activate")
+        if path is None:
+            raise SkipTest("systemd-socket-activate is not installed (Debian package systemd)")
+        port = freePort()
+        twistd = shlex.join(
+            twistdCommand(
+                "-n", "--pidfile=", "timerserver", "--port", "systemd:domain=INET:name=timerserver"
+            )
+        )  # fmt: skip
+        command = [path, "--fdname=timerserver", "-l", f"127.0.0.1:{port}"]
+        command += ["sh", "-c", f"{twistd}; echo exited $?"]  # no exec: twistd is a child
+        server = ServerProcess(command=command, portPattern=r"Listening on \S+:(\d+) as")
+        self.addCleanup(server.kill)
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            server.waitForLine(r"are for process \d+ \(LISTEN_PID\), not this one", 20)
+            server.waitForLine(r"exited 1", 20)
+        self.assertNotIn("Traceback", server.output)
 
     def test_theMasterHandsTheSocketToItsWorkers(self) -> None:
         server, port = self.activate("--workers", "2")

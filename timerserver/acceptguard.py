@@ -16,8 +16,9 @@ Out of file descriptors (a lowered limit, or more sockets than it allows):
    whose accept failed stops reading for 0.1 s (doubling to 1 s while it
    keeps failing), and before it reads again the spare is reserved again if
    a descriptor is free.  Each failure is an C{unaccepted} event (the client
-   still waits in the listen queue); Twisted's failure to reserve the spare
-   is one line a minute at most, without a traceback.
+   still waits in the listen queue), logged once a minute at most; Twisted's
+   failure to reserve the spare is one line a minute at most, without a
+   traceback.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from timerserver.eventlog import EventLog
 FIRST_PAUSE = 0.1
 LONGEST_PAUSE = 1.0
 SPARE_LOG_INTERVAL = 60.0
+UNACCEPTED_LOG_INTERVAL = 60.0
+"""A port that cannot accept retries every second: it says so at most once in this many seconds."""
 _NOT_OURS = "ECONNABORTED"
 """An accept error a client causes (it went away): the port has nothing to wait for."""
 _log = Logger()
@@ -97,6 +100,8 @@ class _AcceptGuard:
         self.failed = False
         self.pause = FIRST_PAUSE
         self._resume: IDelayedCall | None = None
+        self._failureLogged = -math.inf
+        self._unlogged = 0
 
     @provider(ILogObserver)
     def observe(self, event: dict[str, Any]) -> None:
@@ -108,7 +113,16 @@ class _AcceptGuard:
                 detail = f": accept failed ({error}), the client went away"
             else:
                 self.failed = True
-                detail = f": accept failed ({error}), left queued"
+                now = self.clock.seconds()
+                if now - self._failureLogged < UNACCEPTED_LOG_INTERVAL:
+                    # Counted, not logged: it retries every second while it lasts.
+                    self.events.totals["unaccepted"] += 1
+                    self._unlogged += 1
+                    return
+                self._failureLogged = now
+                more = f"; {self._unlogged} more since the last such line" if self._unlogged else ""
+                self._unlogged = 0
+                detail = f": accept failed ({error}), left queued (logged once a minute{more})"
             self.events.event("unaccepted", "an unknown address", detail)
 
     def turnDone(self) -> None:

@@ -275,10 +275,20 @@ class Listener:
                 if self.kind != "systemd":
                     raise
                 names = os.environ.get("LISTEN_FDNAMES", "")
+                pid = os.environ.get("LISTEN_PID", "")
+                if pid and pid != str(os.getpid()):
+                    # systemd passed them to another process: a wrapper that forks
+                    why = (
+                        f"the sockets systemd passed are for process {pid} (LISTEN_PID), "
+                        f"not this one ({os.getpid()}): a wrapper must start twistd with exec"
+                    )
+                else:
+                    why = (
+                        f"no socket {e} passed by systemd (LISTEN_FDNAMES={names!r}; a unit's "
+                        f"FileDescriptorName=, systemd-socket-activate's --fdname=)"
+                    )
                 raise SystemExit(
-                    f"twistd timerserver: cannot listen on {self.description}: no socket "
-                    f"{e} passed by systemd (LISTEN_FDNAMES={names!r}; a unit's "
-                    f"FileDescriptorName=, systemd-socket-activate's --fdname=)"
+                    f"twistd timerserver: cannot listen on {self.description}: {why}"
                 ) from None
             if self.kind != "systemd":
                 return endpoint
