@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests import helpers
 from tests.proxyheaders import INVALID, v1, v2, v2v6
 from timerserver import TimerQueueCounters, TimerWheel
+from timerserver.admission import BUSY
 from timerserver.config import DEFAULT_WELCOME
 from timerserver.factory import TimerServerFactory
 from timerserver.listener import parseTrusted
@@ -201,6 +202,22 @@ class ProxyLayerTests(SynchronousTestCase):
         self.assertEqual(transport.value(), DEFAULT_WELCOME)
         [server] = h.factory.connections
         self.assertEqual(server.transport.getPeer(), PROXY_ADDRESS)
+
+    def test_localAndUnknownCountAgainstTheSocketsAddress(self) -> None:
+        """Uncounted, any trusted source had unlimited sockets for 16 bytes each."""
+        for header in (v2("192.0.2.7", command=0x20), b"PROXY UNKNOWN\r\n"):
+            h = Harness(maxPerPeer=1)
+            first, t1 = h.connect()
+            first.dataReceived(header)
+            self.assertEqual(t1.value(), DEFAULT_WELCOME)
+            self.assertEqual(h.admission.perPeer, {PROXY_ADDRESS.host: 1})
+            second, t2 = h.connect()
+            second.dataReceived(header)
+            self.assertEqual(t2.value(), BUSY)
+            self.assertEqual(h.admission.refused["peer"], 1)
+            helpers.lose(second)
+            helpers.lose(first)
+            self.assertEqual(h.admission.perPeer, {})
 
     def test_dataAfterTheHeaderInTheSameReadIsEchoed(self) -> None:
         h = Harness(welcome=None)

@@ -203,11 +203,15 @@ class ProxyHeaderLayer(Layer):
         self._reader = None
         info, rest = result
         gate = gateOf(self.transport)
-        if info.source is not None and gate is not None:
+        # LOCAL and UNKNOWN are served with the socket's own address, and
+        # counted against it (the proxy's): uncounted, any trusted source
+        # had unlimited sockets for 16 bytes each.
+        source = info.source if info.source is not None else self.transport.getPeer()
+        if gate is not None and getattr(source, "host", None) is not None:
             # Busy in clear only where no TLS handshake would come first.
             above = self.wrappedProtocol
             plain = not (isinstance(above, ClientHelloLayer) or INegotiated.providedBy(above))
-            if not gate.claimPeer(info.source, busy=plain):
+            if not gate.claimPeer(source, busy=plain):
                 return
         self.info = info
         self.wrappedProtocol.makeConnection(self)
