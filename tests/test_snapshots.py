@@ -120,6 +120,16 @@ class SnapshotTests(SynchronousTestCase):
         self.assertEqual(total["process"]["process_cpu_seconds_total"], 4.5)
         self.assertEqual(total["process"]["process_resident_memory_bytes"], 200)
 
+    def test_whatADeadWorkerHeldCountsAsClosed(self) -> None:
+        """accepted = open + closed, across a worker's death."""
+        last = {"connections_open": 8, "accepted": 21, "closed": {"client": 12, "idle": 1}}
+        kept = retired(last)
+        self.assertEqual(kept["connections_open"], 0)
+        self.assertEqual(kept["closed"], {"client": 12, "idle": 1, "worker_exit": 8})
+        self.assertEqual(last["closed"], {"client": 12, "idle": 1})  # its last answer, untouched
+        total = combine([kept, retired({**last, "connections_open": 0, "accepted": 13})])
+        self.assertEqual(total["accepted"], sum(total["closed"].values()))
+
 
 class ProcessFiguresTests(SynchronousTestCase):
     def test_atTheOpenFileLimitCPUStillCountsAndTheRestIsKept(self) -> None:

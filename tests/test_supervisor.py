@@ -37,6 +37,7 @@ from timerserver.supervisor import (
     BACKOFF_MAX,
     GIVE_UP_AFTER,
     KILL_AFTER,
+    SPARE_REPORT_DEADLINE,
     WorkerPoolService,
     exitStatus,
 )
@@ -126,6 +127,40 @@ class SpawnTests(SynchronousTestCase):
         [fresh] = reactor.processes[3:]  # and another spare is started
         self.assertIs(service.spare, fresh.proto)
         self.assertEqual(fresh.messages(), [])
+
+    def test_aHungSpareMadeAWorkerIsKilledAndItsSlotRestarted(self) -> None:
+        """A spare stopped while it waited took the slot, and nothing ever noticed."""
+        service, reactor = pool()
+        service.startService()
+        logged = captureLog(self)
+        one, _, spare = reactor.processes
+        one.end(Failure(ProcessTerminated(signal=9)))
+        reactor.advance(0)  # the spare takes the slot
+        self.assertIs(service.workers[1], spare.proto)
+        reactor.advance(SPARE_REPORT_DEADLINE - 0.1)
+        self.assertEqual(spare.signals, [])
+        reactor.advance(0.1)
+        self.assertEqual(spare.signals, ["KILL"])
+        [line] = [e for e in logged if "sent no load report" in e["log_format"]]
+        self.assertEqual(line["log_level"].name, "warn")
+        spare.end(Failure(ProcessTerminated(signal=9)))  # its end restarts the slot
+        reactor.advance(BACKOFF_FIRST)  # it never served: with back-off
+        self.assertIsNot(service.workers[1], spare.proto)
+        self.assertIn(service.workers[1].transport, reactor.processes[3:])
+
+    def test_aSpareMadeAWorkerThatReportsIsLeftAlone(self) -> None:
+        service, reactor = pool()
+        service.startService()
+        one, _, spare = reactor.processes
+        one.end(Failure(ProcessTerminated(signal=9)))
+        reactor.advance(0)
+        reactor.advance(0.5)
+        spare.proto.childDataReceived(1, encode(Load(0, 100)))
+        reactor.advance(SPARE_REPORT_DEADLINE)
+        self.assertEqual(spare.signals, [])
+        spare.end(Failure(ProcessTerminated(signal=9)))  # gone before the deadline: nothing
+        reactor.advance(SPARE_REPORT_DEADLINE)
+        self.assertEqual(spare.signals, [])
 
     def test_aDeadSpareIsReplacedWithBackOff(self) -> None:
         service, reactor = pool(workers=1)

@@ -30,6 +30,11 @@ HANDSHAKE = "handshake"
 """No TLS handshake or PROXY header within C{--handshake-timeout}."""
 PROXY = "proxy"
 """A malformed or invalid PROXY header."""
+WORKER_EXIT = "worker_exit"
+"""Open in a worker when it died (the master counts them, from the worker's last figures)."""
 # And PEER: behind haproxy:, a socket over --max-per-peer for the address its
 # header claims was accepted first, so it is refused and closed both.
-CLOSED = (CLIENT, IDLE, STALLED, BUFFER, CLOSE_TIMEOUT, SHUTDOWN, TLS, HANDSHAKE, PROXY, PEER)
+CLOSED = (
+    CLIENT, IDLE, STALLED, BUFFER, CLOSE_TIMEOUT, SHUTDOWN, TLS, HANDSHAKE, PROXY, PEER,
+    WORKER_EXIT,
+)  # fmt: skip

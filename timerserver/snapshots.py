@@ -18,7 +18,7 @@ from typing import Any
 from timerserver.admission import Admission
 from timerserver.factory import TimerServerFactory
 from timerserver.monitor import TimerQueueCounters
-from timerserver.reasons import CLOSED, REFUSED
+from timerserver.reasons import CLOSED, REFUSED, WORKER_EXIT
 
 OPERATIONS = {
     "create": "created",
@@ -103,8 +103,17 @@ def snapshot(
 
 
 def retired(last: Snapshot) -> Snapshot:
-    """A dead worker's last snapshot, its gauges zeroed: its counters stay in the sums."""
+    """
+    A dead worker's last snapshot, its gauges zeroed: its counters stay in
+    the sums, and the connections it held count as closed (C{worker_exit}),
+    so that accepted = open + closed still holds.
+    """
     kept = {**last, **dict.fromkeys(GAUGES, 0)}
+    held = last.get("connections_open", 0)
+    if held:
+        closed = dict(last.get("closed", {}))
+        closed[WORKER_EXIT] = closed.get(WORKER_EXIT, 0) + held
+        kept["closed"] = closed
     process = last.get("process", {})
     kept["process"] = {"process_cpu_seconds_total": process.get("process_cpu_seconds_total", 0)}
     return kept

@@ -38,7 +38,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -50,6 +50,12 @@ from timerserver.workersockets import WorkerSockets
 
 HEALTHY_AFTER = 5.0
 """A worker that served this long before it died is replaced at once."""
+SPARE_REPORT_DEADLINE = 10.0
+"""
+Seconds a spare made a worker has to send its first load report (it has
+imported everything: it takes one report period): one that does not is
+hung (stopped, wedged) and killed, and its slot restarted with back-off.
+"""
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 KILL_AFTER = 3.0
@@ -199,6 +205,9 @@ class WorkerPoolService(Service):
                 return
         else:
             self.failures[0] = 0  # a spare that started and waited: its failures are over
+            worker.reportDeadline = self.reactor.callLater(
+                SPARE_REPORT_DEADLINE, self._reported, worker
+            )
         self.workers[number] = worker
         worker.configure(self.workerConfig(), number, 3 + number - 1)
         self.steering.started(number - 1)
@@ -206,6 +215,26 @@ class WorkerPoolService(Service):
         self._log.info("worker {worker} started, pid {pid}{how}", worker=number, pid=pid, how=how)
         if len(self.workers) == self.count:
             self.spawnSpare()  # once every worker runs: they come first
+
+    def _reported(self, worker: WorkerProcess) -> None:
+        """
+        The spare made C{worker} should have reported by now: if it has not
+        (a spare stopped or wedged while it waited, which nothing else would
+        notice), kill it; its end restarts the slot.
+        """
+        worker.reportDeadline = None
+        if self.stopping or self.workers.get(worker.number) is not worker:
+            return
+        self._log.warn(
+            "{name} (the spare, pid {pid}) sent no load report within {deadline}s: killing it",
+            name=worker.name,
+            pid=worker.transport.pid,
+            deadline=SPARE_REPORT_DEADLINE,
+        )
+        try:
+            worker.transport.signalProcess("KILL")
+        except ProcessExitedAlready:
+            pass
 
     def spawnSpare(self) -> None:
         """Start a spare worker process, unless there is one."""
@@ -230,6 +259,7 @@ class WorkerPoolService(Service):
         """Log how C{worker} ended and, unless stopping, start its replacement."""
         number = worker.number
         running = self.workers.get(number) is worker
+        worker.cancelReportDeadline()
         if worker is self.spare:
             self.spare = None
         elif running:

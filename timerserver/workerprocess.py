@@ -72,6 +72,8 @@ class WorkerProcess(ProcessProtocol):
         self.startedAt = pool.reactor.seconds()
         self.servingSince: float | None = None
         """When its first load report came: it serves (C{None} until then)."""
+        self.reportDeadline: IDelayedCall | None = None
+        """Set by the pool: when a spare made this worker is taken for hung without a report."""
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.stopFigures: StopFigures | None = None
         self.lastStats: dict[str, Any] | None = None
@@ -81,6 +83,12 @@ class WorkerProcess(ProcessProtocol):
         """Whether the pool has folded its figures into its sums (it ended)."""
         self._nextId = 0
         self._asked: tuple[int, list[defer.Deferred[dict[str, Any] | None]]] | None = None
+
+    def cancelReportDeadline(self) -> None:
+        """It reported, or ended: it is not hung."""
+        if self.reportDeadline is not None and self.reportDeadline.active():
+            self.reportDeadline.cancel()
+        self.reportDeadline = None
 
     def configure(self, config: dict[str, Any], number: int, fd: int) -> None:
         """Make the process worker C{number} on descriptor C{fd}: its first message."""
@@ -127,6 +135,7 @@ class WorkerProcess(ProcessProtocol):
         elif isinstance(message, Load):
             if self.servingSince is None:
                 self.servingSince = self.pool.reactor.seconds()
+                self.cancelReportDeadline()
             self.pool.workerLoad(self, message.open, message.capacity)
         elif isinstance(message, StatsAnswer):
             self.statsAnswer(message)
