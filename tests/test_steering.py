@@ -6,6 +6,7 @@ group on loopback that follows the program.
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 from typing import Any
@@ -382,6 +383,41 @@ class RefusedTests(SynchronousTestCase):
         [event] = events
         self.assertIn("not steered", event["log_format"])
         self.assertIn("shared", event["why"])
+
+    def test_aFailureForNowIsTriedAgain(self) -> None:
+        """ENOMEM (a memory cgroup at its limit) is not "cannot": the hash stayed for good."""
+        failures = [OSError(errno.ENOMEM, "Cannot allocate memory")] * 2
+        attached: list[bytes] = []
+
+        def attach(sock: socket.socket, code: bytes) -> None:
+            if failures:
+                raise failures.pop()
+            attached.append(code)
+
+        self.patch(steering, "attach", attach)
+        clock = Clock()
+        sockets = WorkerSockets(Listener.parse("tcp:0:interface=127.0.0.1"), clock, 2)
+        sockets.listen()
+        self.addCleanup(sockets.close)
+        events = self.logged()
+        steer = Steering(2, sockets.steer, clock.seconds)
+        steer.started(0)
+        self.assertEqual((steer.refused, steer.current), (False, None))
+        clock.advance(MIN_INTERVAL)
+        steer.started(1)
+        self.assertEqual((steer.refused, steer.current), (False, None))
+        [event] = events  # once a minute
+        self.assertEqual(
+            (event["log_level"].name, event["why"]), ("warn", "Cannot allocate memory")
+        )
+        for _ in range(3):  # tried again: worker 2 holds 1,000, worker 1 none
+            clock.advance(MIN_INTERVAL)
+            steer.report(0, 0)
+            steer.report(1, 1000)
+        self.assertFalse(steer.refused)
+        self.assertEqual(len(attached), 1)
+        assert steer.current is not None
+        self.assertGreater(steer.current[0], steer.current[1])
 
     def test_theKernelRefusing(self) -> None:
         def refuse(sock: socket.socket, code: bytes) -> None:

@@ -197,7 +197,8 @@ class Steering:
     The latest count of each slot's worker, and the program that follows them.
 
     @param attachTo: steers the group by these weights (L{WorkerSockets.steer}),
-        returning whether the kernel took the program; after a refusal
+        returning whether the kernel took the program, or C{None} if it
+        failed for now (the next update tries again); after a refusal
         nothing more is tried.
     @param seconds: the clock that bounds how often it attaches.
     @ivar counts: per slot (0 to N-1), the worker's open connections, or
@@ -210,7 +211,10 @@ class Steering:
     """
 
     def __init__(
-        self, count: int, attachTo: Callable[[list[int]], bool], seconds: Callable[[], float]
+        self,
+        count: int,
+        attachTo: Callable[[list[int]], bool | None],
+        seconds: Callable[[], float],
     ) -> None:
         self.counts: list[int | None] = [None] * count
         self.capacities: list[int | None] = [None] * count
@@ -287,7 +291,10 @@ class Steering:
         if not now and last is not None and abs(time - last) < MIN_INTERVAL:
             return  # the next report (within 0.5 s) tries again
         self._lastAttach = time
-        if not self.attachTo(wanted):
+        attached = self.attachTo(wanted)
+        if attached is None:
+            return  # failed for now: the next report (MIN_INTERVAL on) tries again
+        if not attached:
             self.refused = True
             return
         self.current = wanted

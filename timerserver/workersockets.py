@@ -29,6 +29,8 @@ they were listened on, which is the workers' order.
 
 from __future__ import annotations
 
+import errno
+import math
 import socket
 from collections.abc import Sequence
 from typing import Any, cast
@@ -57,6 +59,11 @@ class _NeverServes(Factory):
         return "timerserver master"
 
 
+CANNOT_STEER = frozenset({errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM})
+"""Errors that say the kernel (or the socket) cannot take the program: nothing more is tried."""
+STEER_FAILURE_LOG_INTERVAL = 60.0
+
+
 class WorkerSockets:
     """
     Listens for C{count} workers as C{listener} says.
@@ -77,6 +84,7 @@ class WorkerSockets:
         self._sockets: list[socket.socket] = []
         self._port: IListeningPort | None = None
         self._steerRefused = False
+        self._steerFailedLogged = -math.inf
 
     @property
     def perWorker(self) -> bool:
@@ -126,12 +134,13 @@ class WorkerSockets:
         )
         self.fds = [sock.fileno() for sock in self._sockets]
 
-    def steer(self, weights: Sequence[float]) -> bool:
+    def steer(self, weights: Sequence[float]) -> bool | None:
         """
         Send new connections to worker K's socket in proportion to
         C{weights[K - 1]}.  Whether the kernel took it: where it cannot
         (one shared socket, not Linux, an old kernel), one line is logged,
-        once, and the hash stays.
+        once, and the hash stays; C{None} where it failed for now (any
+        other error), to be tried again.
 
         @raise ValueError: bad weights (as L{steering.program}).
         """
@@ -145,6 +154,19 @@ class WorkerSockets:
                 raise OSError(f"{self.description} is one socket shared by every worker")
             steering.attach(self._sockets[0], code)
         except OSError as e:
+            if e.errno is not None and e.errno not in CANNOT_STEER:
+                # Not "cannot" but "not now" (ENOMEM under a memory cgroup at
+                # its limit: the program is allocated at each attach): the
+                # next update tries again; one line a minute at most.
+                now = self.reactor.seconds()
+                if now - self._steerFailedLogged >= STEER_FAILURE_LOG_INTERVAL:
+                    self._steerFailedLogged = now
+                    self._log.warn(
+                        "new connections could not be steered this time, tried again "
+                        "at the next report (logged once a minute): {why}",
+                        why=e.strerror or str(e),
+                    )
+                return None
             self._steerRefused = True
             self._log.info(
                 "new connections are not steered to the emptier workers "
