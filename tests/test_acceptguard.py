@@ -15,6 +15,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.helpers import captureLog
 from timerserver import acceptguard
 from timerserver.acceptguard import FIRST_PAUSE, LONGEST_PAUSE, guardAccept
 from timerserver.eventlog import EventLog
@@ -116,6 +117,20 @@ class GuardTests(SynchronousTestCase):
     def test_theSpareIsReservedAgainBeforeThePortReads(self) -> None:
         self.pauses(3)
         self.assertEqual(self.spare.reserves, 3)  # a descriptor was free each time
+
+    def test_anAcceptErrorTwistedDoesNotKnowIsAPauseNotATraceback(self) -> None:
+        """
+        Twisted logs an unknown accept error as a traceback and leaves the
+        socket readable: a traceback a turn, at a full core.
+        """
+        errors = captureLog(self)
+        self.failing.error = errno.EPROTO
+        self.assertEqual(self.pauses(3), [0.1, 0.2, 0.4])
+        self.assertEqual(self.failing.accepts, 3)
+        self.assertEqual(self.events.totals["unaccepted"], 3)
+        self.assertIn("accept failed (EPROTO), left queued", self.logged[0]["detail"])
+        self.assertEqual([e for e in errors if e.get("log_failure") is not None], [])
+        self.assertIs(self.port.socket, self.failing)  # the port's own, between turns
 
     def test_aClientThatWentAwayDoesNotPause(self) -> None:
         """ECONNABORTED is the client's doing: the port goes on reading."""

@@ -18,11 +18,13 @@ Out of file descriptors (a lowered limit, or more sockets than it allows):
    a descriptor is free.  Each failure is an C{unaccepted} event (the client
    still waits in the listen queue), logged once a minute at most; Twisted's
    failure to reserve the spare is one line a minute at most, without a
-   traceback.
+   traceback.  So is an accept error Twisted does not know: it would log a
+   traceback each turn, the socket still readable, at a full core.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from time import monotonic
@@ -40,6 +42,10 @@ LONGEST_PAUSE = 1.0
 SPARE_LOG_INTERVAL = 60.0
 UNACCEPTED_LOG_INTERVAL = 60.0
 """A port that cannot accept retries every second: it says so at most once in this many seconds."""
+_TWISTED_HANDLES = frozenset(
+    {errno.EAGAIN, errno.EWOULDBLOCK, errno.EPERM, *tcp._ACCEPT_ERRORS}
+)
+"""The accept errors Twisted's accept loop handles itself."""
 _NOT_OURS = "ECONNABORTED"
 """An accept error a client causes (it went away): the port has nothing to wait for."""
 _log = Logger()
@@ -61,10 +67,16 @@ def guardAccept(port: object, events: EventLog, clock: IReactorTime) -> None:
     spare._log = Logger(namespace=__name__, observer=_spareFailed)
     accept: Any = port.doRead
     lost: Any = port.connectionLost
+    listening = _ListeningSocket(guard)
 
     def doRead() -> object:
         guard.failed = False
-        result = accept()  # Twisted's accept loop logs what it raises
+        listening.socket = port.socket
+        port.socket = listening  # for Twisted's accept loop only
+        try:
+            result = accept()  # Twisted's accept loop logs what it raises
+        finally:
+            port.socket = listening.socket
         if guard.failed or guard.pause != FIRST_PAUSE:
             guard.turnDone()
         return result
@@ -88,6 +100,28 @@ def _spareFailed(event: dict[str, Any]) -> None:
             "Out of file descriptors, with none spare for Twisted's EMFILE recovery: "
             "clients wait in the listen queue until one is free (logged once a minute)"
         )
+
+
+class _ListeningSocket:
+    """
+    The port's socket as its accept loop sees it: an accept error Twisted
+    does not know (it logs a traceback and the socket stays readable: one a
+    turn, at a full core) is a failed turn instead, logged as the others
+    are, and the loop ends as if nobody waited.
+    """
+
+    def __init__(self, guard: _AcceptGuard) -> None:
+        self.guard = guard
+        self.socket: Any = None
+
+    def accept(self) -> Any:
+        try:
+            return self.socket.accept()
+        except OSError as e:
+            if e.errno in _TWISTED_HANDLES:
+                raise
+            self.guard.observe({"acceptError": errno.errorcode.get(e.errno or 0, str(e))})
+            raise BlockingIOError(errno.EAGAIN, "accept failed") from None
 
 
 class _AcceptGuard:
