@@ -9,13 +9,13 @@ import socket
 import struct
 from typing import Any
 
-from twisted.internet import defer, error, protocol, reactor, task
+from twisted.internet import defer, error, protocol, reactor, task, tcp
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from timerserver.transport import closeNow, isFlushed, writeNow
+from timerserver.transport import Server, closeNow, isFlushed, serveLean, writeNow
 
 
 @implementer(IPushProducer)
@@ -63,12 +63,17 @@ class ClientSide(protocol.Protocol):
 
 
 class WriteNowTests(TestCase):
+    lean = False
+    """Whether the port makes L{Server}s, as the server's does, or Twisted's own."""
+
     @defer.inlineCallbacks
     def connect(self, expected: int) -> Any:
         server = ServerSide()
         port = reactor.listenTCP(
             0, protocol.Factory.forProtocol(lambda: server), interface="127.0.0.1"
         )
+        if self.lean:
+            serveLean(port)
         self.addCleanup(port.stopListening)
         client = ClientSide(expected)
         connector = reactor.connectTCP(
@@ -170,6 +175,32 @@ class WriteNowTests(TestCase):
         self.assertFalse(isFlushed(StringTransport()))
         client.transport.resumeProducing()
         yield client.done
+
+
+class LeanServerWriteNowTests(WriteNowTests):
+    """The same, over the server's own connections."""
+
+    lean = True
+
+    @defer.inlineCallbacks
+    def test_itIsTwistedsServerWithTheSameLogPrefix(self) -> Any:
+        server, _ = yield self.connect(0)
+        transport = server.transport
+        self.assertIs(type(transport), Server)
+        self.assertIsInstance(transport, tcp.Server)
+        port = transport.server._realPortNumber
+        self.assertEqual(transport.logPrefix(), f"ServerSide,{transport.sessionno},127.0.0.1")
+        self.assertEqual(repr(transport), f"<ServerSide #{transport.sessionno} on {port}>")
+
+    def test_onlyTwistedsOwnTCPPortsAreChanged(self) -> None:
+        class Other(tcp.Server):
+            pass
+
+        port = tcp.Port(0, protocol.Factory())
+        port.transport = Other
+        serveLean(port)
+        self.assertIs(port.transport, Other)
+        serveLean(object())  # not a port: nothing
 
 
 class OtherTransportTests(SynchronousTestCase):

@@ -42,9 +42,7 @@ LONGEST_PAUSE = 1.0
 SPARE_LOG_INTERVAL = 60.0
 UNACCEPTED_LOG_INTERVAL = 60.0
 """A port that cannot accept retries every second: it says so at most once in this many seconds."""
-_TWISTED_HANDLES = frozenset(
-    {errno.EAGAIN, errno.EWOULDBLOCK, errno.EPERM, *tcp._ACCEPT_ERRORS}
-)
+_TWISTED_HANDLES = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EPERM, *tcp._ACCEPT_ERRORS})
 """The accept errors Twisted's accept loop handles itself."""
 _NOT_OURS = "ECONNABORTED"
 """An accept error a client causes (it went away): the port has nothing to wait for."""

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 from typing import Protocol as Structural
 
-from twisted.internet import tcp
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
@@ -31,7 +30,7 @@ from timerserver.eventlog import EventLog
 from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
 from timerserver.lateness import LatenessHistogram
 from timerserver.periodic import Periodic
-from timerserver.transport import closeNow, isFlushed, queuedBytes, writeNow
+from timerserver.transport import SOCKETS, closeNow, isFlushed, queuedBytes, writeNow
 
 # What the watchdog is armed for: the userData of its onTimer calls.
 IDLE = "idle"
@@ -116,7 +115,7 @@ class TimerServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         transport = self.transport
-        if type(transport) is not tcp.Server and INegotiated.providedBy(transport):
+        if type(transport) not in SOCKETS and INegotiated.providedBy(transport):
             return  # TLS: start once the handshake is done (handshakeCompleted)
         self._start()
 
@@ -130,7 +129,7 @@ class TimerServerProtocol(Protocol):
         factory = self.factory
         transport = self.transport
         self._out = transport
-        if type(transport) is not tcp.Server:  # under a gate, PROXY or TLS
+        if type(transport) not in SOCKETS:  # under a gate, PROXY or TLS
             gate = gateOf(transport)
             if gate is not None:
                 gate.established()
@@ -151,7 +150,7 @@ class TimerServerProtocol(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         if (
             reason is not None
-            and type(self.transport) is not tcp.Server  # TLS is never straight on the socket
+            and type(self.transport) not in SOCKETS  # TLS is never straight on the socket
             and type(reason.value).__module__.startswith("OpenSSL")
         ):
             # Not a TLS client (plain TCP, an old protocol, a bad handshake).

@@ -31,6 +31,7 @@ from timerserver.monitor import TimerQueueCounters
 from timerserver.outofmemory import ExitOnMemoryError
 from timerserver.proxyheader import ProxyHeaderFactory
 from timerserver.reactorqueue import ReactorTimerQueue
+from timerserver.transport import serveLean
 from timerserver.wheel import TimerWheel
 
 _log = Logger()
@@ -186,6 +187,7 @@ class TimerServerService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self._port = port
         guardAccept(port, self.factory.events, self.factory.clock)
+        serveLean(port)
         boundKernelBuffers(port)  # the master did too: for a socket of its own
         self._log.info(
             "timerserver listening on {address}, {queue!r}, interval {interval}s",
