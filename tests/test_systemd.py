@@ -36,11 +36,12 @@ class SocketActivationTests(SynchronousTestCase):
         command += twistdCommand("-n", "--pidfile=", "timerserver", "--port", port, *args)
         # systemd-socket-activate listens at once and starts the server on the
         # first connection, as systemd does: that client waits in the backlog.
-        server = ServerProcess(command=command, portPattern=r"Listening on \S+:(\d+) as")
-        port = number
+        unix = listen.startswith("/")
+        pattern = r"Listening on (\S+) as" if unix else r"Listening on \S+:(\d+) as"
+        server = ServerProcess(command=command, portPattern=pattern)
         self.addCleanup(server.kill)
-        self.assertEqual(server.port, port)
-        return server, port
+        self.assertEqual(server.port, 0 if unix else number)
+        return server, number
 
     def assertWelcomed(self, port: int, count: int = 1) -> None:
         for _ in range(count):
@@ -114,6 +115,34 @@ class SocketActivationTests(SynchronousTestCase):
                         server.waitForLine(why, 20)
                 self.assertNotEqual(server.stop(timeout=20), 0)
                 self.assertNotIn("Traceback", server.output)
+
+    def test_aUnixSocketIsLeftAsSystemdMadeIt(self) -> None:
+        """
+        Twisted's adopted unix port made the socket's file mode 0666 and
+        removed the file when it stopped: systemd's SocketMode= overridden,
+        and the socket it keeps for the next start unreachable.
+        """
+        import os
+        import stat
+        import tempfile
+
+        for args in ((), ("--workers", "2")):
+            path = os.path.join(tempfile.mkdtemp(), "ts.sock")
+            server, _ = self.activate(
+                *args, listen=path, port="systemd:domain=UNIX:name=timerserver"
+            )
+            os.chmod(path, 0o600)  # as SocketMode=0600 would
+            for _ in range(2):
+                with socket.socket(socket.AF_UNIX) as sock:
+                    sock.settimeout(30)
+                    sock.connect(path)
+                    self.assertEqual(recvExactly(sock, len(WELCOME), timeout=30), WELCOME)
+            if args:
+                server.waitForLine(r"worker 2: timerserver listening", 20)
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+            server.stop(timeout=20)
+            self.assertTrue(os.path.exists(path))  # systemd's, for the next start
+            self.assertNotIn("Traceback", server.output)
 
     def test_aWrapperThatForksIsOneLineThatSaysSo(self) -> None:
         """systemd's sockets are for the process it started (LISTEN_PID), not its child."""

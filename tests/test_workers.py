@@ -10,6 +10,7 @@ import re
 import resource
 import signal
 import socket
+import stat
 import time
 import urllib.request
 from collections.abc import Callable
@@ -358,7 +359,7 @@ class WorkerEndpointTests(WorkerCase):
         server = ServerProcess(
             "--workers",
             "2",
-            port=f"unix:{path}",
+            port=f"unix:{path}:mode=600",
             command=None,
             portPattern=r"listening on (.*) with",
         )
@@ -370,6 +371,11 @@ class WorkerEndpointTests(WorkerCase):
             sock.settimeout(5)
             sock.connect(path)
             self.assertEqual(recvExactly(sock, len(WELCOME)), WELCOME)
+        # The workers adopt the master's socket: its mode is the master's
+        # (Twisted's adopted port made it 0666: every user could connect).
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        server.stop(timeout=20)
+        self.assertFalse(os.path.exists(path))  # the master made it, and removes it
 
     def test_tcp6(self) -> None:
         try:

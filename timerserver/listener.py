@@ -23,17 +23,19 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints, tcp, unix
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.interfaces import (
     IProtocolFactory,
     IStreamServerEndpoint,
 )
 from twisted.python import usage
+from zope.interface import implementer
 
 DEFAULT_BACKLOG = 4096
 """Linux's own cap (C{net.core.somaxconn}) since 5.4; the kernel lowers a larger
@@ -293,7 +295,10 @@ class Listener:
             if self.kind != "systemd":
                 return endpoint
             fd = cast(endpoints.AdoptedStreamServerEndpoint, endpoint).fileno
-        return endpoints.AdoptedStreamServerEndpoint(reactor, fd, self.adoptable(fd))
+        family = self.adoptable(fd)
+        if family == socket.AF_UNIX:
+            return _AdoptedUNIXEndpoint(reactor, fd)
+        return endpoints.AdoptedStreamServerEndpoint(reactor, fd, family)
 
     def adoptable(self, fd: int) -> int:
         """
@@ -351,6 +356,49 @@ class Listener:
             return cls(**values)
         except (TypeError, ValueError) as e:
             raise ValueError(f"not a listener: {data!r}: {e}") from None
+
+
+@implementer(IStreamServerEndpoint)
+class _AdoptedUNIXEndpoint:
+    """
+    A unix socket someone else made (the master, for its workers; systemd):
+    Twisted's adopted unix port would set its file's mode to 0666 (a
+    C{mode=600} socket, or systemd's C{SocketMode=}, open to every user once
+    the workers started) and remove the file when it stops (a socket systemd
+    keeps for the next start, unreachable).  Its owner decides both.
+    """
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        self.reactor = reactor
+        self.fd = fd
+
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred[Any]:
+        try:
+            os.set_blocking(self.fd, False)
+            adopt: Any = _AdoptedUNIXPort._fromListeningDescriptor
+            port = adopt(self.reactor, self.fd, factory)
+            port.startListening()
+            os.close(self.fd)  # the port holds its own copy (as Twisted's adopted endpoint)
+        except BaseException:
+            return defer.fail()
+        return defer.succeed(port)
+
+
+class _AdoptedUNIXPort(unix.Port):
+    """Twisted's unix port, leaving its socket file's mode and existence to its owner."""
+
+    def startListening(self) -> None:
+        try:  # Twisted sets the file's mode: to the one it has
+            self.mode = stat.S_IMODE(os.stat(self._bindPath).st_mode)
+        except (OSError, TypeError, ValueError):
+            pass
+        super().startListening()  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Any) -> None:
+        # Twisted's, without removing the file.
+        if self.lockFile is not None:
+            self.lockFile.unlock()
+        tcp.Port.connectionLost(self, reason)
 
 
 def _number(description: str, name: str, value: str, low: int, high: int) -> int:
