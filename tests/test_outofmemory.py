@@ -33,6 +33,38 @@ class ExitOnMemoryErrorTests(SynchronousTestCase):
         self.assertIn(b"out of memory (MemoryError): exiting with status 70", line)
         self.assertEqual(calls[1], EXIT_STATUS)
 
+    def test_aMemoryErrorLoggedByTheReactorEndsTheProcess(self) -> None:
+        """The reactor logs doRead's and doWrite's exceptions through the legacy log.err."""
+        from twisted.logger import globalLogPublisher
+        from twisted.python import log
+
+        observer, calls = self.observer()
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        log.err(Failure(MemoryError()), "Unhandled Error")
+        self.flushLoggedErrors(MemoryError)
+        self.assertEqual(calls[-1], EXIT_STATUS)
+
+    def test_theServersRootServiceWatchesWhileItRuns(self) -> None:
+        import os
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        from timerserver.service import ServerRoot
+
+        exits: list[int] = []
+        self.patch(os, "_exit", exits.append)
+        self.patch(os, "write", lambda fd, data: len(data))
+        root = ServerRoot(MemoryReactorClock())
+        log = Logger()
+        root.startService()
+        log.failure("Unexpected error in main loop.", Failure(MemoryError()))
+        self.assertEqual(exits, [EXIT_STATUS])
+        root.stopService()
+        log.failure("after the stop", Failure(MemoryError()))
+        self.assertEqual(exits, [EXIT_STATUS])
+        self.flushLoggedErrors(MemoryError)
+
     def test_itExitsEvenWithNowhereToSayIt(self) -> None:
         observer, calls = self.observer(failWrite=True)
         observer({"log_failure": Failure(MemoryError())})

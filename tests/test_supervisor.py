@@ -38,6 +38,7 @@ from timerserver.supervisor import (
     GIVE_UP_AFTER,
     KILL_AFTER,
     SPARE_REPORT_DEADLINE,
+    SPARE_START_ALLOWANCE,
     WorkerPoolService,
     exitStatus,
 )
@@ -134,6 +135,7 @@ class SpawnTests(SynchronousTestCase):
         service.startService()
         logged = captureLog(self)
         one, _, spare = reactor.processes
+        reactor.advance(SPARE_START_ALLOWANCE)  # the spare has long been ready
         one.end(Failure(ProcessTerminated(signal=9)))
         reactor.advance(0)  # the spare takes the slot
         self.assertIs(service.workers[1], spare.proto)
@@ -147,6 +149,31 @@ class SpawnTests(SynchronousTestCase):
         reactor.advance(BACKOFF_FIRST)  # it never served: with back-off
         self.assertIsNot(service.workers[1], spare.proto)
         self.assertIn(service.workers[1].transport, reactor.processes[3:])
+
+    def test_aSpareStillStartingHasItsStartAllowance(self) -> None:
+        """Handed a slot while it imports (every worker starting at once): not hung yet."""
+        service, reactor = pool()
+        service.startService()
+        one, _, spare = reactor.processes
+        reactor.advance(1)
+        one.end(Failure(ProcessTerminated(signal=9)))
+        reactor.advance(0)
+        reactor.advance(SPARE_START_ALLOWANCE - 1.1)
+        self.assertEqual(spare.signals, [])
+        reactor.advance(0.2)
+        self.assertEqual(spare.signals, ["KILL"])
+
+    def test_stoppingCancelsTheSparesDeadline(self) -> None:
+        service, reactor = pool()
+        service.startService()
+        one, _, spare = reactor.processes
+        one.end(Failure(ProcessTerminated(signal=9)))
+        reactor.advance(0)
+        service.stopService()
+        reported = [c for c in reactor.getDelayedCalls() if c.func == service._reported]
+        self.assertEqual(reported, [])
+        reactor.advance(SPARE_START_ALLOWANCE)
+        self.assertEqual(spare.signals, ["TERM", "KILL"])  # the stop's own, past its timeout
 
     def test_aSpareMadeAWorkerThatReportsIsLeftAlone(self) -> None:
         service, reactor = pool()

@@ -8,6 +8,7 @@ process started is stopped; every wait is bounded.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import time
@@ -15,7 +16,7 @@ import time
 import psutil
 
 from tests.serverprocess import MESSAGE, WELCOME, ServerProcess, connectFrom, recvExactly
-from tests.test_workers import WorkerCase
+from tests.test_workers import WorkerCase, raiseFileLimit
 
 PROXY = b"PROXY TCP4 192.0.2.1 192.0.2.2 1111 2222\r\n"
 
@@ -218,6 +219,40 @@ class FailedSpawnTests(WorkerCase):
         server.stop(signal.SIGTERM, timeout=20)
         self.assertNotIn("did not stop", server.output)
         self.assertNotIn("Traceback", server.output)
+
+
+class OutOfMemoryTests(WorkerCase):
+    def test_aWorkerOutOfMemoryExitsAndIsReplaced(self) -> None:
+        """
+        Twisted logs a MemoryError and goes on: once epoll's poll could not
+        allocate, every turn failed for ever, at a full core, serving nobody.
+        """
+        raiseFileLimit()
+        server = self.start("--interval", "5")
+        victim = self.workerPids(server)[1]
+        with open(f"/proc/{victim}/status") as status:
+            size = next(int(line.split()[1]) for line in status if line.startswith("VmSize"))
+        limit = (size + 2 * 1024) * 1024  # 2 MiB more address space than it has
+        resource.prlimit(victim, resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+        held: list[socket.socket] = []
+        deadline = time.monotonic() + 30
+        while "exited with status 70" not in server.output and time.monotonic() < deadline:
+            try:  # worker 1 takes its share: each costs it a connection and an echo
+                sock = connectFrom(server.port, f"127.0.{len(held) // 250}.{2 + len(held) % 250}")
+                held.append(sock)
+                recvExactly(sock, len(WELCOME), timeout=2)
+                sock.sendall(b"y" * 3000)
+            except OSError:
+                time.sleep(0.01)
+            if len(held) >= 9000:
+                break
+        for sock in held:
+            sock.close()
+        server.waitForLine(r"worker 1 exited with status 70", 10)
+        self.assertIn("out of memory (MemoryError): exiting with status 70", server.output)
+        server.waitForLine(r"worker 1 started, pid \d+ \(the spare\)", 10)
+        fresh = self.connect(server)
+        self.assertEqual(recvExactly(fresh, len(WELCOME)), WELCOME)
 
 
 class MetricsPortTests(WorkerCase):

@@ -317,10 +317,9 @@ class Listener:
             probe = socket.socket(fileno=os.dup(fd))
         except OSError as e:
             raise fail(f"descriptor {fd}: {e.strerror}") from None
-        with probe:
-            kind = probe.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        with probe:  # its family and type as the kernel says (SO_DOMAIN, SO_TYPE)
+            kind, family = probe.type, probe.family
             listening = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-            family = probe.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
         if kind != socket.SOCK_STREAM:
             raise fail(
                 f"descriptor {fd} is not a stream socket (ListenDatagram=? the server "

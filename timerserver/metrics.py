@@ -22,6 +22,7 @@ prometheus-client is optional: C{pip install 'timerserver[metrics]'}.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -144,6 +145,8 @@ each of four escapings, and OpenMetrics without an escaping), so that
 scrapes that cycle through them do not make each other render again.
 """
 VERSIONS = frozenset({"0.0.4", "1.0.0"})
+_SAFE_CONTENT_TYPE = re.compile(r"[A-Za-z0-9./;= _-]+")
+"""What a content type we send may hold, whatever a prometheus-client release builds."""
 """The format versions there are: prometheus-client writes any other the client names."""
 
 
@@ -167,7 +170,7 @@ def chooseEncoder(accept: str) -> tuple[Callable[[Any], bytes], str]:
     except Exception:
         return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
     version = contentType.partition("version=")[2].partition(";")[0]
-    if version not in VERSIONS:
+    if version not in VERSIONS or not _SAFE_CONTENT_TYPE.fullmatch(contentType):
         return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
     return encoder, contentType
 

@@ -35,14 +35,18 @@ class ExitOnMemoryError:
 
     def __init__(
         self,
-        exit: Callable[[int], object] = os._exit,
-        write: Callable[[int, bytes], object] = os.write,
+        exit: Callable[[int], object] | None = None,
+        write: Callable[[int, bytes], object] | None = None,
     ) -> None:
-        self._exit = exit
-        self._write = write
+        self._exit = exit if exit is not None else os._exit
+        self._write = write if write is not None else os.write
 
     def __call__(self, event: dict[str, Any]) -> None:
+        # twisted.logger's failures, and twisted.python.log.err's (the
+        # reactor's doRead and doWrite: every protocol's dataReceived).
         failure = event.get("log_failure")
+        if failure is None and event.get("isError"):
+            failure = event.get("failure")
         if failure is None or not isinstance(getattr(failure, "value", None), MemoryError):
             return
         try:

@@ -255,7 +255,7 @@ class Slots:
             self._pause(False)  # a waiting connection evicts it
             return
         self._pause(True)
-        if self.port is None:
+        if self.port is None or self._stopped:
             return
         wait = None if oldest is None else oldest.since + EVICT_GRACE - now
         if any(c.state == "done" for c in self.connections):  # an answer on its way

@@ -56,6 +56,12 @@ Seconds a spare made a worker has to send its first load report (it has
 imported everything: it takes one report period): one that does not is
 hung (stopped, wedged) and killed, and its slot restarted with back-off.
 """
+SPARE_START_ALLOWANCE = 60.0
+"""
+And from the spare's own start at least this long: one handed a slot while
+it still imports (every worker starting at once, 52 of them on two cores)
+may take that long to report, and is not hung.
+"""
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 KILL_AFTER = 3.0
@@ -205,9 +211,9 @@ class WorkerPoolService(Service):
                 return
         else:
             self.failures[0] = 0  # a spare that started and waited: its failures are over
-            worker.reportDeadline = self.reactor.callLater(
-                SPARE_REPORT_DEADLINE, self._reported, worker
-            )
+            now = self.reactor.seconds()
+            deadline = max(now + SPARE_REPORT_DEADLINE, worker.startedAt + SPARE_START_ALLOWANCE)
+            worker.reportDeadline = self.reactor.callLater(deadline - now, self._reported, worker)
         self.workers[number] = worker
         worker.configure(self.workerConfig(), number, 3 + number - 1)
         self.steering.started(number - 1)
@@ -321,6 +327,7 @@ class WorkerPoolService(Service):
         workers = list(self.workers.values())
         processes = [*workers, *([self.spare] if self.spare else [])]
         for worker in processes:
+            worker.cancelReportDeadline()
             worker.signal("TERM")
         timeout = self.config.shutdownTimeout
         killer = self.reactor.callLater(timeout + KILL_AFTER, self._killAll, processes)
