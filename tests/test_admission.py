@@ -143,14 +143,15 @@ class PlainTests(SynchronousTestCase):
         self.assertIsInstance(wide.accept("2001:db8:2::1", 3)[0], Gate)
 
     @settings(deadline=None)  # no timing: a slow first example is not a failure
-    @given(st.integers(0, 2**128 - 1), st.integers(1, 128), st.booleans())
-    def test_anIPv6PeerIsItsNetworkHoweverSpelled(
-        self, value: int, prefix: int, full: bool
-    ) -> None:
+    @given(st.integers(0, 2**125 - 1), st.integers(1, 128), st.booleans())
+    def test_anIPv6PeerIsItsNetworkHoweverSpelled(self, low: int, prefix: int, full: bool) -> None:
         """
         An IPv6 address outside the special ranges is keyed as its network of
         C{prefix} bits, as C{ipaddress} writes it, whichever way it is spelled.
         """
+        # In 2000::/3 (global unicast), outside every special range by
+        # construction: filtered with assume(), most small integers were.
+        value = (1 << 125) | low
         address = ipaddress.IPv6Address(value)
         assume(value >> 32 not in (0, 0xFFFF, 0xFFFF0000, 0x64FF9B << 64))
         assume(not address.is_link_local)
