@@ -244,11 +244,10 @@ class TimerServerProtocol(Protocol):
         read) if it comes within two intervals, before the periodic tick
         after next (ticks do not drift; a late one means the reactor, and so
         a watchdog, is late too); else the first tick due two intervals
-        before it looks again.  So a
-        connection that lives less than its idle timeout less two intervals
-        never makes a watchdog, a read costs no timer operation, and a tick
-        a comparison.  When the watchdog fires and the client has sent data
-        since, this runs again.
+        before it looks again.  So a connection that lives less than its idle
+        timeout less two intervals never makes a watchdog, a read costs no
+        timer operation, and a tick a comparison.  When the watchdog fires
+        and the client has sent data since, this runs again.
         """
         factory = self.factory
         if self.paused or self.closing:
