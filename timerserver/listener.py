@@ -1,7 +1,8 @@
 """
 L{Listener}: C{--port} parsed once into a typed description of where and
 how the server listens, and every use of Twisted's private endpoint and
-PROXY parsing API, here only (its private TLS API: L{timerserver.tlstransport}).
+PROXY parsing API, here only (its private TLS API: L{timerserver.tlstransport};
+its adopted unix port: L{timerserver.adopted}).
 
 The server always listens on a bare socket (C{tcp}, C{tcp6}, C{unix} or
 C{systemd}) and builds the layers above it itself, in the order a
@@ -23,19 +24,19 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from twisted.internet import defer, endpoints, tcp, unix
+from twisted.internet import endpoints
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.interfaces import (
     IProtocolFactory,
     IStreamServerEndpoint,
 )
 from twisted.python import usage
-from zope.interface import implementer
+
+from timerserver.adopted import FAMILIES, adoptedEndpoint
 
 DEFAULT_BACKLOG = 4096
 """Linux's own cap (C{net.core.somaxconn}) since 5.4; the kernel lowers a larger
@@ -51,7 +52,6 @@ TLS_EXTRA = "pip install 'timerserver[tls]'"
 KINDS = ("tcp", "tcp6", "ssl", "unix", "systemd")
 OLD_TLS_METHODS = frozenset({"SSLv2_METHOD", "SSLv3_METHOD", "TLSv1_METHOD", "TLSv1_1_METHOD"})
 """C{sslmethod=} values that fix a protocol older than TLS 1.2 (the others negotiate)."""
-FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -295,47 +295,7 @@ class Listener:
             if self.kind != "systemd":
                 return endpoint
             fd = cast(endpoints.AdoptedStreamServerEndpoint, endpoint).fileno
-        family = self.adoptable(fd)
-        if family == socket.AF_UNIX:
-            return _AdoptedUNIXEndpoint(reactor, fd)
-        return endpoints.AdoptedStreamServerEndpoint(reactor, fd, family)
-
-    def adoptable(self, fd: int) -> int:
-        """
-        The address family of C{fd}, a listening stream socket passed to the
-        server (by systemd, or by the master to a worker), or C{SystemExit}
-        with one line if it is not one.  The socket's own family, whatever
-        C{domain=} says: systemd makes C{ListenStream=5050} an IPv6 socket
-        (every address, IPv4 ones mapped), and read as the family named,
-        every client's address was the same garbage.
-        """
-
-        def fail(why: str) -> SystemExit:
-            return SystemExit(f"twistd timerserver: cannot listen on {self.description}: {why}")
-
-        try:
-            probe = socket.socket(fileno=os.dup(fd))
-        except OSError as e:
-            raise fail(f"descriptor {fd}: {e.strerror}") from None
-        with probe:  # its family and type as the kernel says (SO_DOMAIN, SO_TYPE)
-            kind, family = probe.type, probe.family
-            listening = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-        if kind != socket.SOCK_STREAM:
-            raise fail(
-                f"descriptor {fd} is not a stream socket (ListenDatagram=? the server "
-                "needs ListenStream=)"
-            )
-        if not listening:
-            raise fail(
-                f"descriptor {fd} is not listening (a connected socket, as a unit with "
-                "Accept=yes passes each instance, or one bound without listen()): the "
-                "server needs the listening socket (Accept=no)"
-            )
-        if family not in FAMILIES.values():
-            raise fail(
-                f"descriptor {fd} is a socket of address family {family}, not INET, INET6 or UNIX"
-            )
-        return family
+        return adoptedEndpoint(reactor, fd, self.description)
 
     def toData(self) -> dict[str, Any]:
         """This listener as JSON-able data."""
@@ -355,49 +315,6 @@ class Listener:
             return cls(**values)
         except (TypeError, ValueError) as e:
             raise ValueError(f"not a listener: {data!r}: {e}") from None
-
-
-@implementer(IStreamServerEndpoint)
-class _AdoptedUNIXEndpoint:
-    """
-    A unix socket someone else made (the master, for its workers; systemd):
-    Twisted's adopted unix port would set its file's mode to 0666 (a
-    C{mode=600} socket, or systemd's C{SocketMode=}, open to every user once
-    the workers started) and remove the file when it stops (a socket systemd
-    keeps for the next start, unreachable).  Its owner decides both.
-    """
-
-    def __init__(self, reactor: Any, fd: int) -> None:
-        self.reactor = reactor
-        self.fd = fd
-
-    def listen(self, factory: IProtocolFactory) -> defer.Deferred[Any]:
-        try:
-            os.set_blocking(self.fd, False)
-            adopt: Any = _AdoptedUNIXPort._fromListeningDescriptor
-            port = adopt(self.reactor, self.fd, factory)
-            port.startListening()
-            os.close(self.fd)  # the port holds its own copy (as Twisted's adopted endpoint)
-        except BaseException:
-            return defer.fail()
-        return defer.succeed(port)
-
-
-class _AdoptedUNIXPort(unix.Port):
-    """Twisted's unix port, leaving its socket file's mode and existence to its owner."""
-
-    def startListening(self) -> None:
-        try:  # Twisted sets the file's mode: to the one it has
-            self.mode = stat.S_IMODE(os.stat(self._bindPath).st_mode)
-        except (OSError, TypeError, ValueError):
-            pass
-        super().startListening()  # type: ignore[no-untyped-call]
-
-    def connectionLost(self, reason: Any) -> None:
-        # Twisted's, without removing the file.
-        if self.lockFile is not None:
-            self.lockFile.unlock()
-        tcp.Port.connectionLost(self, reason)
 
 
 def _number(description: str, name: str, value: str, low: int, high: int) -> int:

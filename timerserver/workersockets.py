@@ -43,8 +43,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from timerserver import steering
+from timerserver.adopted import FAMILIES
 from timerserver.kernelbuffers import boundKernelBuffers
-from timerserver.listener import FAMILIES, Listener
+from timerserver.listener import Listener
 from timerserver.service import listenOrExit
 
 
