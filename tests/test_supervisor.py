@@ -37,8 +37,9 @@ from timerserver.supervisor import (
     BACKOFF_MAX,
     GIVE_UP_AFTER,
     KILL_AFTER,
+    REPORT_SILENCE,
     SPARE_REPORT_DEADLINE,
-    SPARE_START_ALLOWANCE,
+    START_ALLOWANCE,
     WorkerPoolService,
     exitStatus,
 )
@@ -98,6 +99,19 @@ def config(workers: int = 2, shutdownTimeout: float = 5.0) -> ServerConfig:
 CONFIG = config().toData()
 
 
+def timers(service: WorkerPoolService) -> list[Any]:
+    """The master's timers, but for its workers' report deadlines (every worker has one)."""
+    return [c for c in service.reactor.getDelayedCalls() if c.func != service._reportDue]
+
+
+def serve(reactor: ProcessReactor, processes: list[FakeProcess], seconds: float) -> None:
+    """Advance C{seconds}, each of C{processes} reporting its load every 0.5 s, as workers do."""
+    for _ in range(round(seconds / 0.5)):
+        reactor.advance(0.5)
+        for process in processes:
+            process.proto.childDataReceived(1, encode(Load(0, 100)))
+
+
 def pool(workers: int = 2, shutdownTimeout: float = 5.0) -> tuple[WorkerPoolService, Any]:
     reactor = ProcessReactor()
     service = WorkerPoolService(config(workers, shutdownTimeout), reactor)
@@ -134,8 +148,8 @@ class SpawnTests(SynchronousTestCase):
         service, reactor = pool()
         service.startService()
         logged = captureLog(self)
-        one, _, spare = reactor.processes
-        reactor.advance(SPARE_START_ALLOWANCE)  # the spare has long been ready
+        one, two, spare = reactor.processes
+        serve(reactor, [one, two], START_ALLOWANCE)  # the spare has long been ready
         one.end(Failure(ProcessTerminated(signal=9)))
         reactor.advance(0)  # the spare takes the slot
         self.assertIs(service.workers[1], spare.proto)
@@ -158,7 +172,7 @@ class SpawnTests(SynchronousTestCase):
         reactor.advance(1)
         one.end(Failure(ProcessTerminated(signal=9)))
         reactor.advance(0)
-        reactor.advance(SPARE_START_ALLOWANCE - 1.1)
+        reactor.advance(START_ALLOWANCE - 1.1)
         self.assertEqual(spare.signals, [])
         reactor.advance(0.2)
         self.assertEqual(spare.signals, ["KILL"])
@@ -170,9 +184,9 @@ class SpawnTests(SynchronousTestCase):
         one.end(Failure(ProcessTerminated(signal=9)))
         reactor.advance(0)
         service.stopService()
-        reported = [c for c in reactor.getDelayedCalls() if c.func == service._reported]
+        reported = [c for c in reactor.getDelayedCalls() if c.func == service._reportDue]
         self.assertEqual(reported, [])
-        reactor.advance(SPARE_START_ALLOWANCE)
+        reactor.advance(START_ALLOWANCE)
         self.assertEqual(spare.signals, ["TERM", "KILL"])  # the stop's own, past its timeout
 
     def test_aSpareMadeAWorkerThatReportsIsLeftAlone(self) -> None:
@@ -189,13 +203,62 @@ class SpawnTests(SynchronousTestCase):
         reactor.advance(SPARE_REPORT_DEADLINE)
         self.assertEqual(spare.signals, [])
 
+    def test_aWorkerThatNeverReportsIsKilledPastItsStartAllowance(self) -> None:
+        """Started with the others and hung before it served: nothing else would notice."""
+        service, reactor = pool()
+        service.startService()
+        logged = captureLog(self)
+        one, two, _ = reactor.processes
+        serve(reactor, [two], START_ALLOWANCE - 0.5)
+        self.assertEqual(one.signals, [])
+        serve(reactor, [two], 0.5)
+        self.assertEqual((one.signals, two.signals), (["KILL"], []))
+        [line] = [e for e in logged if "sent no load report" in e["log_format"]]
+        self.assertEqual((line["log_level"].name, line["name"]), ("warn", "worker 1"))
+        self.assertEqual((line["silence"], line["what"]), (60.0, "none since it took its slot"))
+        one.end(Failure(ProcessTerminated(signal=9)))
+        reactor.advance(0)
+        self.assertIsNot(service.workers[1], one.proto)  # the spare took its slot
+
+    def test_aServingWorkerThatFallsSilentIsKilled(self) -> None:
+        """Stopped or wedged after it served: its clients hang until it is replaced."""
+        service, reactor = pool()
+        service.startService()
+        logged = captureLog(self)
+        one, two, _ = reactor.processes
+        serve(reactor, [one, two], 10)
+        serve(reactor, [two], REPORT_SILENCE - 0.5)
+        self.assertEqual(one.signals, [])
+        serve(reactor, [two], 0.5)
+        self.assertEqual((one.signals, two.signals), (["KILL"], []))
+        [line] = [e for e in logged if "sent no load report" in e["log_format"]]
+        self.assertEqual((line["silence"], line["what"]), (30.0, "it served, then fell silent"))
+        serve(reactor, [two], 10 * REPORT_SILENCE)  # one reporting every 0.5 s: never
+        self.assertEqual(two.signals, [])
+
+    def test_aMasterThatDidNotRunKillsNoWorkerForIt(self) -> None:
+        """
+        The master stopped for longer than a worker may be silent: its
+        deadlines run before it reads the reports waiting in the pipes.
+        """
+        service, reactor = pool()
+        service.startService()
+        one, two, _ = reactor.processes
+        serve(reactor, [one, two], 10)
+        reactor.advance(10 * REPORT_SILENCE)  # in one step: every timer runs late
+        self.assertEqual((one.signals, two.signals), ([], []))
+        serve(reactor, [two], REPORT_SILENCE - 0.5)  # one's reports never come
+        self.assertEqual(one.signals, [])
+        serve(reactor, [two], 0.5)
+        self.assertEqual((one.signals, two.signals), (["KILL"], []))
+
     def test_aDeadSpareIsReplacedWithBackOff(self) -> None:
         service, reactor = pool(workers=1)
         service.startService()
         delays = []
         for _ in range(3):
             reactor.processes[-1].end(Failure(ProcessTerminated(signal=9)))
-            [call] = reactor.getDelayedCalls()
+            [call] = timers(service)
             delays.append(call.getTime() - reactor.seconds())
             reactor.advance(call.getTime() - reactor.seconds())
         self.assertEqual(delays, [0.0, BACKOFF_FIRST, 2 * BACKOFF_FIRST])
@@ -223,7 +286,7 @@ class SpawnTests(SynchronousTestCase):
         reactor.advance(BACKOFF_MAX)
         self.assertEqual(list(service.workers), [1])
         self.assertIsNotNone(service.spare)
-        self.assertEqual(reactor.getDelayedCalls(), [])
+        self.assertEqual(timers(service), [])
 
     def test_quickDeathsBackOffAndAHealthyRunResets(self) -> None:
         service, reactor = pool(workers=1)
@@ -231,14 +294,14 @@ class SpawnTests(SynchronousTestCase):
         delays = []
         for _ in range(3):
             service.workers[1].transport.end(Failure(ProcessTerminated(signal=9)))
-            [call] = reactor.getDelayedCalls()
+            [call] = timers(service)
             delays.append(call.getTime() - reactor.seconds())
             reactor.advance(call.getTime() - reactor.seconds())
         self.assertEqual(delays, [0.0, BACKOFF_FIRST, 2 * BACKOFF_FIRST])
         service.workers[1].childDataReceived(1, encode(Load(0, 100)))  # it serves
         reactor.advance(60)
         service.workers[1].transport.end(Failure(ProcessTerminated(signal=9)))
-        [call] = reactor.getDelayedCalls()
+        [call] = timers(service)
         self.assertEqual(call.getTime(), reactor.seconds())
 
     def test_aWorkerThatDiesBeforeItServesFailedQuicklyHoweverLongItsStart(self) -> None:
@@ -254,7 +317,7 @@ class SpawnTests(SynchronousTestCase):
             worker = service.workers[1]
             reactor.advance(60)  # a long start ...
             worker.transport.end(Failure(ProcessTerminated(exitCode=1)))  # ... and no report
-            [call] = reactor.getDelayedCalls()
+            [call] = timers(service)
             delays.append(call.getTime() - reactor.seconds())
             reactor.advance(call.getTime() - reactor.seconds())
         self.assertEqual(delays, [0.0, BACKOFF_FIRST, 2 * BACKOFF_FIRST])
@@ -262,7 +325,7 @@ class SpawnTests(SynchronousTestCase):
         worker.childDataReceived(1, encode(Load(0, 100)))
         reactor.advance(4)  # served, but not long enough
         worker.transport.end(Failure(ProcessTerminated(exitCode=1)))
-        [call] = reactor.getDelayedCalls()
+        [call] = timers(service)
         self.assertEqual(call.getTime() - reactor.seconds(), 4 * BACKOFF_FIRST)
 
 
@@ -358,7 +421,7 @@ class StopTests(SynchronousTestCase):
             service.stopFigures,
             {"closed": 7, "cancelled": 9, "skipped": 2, "workers": 2, "unreported": 0},
         )
-        self.assertEqual(reactor.getDelayedCalls(), [])
+        self.assertEqual(timers(service), [])
 
     def test_wedgedWorkersAreKilledAndTheStopEndsByItsDeadline(self) -> None:
         service, reactor = pool(shutdownTimeout=5.0)
@@ -382,7 +445,7 @@ class StopTests(SynchronousTestCase):
         service.startService()
         d = service.stopService()
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual(reactor.getDelayedCalls(), [])
+        self.assertEqual(timers(service), [])
 
     def test_noRestartWhileStopping(self) -> None:
         service, reactor = pool(workers=1)
@@ -391,7 +454,7 @@ class StopTests(SynchronousTestCase):
         for process in reactor.processes:
             process.end(Failure(ProcessTerminated(signal=15)))
         self.assertEqual(len(reactor.processes), 2)  # the worker and the spare, no other
-        self.assertEqual(reactor.getDelayedCalls(), [])
+        self.assertEqual(timers(service), [])
 
     def test_aStopSignalWhileStoppingIsNoWarning(self) -> None:
         """
@@ -562,7 +625,7 @@ class SteeringTests(SynchronousTestCase):
         reactor.advance(STEER_INTERVAL)
         self.load(one, 900)
         self.assertEqual(attached[-1], [222, 778])  # 0 + 80 : 200 + 80
-        self.assertEqual(reactor.getDelayedCalls(), [])  # the master keeps no timer for it
+        self.assertEqual(timers(service), [])  # the master keeps no timer for it
 
     def test_aDeadWorkersSlotIsSteeredToItsReplacement(self) -> None:
         service, reactor, attached = self.pool()

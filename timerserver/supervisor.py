@@ -56,11 +56,24 @@ Seconds a spare made a worker has to send its first load report (it has
 imported everything: it takes one report period): one that does not is
 hung (stopped, wedged) and killed, and its slot restarted with back-off.
 """
-SPARE_START_ALLOWANCE = 60.0
+START_ALLOWANCE = 60.0
 """
-And from the spare's own start at least this long: one handed a slot while
-it still imports (every worker starting at once, 52 of them on two cores)
-may take that long to report, and is not hung.
+Seconds from a worker process's start to its first load report, whether it
+was started for its slot or as the spare: one started with every other
+(52 of them importing at once on two cores) may take that long, and is not
+hung.
+"""
+REPORT_SILENCE = 30.0
+"""
+Seconds a serving worker may go without a load report (it sends one every
+0.5 s) before it is taken for hung (stopped, wedged) and killed: its
+clients are not served, and its replacement's are.
+"""
+MASTER_LATE = 5.0
+"""
+A report deadline the master meets this late finds the master itself was
+not running (stopped, starved): its workers' reports are still unread in
+their pipes, so each worker is given L{REPORT_SILENCE} again, not killed.
 """
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -211,9 +224,10 @@ class WorkerPoolService(Service):
                 return
         else:
             self.failures[0] = 0  # a spare that started and waited: its failures are over
-            now = self.reactor.seconds()
-            deadline = max(now + SPARE_REPORT_DEADLINE, worker.startedAt + SPARE_START_ALLOWANCE)
-            worker.reportDeadline = self.reactor.callLater(deadline - now, self._reported, worker)
+        now = self.reactor.seconds()
+        self._expectReport(
+            worker, max(now + SPARE_REPORT_DEADLINE, worker.startedAt + START_ALLOWANCE)
+        )
         self.workers[number] = worker
         worker.configure(self.workerConfig(), number, 3 + number - 1)
         self.steering.started(number - 1)
@@ -222,20 +236,37 @@ class WorkerPoolService(Service):
         if len(self.workers) == self.count:
             self.spawnSpare()  # once every worker runs: they come first
 
-    def _reported(self, worker: WorkerProcess) -> None:
+    def _expectReport(self, worker: WorkerProcess, deadline: float) -> None:
+        """Look at C{worker}'s load reports at C{deadline} (L{_reportDue})."""
+        worker.cancelReportDeadline()
+        delay = max(0.0, deadline - self.reactor.seconds())
+        worker.reportDeadline = self.reactor.callLater(delay, self._reportDue, worker, deadline)
+
+    def _reportDue(self, worker: WorkerProcess, deadline: float) -> None:
         """
-        The spare made C{worker} should have reported by now: if it has not
-        (a spare stopped or wedged while it waited, which nothing else would
-        notice), kill it; its end restarts the slot.
+        C{worker} should have sent a load report by C{deadline}: its first
+        (a process started, or a spare handed a slot), or one in the last
+        L{REPORT_SILENCE} seconds.  One that has not is hung (stopped,
+        wedged), which nothing else would notice: kill it; its end restarts
+        the slot.  Reports that came meanwhile set the next deadline.
         """
         worker.reportDeadline = None
         if self.stopping or self.workers.get(worker.number) is not worker:
             return
+        now = self.reactor.seconds()
+        if now - deadline > MASTER_LATE:  # the master did not run: its pipes are unread
+            self._expectReport(worker, now + REPORT_SILENCE)
+            return
+        last = worker.lastReport
+        if last is not None and last + REPORT_SILENCE > now:
+            self._expectReport(worker, last + REPORT_SILENCE)
+            return
         self._log.warn(
-            "{name} (the spare, pid {pid}) sent no load report within {deadline}s: killing it",
+            "{name} (pid {pid}) sent no load report in {silence:.0f}s ({what}): killing it",
             name=worker.name,
             pid=worker.transport.pid,
-            deadline=SPARE_REPORT_DEADLINE,
+            silence=now - (worker.startedAt if last is None else last),  # started: its slot's
+            what="none since it took its slot" if last is None else "it served, then fell silent",
         )
         try:
             worker.transport.signalProcess("KILL")
@@ -306,6 +337,9 @@ class WorkerPoolService(Service):
         steer by it, if it still runs.
         """
         if not self.stopping and worker.number and self.workers.get(worker.number) is worker:
+            first = worker.servingSince
+            if first is not None and worker.lastReport == first:  # it serves from now on
+                self._expectReport(worker, first + REPORT_SILENCE)
             self.steering.report(worker.number - 1, count, capacity)
 
     def metricsSource(self) -> defer.Deferred[Any]:

@@ -72,8 +72,10 @@ class WorkerProcess(ProcessProtocol):
         self.startedAt = pool.reactor.seconds()
         self.servingSince: float | None = None
         """When its first load report came: it serves (C{None} until then)."""
+        self.lastReport: float | None = None
+        """When its last load report came (C{None} until the first)."""
         self.reportDeadline: IDelayedCall | None = None
-        """Set by the pool: when a spare made this worker is taken for hung without a report."""
+        """Set by the pool: when it is taken for hung unless a load report came."""
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.stopFigures: StopFigures | None = None
         self.lastStats: dict[str, Any] | None = None
@@ -85,7 +87,7 @@ class WorkerProcess(ProcessProtocol):
         self._asked: tuple[int, list[defer.Deferred[dict[str, Any] | None]]] | None = None
 
     def cancelReportDeadline(self) -> None:
-        """It reported, or ended: it is not hung."""
+        """It ended, or the pool stops: no report is expected."""
         if self.reportDeadline is not None and self.reportDeadline.active():
             self.reportDeadline.cancel()
         self.reportDeadline = None
@@ -133,9 +135,9 @@ class WorkerProcess(ProcessProtocol):
         if isinstance(message, LogEvent):
             self.logEvent(message)
         elif isinstance(message, Load):
+            self.lastReport = self.pool.reactor.seconds()
             if self.servingSince is None:
-                self.servingSince = self.pool.reactor.seconds()
-                self.cancelReportDeadline()
+                self.servingSince = self.lastReport
             self.pool.workerLoad(self, message.open, message.capacity)
         elif isinstance(message, StatsAnswer):
             self.statsAnswer(message)
