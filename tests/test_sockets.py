@@ -230,6 +230,26 @@ class FileLimitTests(ServerCase):
         busy = [g for g in greetings if g != WELCOME]
         self.assertEqual(busy, [b"Server busy\r\n"] * 4)
 
+    def test_aRefusedClientThatSpokeFirstIsClosedNotReset(self) -> None:
+        """
+        A refused client whose bytes wait unread when it is accepted reads
+        C{Server busy} and then the end of the stream: closed with its bytes
+        unread, the kernel reset the connection instead.
+        """
+        server = self.start("--interval", "1", "--max-connections", "1")
+        holder = self.connect(server)
+        self.assertEqual(recvExactly(holder, len(WELCOME)), WELCOME)
+        os.kill(server.pid, signal.SIGSTOP)  # so that every refused client spoke first
+        try:
+            refused = [self.connect(server) for _ in range(5)]
+            for sock in refused:
+                sock.sendall(b"GET / HTTP/1.0\r\n\r\n" * 8)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        for sock in refused:
+            self.assertEqual(recvUntilClosed(sock), b"Server busy\r\n")  # no ECONNRESET
+        self.assertNotIn("Traceback", server.output)
+
     def test_aConnectFloodAtTheLimitNeverRunsOutOfDescriptors(self) -> None:
         """
         At the default --max-connections, 600 connects at once are each told

@@ -42,7 +42,7 @@ from timerserver.eventlog import EventLog
 from timerserver.interfaces import IQueueTimers, ITimer, TimerHandle
 from timerserver.layer import Layer, LayerFactory, halfCloseableTwin, over
 from timerserver.peers import DEFAULT_PEER_PREFIX6, Translators, peerKey
-from timerserver.transport import closeNow, writeNow
+from timerserver.transport import closeNow, discardUnread, writeNow
 
 BUSY = b"Server busy\r\n"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -61,6 +61,7 @@ class Busy(Protocol):
 
     def connectionMade(self) -> None:
         writeNow(self.transport, BUSY)
+        discardUnread(self.transport)  # what it sent first: unread, the close would be a reset
         if not closeNow(self.transport):
             self.transport.loseConnection()
 

@@ -1,7 +1,8 @@
 """
 L{writeNow}: write to a stream socket (TCP or unix) the way asyncio does, sending at once
 when nothing is queued; L{closeNow}: close one with nothing queued at once;
-L{isDelivered}: whether the client has everything written to it.
+L{isDelivered}: whether the client has everything written to it;
+L{discardUnread}: drop what a client sent, so that a close is a FIN.
 
 Twisted's C{transport.write} always queues: it registers the socket for
 writability, sends on the next reactor turn and unregisters, which costs two
@@ -151,6 +152,30 @@ def isDelivered(transport: Any) -> bool:
         return False
     unacknowledged: int = struct.unpack("i", queued)[0]
     return unacknowledged == 0
+
+
+DISCARD_LIMIT = 65536
+"""The most L{discardUnread} reads of what a client sent."""
+
+
+def discardUnread(transport: Any) -> None:
+    """
+    Read and drop what the client of C{transport}, a TCP or unix server
+    connection, has sent and the server has not read (up to
+    L{DISCARD_LIMIT} bytes), so that a close the server begins now sends a
+    FIN after what was written: with bytes unread, the kernel resets the
+    connection instead, and a client may lose what was written before the
+    reset.
+    """
+    if type(transport) not in SOCKETS:
+        return
+    sock = transport.socket
+    try:
+        unread = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+        if unread > 0:
+            sock.recv(min(unread, DISCARD_LIMIT))
+    except OSError:
+        pass  # gone, or reset: a close sends nothing either way
 
 
 def closeNow(transport: Any) -> bool:
