@@ -28,7 +28,7 @@ from timerserver.metricshttp import (
     MetricsHTTPFactory,
 )
 from timerserver.scrapeslots import DELIVERY_CHECK, DROP_LOG_INTERVAL, EVICT_GRACE, LISTEN_BACKLOG
-from timerserver.transport import isDelivered
+from timerserver.transport import unacknowledged
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -595,33 +595,68 @@ class EvictionTests(SynchronousTestCase):
 class DeliveredAnswerTests(SynchronousTestCase):
     """An answered connection whose client has all of its answer gives its slot to a waiting one."""
 
-    def answeredAndHeld(self, delivered: bool) -> tuple[Harness, AcceptingPort]:
+    def answeredAndHeld(self, left: list[int]) -> tuple[Harness, AcceptingPort]:
+        """Two answered connections that never close, C{left[0]} bytes of each undelivered."""
         h, port, _ = bounded(maxConnections=2, waiting=3)
         port.turn()
         for proto, _ in port.accepted:
-            proto.dataReceived(b"GET /metrics HTTP/1.1\r\n\r\n")  # answered; never closes
-            proto.delivered = lambda: delivered  # type: ignore[method-assign]
+            proto.dataReceived(b"GET /metrics HTTP/1.1\r\n\r\n")
+            proto.undelivered = lambda: left[0]  # type: ignore[method-assign]
+        h.factory.stateChanged()
         return h, port
 
     def test_aDeliveredAnswerIsEvictedForAWaitingConnection(self) -> None:
-        h, port = self.answeredAndHeld(delivered=True)
+        h, port = self.answeredAndHeld([0])
         self.assertTrue(port.reading)  # one waits, and they may be evicted
         port.turn()
         self.assertEqual(h.factory.evicted, 2)
         self.assertTrue(all(t.aborted for _, t in port.accepted))
 
     def test_anAnswerOnItsWayIsNotEvictedAndIsLookedAtAgain(self) -> None:
-        h, port = self.answeredAndHeld(delivered=False)
+        left = [5000]
+        h, port = self.answeredAndHeld(left)
         self.assertFalse(port.reading)
         self.assertEqual(h.factory.evicted, 0)
-        for proto, _ in port.accepted:
-            proto.delivered = lambda: True  # type: ignore[method-assign]
+        left[0] = 0
         h.clock.advance(DELIVERY_CHECK)  # the acknowledgement came
         self.assertTrue(port.reading)
         port.turn()
         self.assertEqual(h.factory.evicted, 2)
 
-    def test_overTCPAnAnswerIsDeliveredOnceTheClientsKernelHasIt(self) -> None:
+    def test_anAnswerNobodyReadsIsEvictedOnceItHasNotMovedForAGrace(self) -> None:
+        """
+        A client that sends a request and never reads its answer (a small
+        receive window holds it back in the server's send queue) held its
+        slot for the whole linger: 16 such clients a second kept a scrape
+        waiting for seconds.
+        """
+        h, port = self.answeredAndHeld([5000])
+        for _ in range(round(EVICT_GRACE / DELIVERY_CHECK) - 1):
+            h.clock.advance(DELIVERY_CHECK)
+            self.assertFalse(port.reading)
+        h.clock.advance(2 * DELIVERY_CHECK)
+        self.assertTrue(port.reading)
+        port.turn()
+        self.assertEqual(h.factory.evicted, 2)
+        self.assertTrue(all(t.aborted for _, t in port.accepted))
+
+    def test_anAnswerStillMovingIsNeverEvicted(self) -> None:
+        """A slow scraper reads its answer: it keeps its slot to the end of the linger."""
+        left = [50_000]
+        h, port = self.answeredAndHeld(left)
+        for _ in range(round(LINGER / DELIVERY_CHECK) - 1):
+            left[0] -= 10  # a little more acknowledged at every look
+            h.clock.advance(DELIVERY_CHECK)
+            self.assertFalse(port.reading)
+        self.assertEqual(h.factory.evicted, 0)
+
+    def test_anAnswerWhoseDeliveryCannotBeToldIsNotEvicted(self) -> None:
+        h, port = self.answeredAndHeld([None])  # type: ignore[list-item]
+        h.clock.advance(LINGER - DELIVERY_CHECK)
+        self.assertFalse(port.reading)
+        self.assertEqual(h.factory.evicted, 0)
+
+    def test_unacknowledgedIsWhatTheClientsKernelDoesNotHaveYet(self) -> None:
         import socket
 
         from twisted.internet import tcp
@@ -637,7 +672,7 @@ class DeliveredAnswerTests(SynchronousTestCase):
         self.addCleanup(sock.close)
         server = tcp.Server.__new__(tcp.Server)
         server.socket, server.dataBuffer, server._tempDataLen = sock, b"", 0
-        self.assertTrue(isDelivered(server))  # nothing written
+        self.assertEqual(unacknowledged(server), 0)  # nothing written
         sock.setblocking(False)
         sent = 0
         try:
@@ -645,44 +680,33 @@ class DeliveredAnswerTests(SynchronousTestCase):
                 sent += sock.send(b"x" * 65536)
         except BlockingIOError:
             pass
-        self.assertFalse(isDelivered(server))  # the client reads none of it
+        self.assertGreater(unacknowledged(server), 0)  # the client reads none of it
         while sent:
             sent -= len(client.recv(65536))
         deadline = time.monotonic() + 5
-        while not isDelivered(server) and time.monotonic() < deadline:
+        while unacknowledged(server) and time.monotonic() < deadline:
             time.sleep(0.01)
-        self.assertTrue(isDelivered(server))
-        server._tempDataLen = 1  # and what Twisted still holds counts
-        self.assertFalse(isDelivered(server))
+        self.assertEqual(unacknowledged(server), 0)
+        server._tempDataLen = 7  # and what Twisted still holds counts
+        self.assertEqual(unacknowledged(server), 7)
+        self.assertIsNone(unacknowledged(object()))  # no socket to ask
 
 
 class SilentSocketsOverTCPTests(TestCase):
-    """Over real loopback sockets: silent connections do not keep a scrape waiting."""
+    """Over real loopback sockets: clients that hold slots do not keep a scrape waiting."""
 
-    def test_aScrapeIsAnsweredBesideSilentSockets(self) -> defer.Deferred[None]:
-        import socket
-
+    def serve(self, body: bytes) -> tuple[MetricsHTTPFactory, tuple[str, int], list[Any]]:
+        """A metrics port answering C{body}; the sockets to close when the test ends."""
         from twisted.internet import reactor
-        from twisted.internet.protocol import ClientFactory
         from twisted.internet.task import deferLater
 
-        factory = MetricsHTTPFactory(
-            lambda accept: defer.succeed(("text/plain", b"metric 1\n")), reactor
-        )
+        factory = MetricsHTTPFactory(lambda accept: defer.succeed(("text/plain", body)), reactor)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         factory.listening(port)
-        address = ("127.0.0.1", port.getHost().port)
-        silent: list[socket.socket] = []
-
-        def connectSilent(count: int) -> None:
-            for _ in range(count):
-                s = socket.socket()
-                silent.append(s)
-                s.setblocking(False)
-                s.connect_ex(address)
+        sockets: list[Any] = []
 
         async def closeAll() -> None:
-            for s in silent:
+            for s in sockets:
                 s.close()
             for _ in range(200):  # each server side ends once it sees the close
                 if factory.open == 0:
@@ -691,6 +715,13 @@ class SilentSocketsOverTCPTests(TestCase):
             await port.stopListening()
 
         self.addCleanup(lambda: defer.Deferred.fromCoroutine(closeAll()))
+        return factory, ("127.0.0.1", port.getHost().port), sockets
+
+    def scrape(self, address: tuple[str, int], timeout: float) -> defer.Deferred[bytes]:
+        """The answer a scraper gets, or a timeout after C{timeout} seconds."""
+        from twisted.internet import reactor
+        from twisted.internet.protocol import ClientFactory
+
         received: defer.Deferred[bytes] = defer.Deferred()
 
         class Scraper(Protocol):
@@ -705,6 +736,24 @@ class SilentSocketsOverTCPTests(TestCase):
             def connectionLost(self, reason: object = None) -> None:
                 received.callback(self.data)
 
+        reactor.connectTCP(*address, ClientFactory.forProtocol(Scraper), timeout=5)
+        return received.addTimeout(timeout, reactor)
+
+    def test_aScrapeIsAnsweredBesideSilentSockets(self) -> defer.Deferred[None]:
+        import socket
+
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        factory, address, silent = self.serve(b"metric 1\n")
+
+        def connectSilent(count: int) -> None:
+            for _ in range(count):
+                s = socket.socket()
+                silent.append(s)
+                s.setblocking(False)
+                s.connect_ex(address)
+
         async def scrape() -> bytes:
             connectSilent(40)
             for _ in range(100):  # until the port holds all it may
@@ -713,9 +762,8 @@ class SilentSocketsOverTCPTests(TestCase):
                 await deferLater(reactor, 0.02, lambda: None)
             connectSilent(20)  # behind them in the listen queue
             await deferLater(reactor, 0.05, lambda: None)
-            reactor.connectTCP(*address, ClientFactory.forProtocol(Scraper), timeout=5)
             # Before: the scrape waited for the silent ones' request timeout.
-            return await received.addTimeout(3, reactor)
+            return await self.scrape(address, 3)
 
         def check(answer: bytes) -> None:
             self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
@@ -723,3 +771,29 @@ class SilentSocketsOverTCPTests(TestCase):
             self.assertGreater(factory.evicted, 0)
 
         return defer.Deferred.fromCoroutine(scrape()).addCallback(check)
+
+    def test_aScrapeIsAnsweredBesideClientsThatNeverReadTheirAnswers(
+        self,
+    ) -> defer.Deferred[None]:
+        """
+        Each of them sends a request and reads nothing, with a small receive
+        window: their answers stay in the server's send queues.  Before, each
+        held its slot for the whole linger (1 s), three rounds of them
+        before the scrape.
+        """
+        import socket
+
+        factory, address, holders = self.serve(b"x" * 200_000)
+        for _ in range(3 * factory.maxConnections):
+            s = socket.socket()
+            holders.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            s.connect(address)  # loopback: connected at once, in the listen queue
+            s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+
+        def check(answer: bytes) -> None:
+            self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:100])
+            self.assertTrue(answer.endswith(b"x" * 200_000))
+            self.assertGreaterEqual(factory.evicted, 2 * factory.maxConnections)
+
+        return self.scrape(address, 2.5).addCallback(check)

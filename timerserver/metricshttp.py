@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from timerserver.scrapeslots import Slots
-from timerserver.transport import isDelivered
+from timerserver.transport import unacknowledged
 
 REQUEST_TIMEOUT = 2.0
 """Seconds a request's head may take to arrive (a scraper sends it at once)."""
@@ -110,9 +110,11 @@ class MetricsHTTP(Protocol):
         self.evicted = True
         self.transport.abortConnection()
 
-    def delivered(self) -> bool:
-        """Answered, and the client's kernel acknowledged all of the answer (plain TCP)."""
-        return self.state == "done" and not self.gone and isDelivered(self.transport)
+    def undelivered(self) -> int | None:
+        """Answered: the bytes the client's kernel has not acknowledged; else C{None}."""
+        if self.state != "done" or self.gone:
+            return None
+        return unacknowledged(self.transport)
 
     def _timedOut(self) -> None:
         if self.state == "head":

@@ -18,9 +18,11 @@ scraper.
    make room, all in one turn (one at a time, a busy machine turned them
    over too slowly), and so is every connection lingering after an answer
    the client's kernel has acknowledged whole (a client that sends a
-   request and holds its connection held a slot for the whole linger).  A
-   connection being answered, or whose answer is still on its way to a
-   slow scraper, is never evicted.  While no connection may be evicted
+   request and holds its connection held a slot for the whole linger), or
+   of which it has acknowledged nothing more for L{EVICT_GRACE} seconds (a
+   client that does not read it, with a small receive window).  A
+   connection being answered, or whose answer is still moving to a slow
+   scraper, is never evicted.  While no connection may be evicted
    yet, the port is paused and resumed when one may (looked at again every
    L{DELIVERY_CHECK} seconds while an answer is on its way).  The grace
    bounds how fast the port turns over against silent clients (16 slots a
@@ -75,8 +77,11 @@ class Slot(Protocol):
     def evict(self) -> None:
         """Abort it to make room for a waiting connection."""
 
-    def delivered(self) -> bool:
-        """Whether it was answered and the client's kernel acknowledged all of the answer."""
+    def undelivered(self) -> int | None:
+        """
+        Answered: the bytes of its answer the client's kernel has not
+        acknowledged (0: all of it); else, or if it cannot tell, C{None}.
+        """
 
 
 class Slots:
@@ -112,6 +117,8 @@ class Slots:
         self._dropped: Counter[str] = Counter()
         self._dropWindow: IDelayedCall | None = None
         self._stopped = False
+        self._answers: dict[Slot, tuple[int, float]] = {}
+        """Answered connections looked at while full: what they had left, and since when."""
 
     def listening(self, port: Any) -> None:
         """
@@ -162,13 +169,24 @@ class Slots:
     def _evictable(self, c: Slot, now: float) -> bool:
         """
         May C{c} be evicted for a waiting connection: reading its head past
-        its grace, or answered and its answer delivered?
+        its grace, or answered and either its answer delivered or none of it
+        acknowledged for a grace (a client that does not read it, with a
+        small receive window, held its slot for the whole linger)?
         """
         if c.evicted:
             return False
         if c.state == "head":
             return c.since + EVICT_GRACE <= now + 1e-9
-        return c.state == "done" and c.delivered()
+        if c.state != "done":
+            return False
+        left = c.undelivered()
+        if left is None or left == 0:
+            return left == 0
+        seen = self._answers.get(c)
+        if seen is None or seen[0] != left:  # the first look, or the client read since
+            self._answers[c] = (left, now)
+            return False
+        return seen[1] + EVICT_GRACE <= now + 1e-9
 
     def dropped(self, why: str) -> None:
         """
@@ -230,6 +248,7 @@ class Slots:
         """One connection fewer (its descriptor closed): accept again below the limit."""
         self.open -= 1
         self.connections.pop(proto, None)
+        self._answers.pop(proto, None)
         self._update()
 
     def _update(self) -> None:

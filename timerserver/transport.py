@@ -1,7 +1,7 @@
 """
 L{writeNow}: write to a stream socket (TCP or unix) the way asyncio does, sending at once
 when nothing is queued; L{closeNow}: close one with nothing queued at once;
-L{isDelivered}: whether the client has everything written to it;
+L{unacknowledged}: what of it the client does not have yet;
 L{discardUnread}: drop what a client sent, so that a close is a FIN.
 
 Twisted's C{transport.write} always queues: it registers the socket for
@@ -136,22 +136,25 @@ def queuedBytes(transport: Any) -> int:
     )
 
 
-def isDelivered(transport: Any) -> bool:
+def unacknowledged(transport: Any) -> int | None:
     """
-    Whether everything written to C{transport}, a TCP server connection,
-    has been acknowledged by the client's kernel: nothing in its buffer, and
-    nothing in the socket's send queue (C{TIOCOUTQ}).  An abort then cuts
-    nothing off: the client can still read all of it before the reset.
-    False for any other transport (TLS keeps buffers of its own).
+    The bytes written to C{transport} (through its layers: TLS, PROXY) that
+    the client's kernel has not acknowledged: those in the buffer of the TCP
+    or unix connection at the bottom, and in its socket's send queue
+    (C{TIOCOUTQ}); 0 once the client can read all of it (an abort then cuts
+    nothing off), C{None} if there is no socket to ask.
     """
-    if not isFlushed(transport) or type(transport) is unix.Server:
-        return False
+    bottom = transport
+    while type(bottom) not in SOCKETS:
+        bottom = getattr(bottom, "transport", None)
+        if bottom is None:
+            return None
     try:
-        queued = fcntl.ioctl(transport.socket.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    except OSError:
-        return False
-    unacknowledged: int = struct.unpack("i", queued)[0]
-    return unacknowledged == 0
+        queued = fcntl.ioctl(bottom.socket.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, AttributeError):
+        return None
+    unsent: int = struct.unpack("i", queued)[0]
+    return queuedBytes(bottom) + unsent
 
 
 DISCARD_LIMIT = 65536
