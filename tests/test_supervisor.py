@@ -31,15 +31,18 @@ from timerserver.messages import (
     decode,
     encode,
 )
+from timerserver.reportwatch import (
+    REPORT_SILENCE,
+    SETTLE,
+    SPARE_REPORT_DEADLINE,
+    START_ALLOWANCE,
+)
 from timerserver.steering import MIN_INTERVAL as STEER_INTERVAL
 from timerserver.supervisor import (
     BACKOFF_FIRST,
     BACKOFF_MAX,
     GIVE_UP_AFTER,
     KILL_AFTER,
-    REPORT_SILENCE,
-    SPARE_REPORT_DEADLINE,
-    START_ALLOWANCE,
     WorkerPoolService,
     exitStatus,
 )
@@ -100,14 +103,19 @@ CONFIG = config().toData()
 
 
 def timers(service: WorkerPoolService) -> list[Any]:
-    """The master's timers, but for its workers' report deadlines (every worker has one)."""
-    return [c for c in service.reactor.getDelayedCalls() if c.func != service._reportDue]
+    """The master's timers, but for its heartbeat and its workers' report deadlines."""
+    watch = (service.watch._due, service.watch._beat)
+    return [c for c in service.reactor.getDelayedCalls() if c.func not in watch]
 
 
 def serve(reactor: ProcessReactor, processes: list[FakeProcess], seconds: float) -> None:
-    """Advance C{seconds}, each of C{processes} reporting its load every 0.5 s, as workers do."""
-    for _ in range(round(seconds / 0.5)):
-        reactor.advance(0.5)
+    """
+    Advance C{seconds} in small steps, as a running master's clock moves,
+    each of C{processes} reporting its load at every step.
+    """
+    step = 0.125  # exact in binary: the steps add up to the deadlines
+    for _ in range(round(seconds / step)):
+        reactor.advance(step)
         for process in processes:
             process.proto.childDataReceived(1, encode(Load(0, 100)))
 
@@ -153,9 +161,9 @@ class SpawnTests(SynchronousTestCase):
         one.end(Failure(ProcessTerminated(signal=9)))
         reactor.advance(0)  # the spare takes the slot
         self.assertIs(service.workers[1], spare.proto)
-        reactor.advance(SPARE_REPORT_DEADLINE - 0.1)
+        serve(reactor, [two], SPARE_REPORT_DEADLINE - 0.125)
         self.assertEqual(spare.signals, [])
-        reactor.advance(0.1)
+        serve(reactor, [two], 0.125)
         self.assertEqual(spare.signals, ["KILL"])
         [line] = [e for e in logged if "sent no load report" in e["log_format"]]
         self.assertEqual(line["log_level"].name, "warn")
@@ -172,9 +180,9 @@ class SpawnTests(SynchronousTestCase):
         reactor.advance(1)
         one.end(Failure(ProcessTerminated(signal=9)))
         reactor.advance(0)
-        reactor.advance(START_ALLOWANCE - 1.1)
+        serve(reactor, [], START_ALLOWANCE - 1.125)
         self.assertEqual(spare.signals, [])
-        reactor.advance(0.2)
+        serve(reactor, [], 0.25)
         self.assertEqual(spare.signals, ["KILL"])
 
     def test_stoppingCancelsTheSparesDeadline(self) -> None:
@@ -184,8 +192,8 @@ class SpawnTests(SynchronousTestCase):
         one.end(Failure(ProcessTerminated(signal=9)))
         reactor.advance(0)
         service.stopService()
-        reported = [c for c in reactor.getDelayedCalls() if c.func == service._reportDue]
-        self.assertEqual(reported, [])
+        watch = (service.watch._due, service.watch._beat)
+        self.assertEqual([c for c in reactor.getDelayedCalls() if c.func in watch], [])
         reactor.advance(START_ALLOWANCE)
         self.assertEqual(spare.signals, ["TERM", "KILL"])  # the stop's own, past its timeout
 
@@ -236,6 +244,22 @@ class SpawnTests(SynchronousTestCase):
         serve(reactor, [two], 10 * REPORT_SILENCE)  # one reporting every 0.5 s: never
         self.assertEqual(two.signals, [])
 
+    def test_aMasterStoppedJustPastASilenceKillsNoWorkerForIt(self) -> None:
+        """
+        Stopped 32 s, its deadlines 2 s before it resumed: they run before
+        it reads the reports that waited in the pipes (both workers were
+        killed).
+        """
+        service, reactor = pool()
+        service.startService()
+        logged = captureLog(self)
+        one, two, _ = reactor.processes
+        serve(reactor, [one, two], 1)
+        reactor.advance(32)  # in one step: every timer runs late, then the pipes are read
+        serve(reactor, [one, two], SETTLE + REPORT_SILENCE)
+        self.assertEqual((one.signals, two.signals), ([], []))
+        self.assertEqual([e for e in logged if "sent no load report" in e["log_format"]], [])
+
     def test_aMasterThatDidNotRunKillsNoWorkerForIt(self) -> None:
         """
         The master stopped for longer than a worker may be silent: its
@@ -247,9 +271,9 @@ class SpawnTests(SynchronousTestCase):
         serve(reactor, [one, two], 10)
         reactor.advance(10 * REPORT_SILENCE)  # in one step: every timer runs late
         self.assertEqual((one.signals, two.signals), ([], []))
-        serve(reactor, [two], REPORT_SILENCE - 0.5)  # one's reports never come
+        serve(reactor, [two], SETTLE - 0.125)  # it reads its pipes: one's reports never come
         self.assertEqual(one.signals, [])
-        serve(reactor, [two], 0.5)
+        serve(reactor, [two], 0.125)
         self.assertEqual((one.signals, two.signals), (["KILL"], []))
 
     def test_aDeadSpareIsReplacedWithBackOff(self) -> None:

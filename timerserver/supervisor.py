@@ -44,37 +44,13 @@ from twisted.python.failure import Failure
 
 from timerserver.config import ServerConfig
 from timerserver.poolfigures import SCRAPE_DEADLINE, PoolFigures
+from timerserver.reportwatch import ReportWatch
 from timerserver.steering import Steering
 from timerserver.workerprocess import WorkerProcess
 from timerserver.workersockets import WorkerSockets
 
 HEALTHY_AFTER = 5.0
 """A worker that served this long before it died is replaced at once."""
-SPARE_REPORT_DEADLINE = 10.0
-"""
-Seconds a spare made a worker has to send its first load report (it has
-imported everything: it takes one report period): one that does not is
-hung (stopped, wedged) and killed, and its slot restarted with back-off.
-"""
-START_ALLOWANCE = 60.0
-"""
-Seconds from a worker process's start to its first load report, whether it
-was started for its slot or as the spare: one started with every other
-(52 of them importing at once on two cores) may take that long, and is not
-hung.
-"""
-REPORT_SILENCE = 30.0
-"""
-Seconds a serving worker may go without a load report (it sends one every
-0.5 s) before it is taken for hung (stopped, wedged) and killed: its
-clients are not served, and its replacement's are.
-"""
-MASTER_LATE = 5.0
-"""
-A report deadline the master meets this late finds the master itself was
-not running (stopped, starved): its workers' reports are still unread in
-their pipes, so each worker is given L{REPORT_SILENCE} again, not killed.
-"""
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 KILL_AFTER = 3.0
@@ -151,6 +127,7 @@ class WorkerPoolService(Service):
         self.stopFigures: dict[str, int] | None = None
         self.sockets = WorkerSockets(config.listener, reactor, self.count)
         self.steering = Steering(self.count, self.sockets.steer, reactor.seconds)
+        self.watch = ReportWatch(reactor, self._current, self._hung)
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
@@ -167,6 +144,7 @@ class WorkerPoolService(Service):
 
     def startService(self) -> None:
         Service.startService(self)
+        self.watch.start()
         for number in range(1, self.count + 1):
             self.spawn(number)
 
@@ -224,10 +202,7 @@ class WorkerPoolService(Service):
                 return
         else:
             self.failures[0] = 0  # a spare that started and waited: its failures are over
-        now = self.reactor.seconds()
-        self._expectReport(
-            worker, max(now + SPARE_REPORT_DEADLINE, worker.startedAt + START_ALLOWANCE)
-        )
+        self.watch.started(worker)
         self.workers[number] = worker
         worker.configure(self.workerConfig(), number, 3 + number - 1)
         self.steering.started(number - 1)
@@ -236,37 +211,20 @@ class WorkerPoolService(Service):
         if len(self.workers) == self.count:
             self.spawnSpare()  # once every worker runs: they come first
 
-    def _expectReport(self, worker: WorkerProcess, deadline: float) -> None:
-        """Look at C{worker}'s load reports at C{deadline} (L{_reportDue})."""
-        worker.cancelReportDeadline()
-        delay = max(0.0, deadline - self.reactor.seconds())
-        worker.reportDeadline = self.reactor.callLater(delay, self._reportDue, worker, deadline)
+    def _current(self, worker: WorkerProcess) -> bool:
+        """Whether C{worker} holds its slot, the pool running."""
+        return not self.stopping and self.workers.get(worker.number) is worker
 
-    def _reportDue(self, worker: WorkerProcess, deadline: float) -> None:
-        """
-        C{worker} should have sent a load report by C{deadline}: its first
-        (a process started, or a spare handed a slot), or one in the last
-        L{REPORT_SILENCE} seconds.  One that has not is hung (stopped,
-        wedged), which nothing else would notice: kill it; its end restarts
-        the slot.  Reports that came meanwhile set the next deadline.
-        """
-        worker.reportDeadline = None
-        if self.stopping or self.workers.get(worker.number) is not worker:
-            return
-        now = self.reactor.seconds()
-        if now - deadline > MASTER_LATE:  # the master did not run: its pipes are unread
-            self._expectReport(worker, now + REPORT_SILENCE)
-            return
-        last = worker.lastReport
-        if last is not None and last + REPORT_SILENCE > now:
-            self._expectReport(worker, last + REPORT_SILENCE)
-            return
+    def _hung(self, worker: WorkerProcess, silence: float) -> None:
+        """C{worker} sent no load report in time (L{ReportWatch}): kill it; its end restarts it."""
         self._log.warn(
             "{name} (pid {pid}) sent no load report in {silence:.0f}s ({what}): killing it",
             name=worker.name,
             pid=worker.transport.pid,
-            silence=now - (worker.startedAt if last is None else last),  # started: its slot's
-            what="none since it took its slot" if last is None else "it served, then fell silent",
+            silence=silence,
+            what="none since it took its slot"
+            if worker.lastReport is None
+            else "it served, then fell silent",
         )
         try:
             worker.transport.signalProcess("KILL")
@@ -337,9 +295,7 @@ class WorkerPoolService(Service):
         steer by it, if it still runs.
         """
         if not self.stopping and worker.number and self.workers.get(worker.number) is worker:
-            first = worker.servingSince
-            if first is not None and worker.lastReport == first:  # it serves from now on
-                self._expectReport(worker, first + REPORT_SILENCE)
+            self.watch.reported(worker)
             self.steering.report(worker.number - 1, count, capacity)
 
     def metricsSource(self) -> defer.Deferred[Any]:
@@ -355,6 +311,7 @@ class WorkerPoolService(Service):
         """
         Service.stopService(self)
         self.stopping = True
+        self.watch.stop()
         for call in self._restarts.values():
             call.cancel()
         self._restarts.clear()
