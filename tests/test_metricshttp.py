@@ -515,10 +515,10 @@ class EvictionTests(SynchronousTestCase):
         port.turn()
         self.assertEqual([t.aborted for _, t in port.accepted], [True, True, False])
 
-    def test_anAnswerBeingRenderedOrSentIsNeverEvicted(self) -> None:
+    def test_anAnswerBeingRenderedIsNeverEvictedAndAnAnsweredOneAGraceAfter(self) -> None:
         """
-        Nor is an answered one: its answer may still be on its way to a slow
-        scraper (an abort would cut it off); it lingers at most LINGER.
+        One answered keeps its slot a grace after its answer was written,
+        for the scraper to read it, whether or not it reads.
         """
         h, port, _ = bounded(maxConnections=2, waiting=10, answer=None)
         port.turn()
@@ -528,11 +528,13 @@ class EvictionTests(SynchronousTestCase):
         self.assertFalse(port.reading)
         self.assertEqual(h.clock.getDelayedCalls()[0].getTime(), h.factory.answerTimeout)
         h.renders[0][1].callback(("text/plain", b"x"))
-        h.clock.advance(EVICT_GRACE * 2)
+        h.clock.advance(EVICT_GRACE - DELIVERY_CHECK)
         self.assertFalse(port.reading)
+        h.clock.advance(DELIVERY_CHECK)
+        self.assertTrue(port.reading)
         port.turn()
-        self.assertEqual([t.aborted for _, t in port.accepted], [False, False])
-        self.assertEqual(h.factory.evicted, 0)
+        self.assertEqual([t.aborted for _, t in port.accepted], [True, False])
+        self.assertEqual(h.factory.evicted, 1)
 
     def test_aSilentOneBehindAnswersIsEvictedAfterItsGrace(self) -> None:
         """
@@ -623,38 +625,36 @@ class DeliveredAnswerTests(SynchronousTestCase):
         port.turn()
         self.assertEqual(h.factory.evicted, 2)
 
-    def test_anAnswerNobodyReadsIsEvictedOnceItHasNotMovedForAGrace(self) -> None:
+    def assertEvictedAGraceAfterTheAnswer(self, reads: int | None) -> None:
         """
-        A client that sends a request and never reads its answer (a small
-        receive window holds it back in the server's send queue) held its
-        slot for the whole linger: 16 such clients a second kept a scrape
-        waiting for seconds.
+        Two answered connections that still have 50,000 bytes to read, and
+        read C{reads} bytes more at every look (C{None}: cannot tell), are
+        evicted a grace after their answers, not at the end of the linger
+        (16 such clients a second kept a scrape waiting for seconds).
         """
-        h, port = self.answeredAndHeld([5000])
-        for _ in range(round(EVICT_GRACE / DELIVERY_CHECK) - 1):
+        left: list[int | None] = [None if reads is None else 50_000]
+        h, port = self.answeredAndHeld(left)  # type: ignore[arg-type]
+        for _ in range(int(EVICT_GRACE / DELIVERY_CHECK)):  # to just before the grace
             h.clock.advance(DELIVERY_CHECK)
             self.assertFalse(port.reading)
-        h.clock.advance(2 * DELIVERY_CHECK)
+            if reads is not None:
+                left[0] -= reads  # type: ignore[operator]
+        h.clock.advance(DELIVERY_CHECK)
         self.assertTrue(port.reading)
         port.turn()
         self.assertEqual(h.factory.evicted, 2)
         self.assertTrue(all(t.aborted for _, t in port.accepted))
 
-    def test_anAnswerStillMovingIsNeverEvicted(self) -> None:
-        """A slow scraper reads its answer: it keeps its slot to the end of the linger."""
-        left = [50_000]
-        h, port = self.answeredAndHeld(left)
-        for _ in range(round(LINGER / DELIVERY_CHECK) - 1):
-            left[0] -= 10  # a little more acknowledged at every look
-            h.clock.advance(DELIVERY_CHECK)
-            self.assertFalse(port.reading)
-        self.assertEqual(h.factory.evicted, 0)
+    def test_anAnswerNobodyReadsIsEvictedAGraceAfterIt(self) -> None:
+        """A client with a small receive window that reads none of it."""
+        self.assertEvictedAGraceAfterTheAnswer(reads=0)
 
-    def test_anAnswerWhoseDeliveryCannotBeToldIsNotEvicted(self) -> None:
-        h, port = self.answeredAndHeld([None])  # type: ignore[list-item]
-        h.clock.advance(LINGER - DELIVERY_CHECK)
-        self.assertFalse(port.reading)
-        self.assertEqual(h.factory.evicted, 0)
+    def test_anAnswerReadAFewBytesAtATimeIsEvictedAGraceAfterIt(self) -> None:
+        """A client that reads a little at a time kept its answer moving for the whole linger."""
+        self.assertEvictedAGraceAfterTheAnswer(reads=10)
+
+    def test_anAnswerWhoseDeliveryCannotBeToldIsEvictedAGraceAfterIt(self) -> None:
+        self.assertEvictedAGraceAfterTheAnswer(reads=None)
 
     def test_unacknowledgedIsWhatTheClientsKernelDoesNotHaveYet(self) -> None:
         import socket

@@ -14,22 +14,22 @@ scraper.
    after 1 s, then 3 s).
  - Silent or slow clients cannot hold those slots against a scraper: when
    the port is full and a connection waits, every connection still reading
-   its request head L{EVICT_GRACE} seconds after its accept is aborted to
-   make room, all in one turn (one at a time, a busy machine turned them
-   over too slowly), and so is every connection lingering after an answer
-   the client's kernel has acknowledged whole (a client that sends a
-   request and holds its connection held a slot for the whole linger), or
-   of which it has acknowledged nothing more for L{EVICT_GRACE} seconds (a
-   client that does not read it, with a small receive window).  A
-   connection being answered, or whose answer is still moving to a slow
-   scraper, is never evicted.  While no connection may be evicted
-   yet, the port is paused and resumed when one may (looked at again every
+   its request head L{EVICT_GRACE} seconds after its accept, or answered
+   that long ago, is aborted to make room, all in one turn (one at a time,
+   a busy machine turned them over too slowly), and so is one whose answer
+   the client's kernel has acknowledged whole, at once.  An answered
+   connection held its slot for the whole linger before: a client that
+   sends a request and then reads none of its answer (a small receive
+   window), or a few bytes at a time, kept scrapes waiting past their
+   timeout at 16 such connections a second.  A connection being rendered
+   is never evicted.  While no connection may be evicted yet, the port is
+   paused and resumed when one may (looked at again every
    L{DELIVERY_CHECK} seconds while an answer is on its way).  The grace
-   bounds how fast the port turns over against silent clients (16 slots a
+   bounds how fast the port turns over against such clients (16 slots a
    grace, 64 connections a second at 0.25 s); it is that long because a
    scraper's request can take that long to arrive after its accept (a TLS
    handshake first, or a scraper process not yet scheduled on a busy
-   machine).
+   machine), and its answer to be read after it was written.
  - Evicted connections, and those whose head did not arrive in time or
    that held their connection for the whole linger after the answer, are
    counted (C{evicted}, and the factory's C{answers} for the 408s) and
@@ -117,8 +117,6 @@ class Slots:
         self._dropped: Counter[str] = Counter()
         self._dropWindow: IDelayedCall | None = None
         self._stopped = False
-        self._answers: dict[Slot, tuple[int, float]] = {}
-        """Answered connections looked at while full: what they had left, and since when."""
 
     def listening(self, port: Any) -> None:
         """
@@ -156,37 +154,28 @@ class Slots:
     def _oldest(self) -> Slot | None:
         """
         The connection that could be evicted soonest: the one reading its
-        head for longest (one being answered is never evicted: its answer is
-        on its way, and it lingers at most C{LINGER} after it).
+        head, or answered, for longest (one being rendered is never evicted).
         """
         oldest = None
         for c in self.connections:
-            if c.state == "head" and not c.evicted:
+            if c.state != "rendering" and not c.evicted:
                 if oldest is None or c.since < oldest.since:
                     oldest = c
         return oldest
 
     def _evictable(self, c: Slot, now: float) -> bool:
         """
-        May C{c} be evicted for a waiting connection: reading its head past
-        its grace, or answered and either its answer delivered or none of it
-        acknowledged for a grace (a client that does not read it, with a
-        small receive window, held its slot for the whole linger)?
+        May C{c} be evicted for a waiting connection: reading its head, or
+        answered, for L{EVICT_GRACE} seconds, or answered and its answer
+        delivered whole?  An answered connection holds its slot a grace
+        whether or not the client reads (a client that reads none of it, or
+        a few bytes at a time, held it for the whole linger).
         """
-        if c.evicted:
+        if c.evicted or c.state == "rendering":
             return False
-        if c.state == "head":
-            return c.since + EVICT_GRACE <= now + 1e-9
-        if c.state != "done":
-            return False
-        left = c.undelivered()
-        if left is None or left == 0:
-            return left == 0
-        seen = self._answers.get(c)
-        if seen is None or seen[0] != left:  # the first look, or the client read since
-            self._answers[c] = (left, now)
-            return False
-        return seen[1] + EVICT_GRACE <= now + 1e-9
+        if c.since + EVICT_GRACE <= now + 1e-9:
+            return True
+        return c.state == "done" and c.undelivered() == 0
 
     def dropped(self, why: str) -> None:
         """
@@ -248,7 +237,6 @@ class Slots:
         """One connection fewer (its descriptor closed): accept again below the limit."""
         self.open -= 1
         self.connections.pop(proto, None)
-        self._answers.pop(proto, None)
         self._update()
 
     def _update(self) -> None:
