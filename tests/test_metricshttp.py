@@ -665,11 +665,15 @@ class DeliveredAnswerTests(SynchronousTestCase):
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         self.addCleanup(listener.close)
-        client = socket.create_connection(listener.getsockname())
+        client = socket.socket()
         self.addCleanup(client.close)
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the handshake
+        client.connect(listener.getsockname())
         sock, _ = listener.accept()
         self.addCleanup(sock.close)
+        # Small buffers both ways: a few hundred KiB of kernel buffers, read
+        # through a 4 KiB window, took 98 s.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
         server = tcp.Server.__new__(tcp.Server)
         server.socket, server.dataBuffer, server._tempDataLen = sock, b"", 0
         self.assertEqual(unacknowledged(server), 0)  # nothing written
