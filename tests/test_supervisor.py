@@ -165,7 +165,7 @@ class SpawnTests(SynchronousTestCase):
         self.assertEqual(spare.signals, [])
         serve(reactor, [two], 0.125)
         self.assertEqual(spare.signals, ["KILL"])
-        [line] = [e for e in logged if "sent no load report" in e["log_format"]]
+        [line] = [e for e in logged if "killing it" in e["log_format"]]
         self.assertEqual(line["log_level"].name, "warn")
         spare.end(Failure(ProcessTerminated(signal=9)))  # its end restarts the slot
         reactor.advance(BACKOFF_FIRST)  # it never served: with back-off
@@ -221,9 +221,11 @@ class SpawnTests(SynchronousTestCase):
         self.assertEqual(one.signals, [])
         serve(reactor, [two], 0.5)
         self.assertEqual((one.signals, two.signals), (["KILL"], []))
-        [line] = [e for e in logged if "sent no load report" in e["log_format"]]
+        [line] = [e for e in logged if "killing it" in e["log_format"]]
         self.assertEqual((line["log_level"].name, line["name"]), ("warn", "worker 1"))
-        self.assertEqual((line["silence"], line["what"]), (60.0, "none since it took its slot"))
+        self.assertEqual(
+            (line["silence"], line["what"]), (60.0, "sent no load report since it took its slot")
+        )
         one.end(Failure(ProcessTerminated(signal=9)))
         reactor.advance(0)
         self.assertIsNot(service.workers[1], one.proto)  # the spare took its slot
@@ -239,8 +241,8 @@ class SpawnTests(SynchronousTestCase):
         self.assertEqual(one.signals, [])
         serve(reactor, [two], 0.5)
         self.assertEqual((one.signals, two.signals), (["KILL"], []))
-        [line] = [e for e in logged if "sent no load report" in e["log_format"]]
-        self.assertEqual((line["silence"], line["what"]), (30.0, "it served, then fell silent"))
+        [line] = [e for e in logged if "killing it" in e["log_format"]]
+        self.assertEqual((line["silence"], line["what"]), (30.0, "served, then sent nothing"))
         serve(reactor, [two], 10 * REPORT_SILENCE)  # one reporting every 0.5 s: never
         self.assertEqual(two.signals, [])
 
@@ -258,7 +260,37 @@ class SpawnTests(SynchronousTestCase):
         reactor.advance(32)  # in one step: every timer runs late, then the pipes are read
         serve(reactor, [one, two], SETTLE + REPORT_SILENCE)
         self.assertEqual((one.signals, two.signals), ([], []))
-        self.assertEqual([e for e in logged if "sent no load report" in e["log_format"]], [])
+        self.assertEqual([e for e in logged if "killing it" in e["log_format"]], [])
+
+    def test_aWholeGroupStoppedWhileItStartedKillsNoWorkerForIt(self) -> None:
+        """
+        Ctrl-Z on the master and its workers 1.5 s after the start, for 58 s:
+        the workers, stopped mid-import too, still have their start
+        allowance (23 of 24 were killed 6 s after SIGCONT).
+        """
+        service, reactor = pool()
+        service.startService()
+        one, two, _ = reactor.processes
+        serve(reactor, [], 1.5)
+        reactor.advance(58)  # in one step: the master did not run either
+        serve(reactor, [], 20)  # they go on importing
+        serve(reactor, [one, two], 60)
+        self.assertEqual((one.signals, two.signals), ([], []))
+        serve(reactor, [one], REPORT_SILENCE)
+        self.assertEqual((one.signals, two.signals), ([], ["KILL"]))
+
+    def test_aServingWorkerThatOnlyLogsIsNotSilent(self) -> None:
+        """Its load reports wait behind its log lines: what it sends shows that it runs."""
+        service, reactor = pool()
+        service.startService()
+        one, two, _ = reactor.processes
+        serve(reactor, [one, two], 1)
+        line = encode(LogEvent("info", "a line"))
+        for _ in range(round(3 * REPORT_SILENCE)):
+            reactor.advance(1)
+            one.proto.childDataReceived(1, line)
+            two.proto.childDataReceived(1, line)
+        self.assertEqual((one.signals, two.signals), ([], []))
 
     def test_aMasterThatDidNotRunKillsNoWorkerForIt(self) -> None:
         """

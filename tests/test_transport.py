@@ -15,7 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from timerserver.transport import Server, closeNow, isFlushed, serveLean, writeNow
+from timerserver.transport import Server, closeNow, discardUnread, isFlushed, serveLean, writeNow
 
 
 @implementer(IPushProducer)
@@ -362,3 +362,60 @@ class CloseNowTests(TestCase):
         server.transport.startReading()
         yield server.lost
         self.assertIn(server.events[-1], (error.ConnectionDone, error.ConnectionLost))
+
+
+class DiscardUnreadTests(SynchronousTestCase):
+    def pair(self) -> tuple[socket.socket, socket.socket]:
+        """A connected loopback pair, the server's side taking a megabyte unread."""
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client = socket.create_connection(listener.getsockname())
+        self.addCleanup(client.close)
+        server, _ = listener.accept()
+        self.addCleanup(server.close)
+        server.setblocking(False)
+        return client, server
+
+    def transport(self, sock: socket.socket) -> Any:
+        server = tcp.Server.__new__(tcp.Server)
+        server.socket = sock
+        return server
+
+    def unread(self, sock: socket.socket) -> int:
+        import fcntl
+        import termios
+
+        return int(struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0\0\0\0"))[0])
+
+    def test_everythingTheClientSentIsDroppedAndTheCloseIsAFIN(self) -> None:
+        """More than one read's worth (64 KiB): a close with any of it unread is a reset."""
+        import time
+
+        client, server = self.pair()
+        client.sendall(b"x" * 300_000)
+        deadline = time.monotonic() + 5
+        while self.unread(server) < 300_000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(self.unread(server), 300_000)
+        discardUnread(self.transport(server))
+        self.assertEqual(self.unread(server), 0)
+        server.close()
+        client.settimeout(5)
+        self.assertEqual(client.recv(10), b"")  # the end of the stream, not ECONNRESET
+
+    def test_nothingSentIsNothingRead(self) -> None:
+        client, server = self.pair()
+        discardUnread(self.transport(server))  # never waits for bytes to come
+        client.sendall(b"later")
+        client.settimeout(5)
+        server.settimeout(5)
+        self.assertEqual(server.recv(10), b"later")
+
+    def test_aSocketAlreadyGoneOrNoSocketAtAll(self) -> None:
+        _, server = self.pair()
+        server.close()
+        discardUnread(self.transport(server))  # a closed socket: nothing, no error
+        discardUnread(StringTransport())  # not a socket connection: nothing

@@ -216,15 +216,15 @@ class WorkerPoolService(Service):
         return not self.stopping and self.workers.get(worker.number) is worker
 
     def _hung(self, worker: WorkerProcess, silence: float) -> None:
-        """C{worker} sent no load report in time (L{ReportWatch}): kill it; its end restarts it."""
+        """C{worker} missed its deadline (L{ReportWatch}): kill it; its end restarts it."""
         self._log.warn(
-            "{name} (pid {pid}) sent no load report in {silence:.0f}s ({what}): killing it",
+            "{name} (pid {pid}) {what} in {silence:.0f}s: killing it",
             name=worker.name,
             pid=worker.transport.pid,
             silence=silence,
-            what="none since it took its slot"
-            if worker.lastReport is None
-            else "it served, then fell silent",
+            what="sent no load report since it took its slot"
+            if worker.servingSince is None
+            else "served, then sent nothing",
         )
         try:
             worker.transport.signalProcess("KILL")

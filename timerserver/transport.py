@@ -157,8 +157,8 @@ def unacknowledged(transport: Any) -> int | None:
     return queuedBytes(bottom) + unsent
 
 
-DISCARD_LIMIT = 65536
-"""The most L{discardUnread} reads of what a client sent."""
+DISCARD_LIMIT = 1 << 20
+"""The most L{discardUnread} reads of what a client sent (more than a socket's receive buffer)."""
 
 
 def discardUnread(transport: Any) -> None:
@@ -168,17 +168,24 @@ def discardUnread(transport: Any) -> None:
     L{DISCARD_LIMIT} bytes), so that a close the server begins now sends a
     FIN after what was written: with bytes unread, the kernel resets the
     connection instead, and a client may lose what was written before the
-    reset.
+    reset.  It never waits: it reads what the socket holds now.
     """
     if type(transport) not in SOCKETS:
         return
     sock = transport.socket
+    left = DISCARD_LIMIT
     try:
-        unread = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
-        if unread > 0:
-            sock.recv(min(unread, DISCARD_LIMIT))
-    except OSError:
-        pass  # gone, or reset: a close sends nothing either way
+        while left > 0:
+            unread = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+            size = min(struct.unpack("i", unread)[0], left, 65536)
+            if size <= 0:
+                return
+            chunk = sock.recv(size)
+            if not chunk:
+                return
+            left -= len(chunk)
+    except (OSError, ValueError):
+        pass  # reset, or closed already: a close sends nothing either way
 
 
 def closeNow(transport: Any) -> bool:
