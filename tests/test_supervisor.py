@@ -279,18 +279,45 @@ class SpawnTests(SynchronousTestCase):
         serve(reactor, [one], REPORT_SILENCE)
         self.assertEqual((one.signals, two.signals), ([], ["KILL"]))
 
-    def test_aServingWorkerThatOnlyLogsIsNotSilent(self) -> None:
-        """Its load reports wait behind its log lines: what it sends shows that it runs."""
+    def test_aSpareStoppedWithTheGroupIsCreditedTheStallToo(self) -> None:
+        """Stopped mid-import with the rest, then handed a slot: its running is what counts."""
+        service, reactor = pool()
+        service.startService()
+        one, two, spare = reactor.processes
+        serve(reactor, [], 1.5)
+        reactor.advance(58)  # the whole group stopped
+        serve(reactor, [], 2.5)
+        one.end(Failure(ProcessTerminated(signal=9)))  # at 62 s: the spare takes its slot
+        reactor.advance(0)
+        self.assertIs(service.workers[1], spare.proto)
+        serve(reactor, [two], 48)  # 110 s: 52.5 s of running since the spare started
+        self.assertEqual(spare.signals, [])
+        serve(reactor, [two], 10)  # past its 60 s of running
+        self.assertEqual(spare.signals, ["KILL"])
+
+    def test_workersThatDieBeforeTheyReportLeaveNothingWatched(self) -> None:
+        service, reactor = pool()
+        service.startService()
+        for _ in range(20):
+            service.workers[1].transport.end(Failure(ProcessTerminated(signal=9)))
+            serve(reactor, [], BACKOFF_MAX)
+        self.assertLessEqual(set(service.watch._starting), set(service.workers.values()))
+
+    def test_aServingWorkerThatOnlyLogsIsHung(self) -> None:
+        """
+        Log lines can come from a worker stuck in one reactor turn (a loop
+        that logs); load reports come from its reactor's turns, ahead of its
+        log lines (L{OutChannel.report}).
+        """
         service, reactor = pool()
         service.startService()
         one, two, _ = reactor.processes
         serve(reactor, [one, two], 1)
         line = encode(LogEvent("info", "a line"))
-        for _ in range(round(3 * REPORT_SILENCE)):
-            reactor.advance(1)
+        for _ in range(round(REPORT_SILENCE)):
             one.proto.childDataReceived(1, line)
-            two.proto.childDataReceived(1, line)
-        self.assertEqual((one.signals, two.signals), ([], []))
+            serve(reactor, [two], 1)
+        self.assertEqual((one.signals, two.signals), (["KILL"], []))
 
     def test_aMasterThatDidNotRunKillsNoWorkerForIt(self) -> None:
         """
@@ -303,9 +330,9 @@ class SpawnTests(SynchronousTestCase):
         serve(reactor, [one, two], 10)
         reactor.advance(10 * REPORT_SILENCE)  # in one step: every timer runs late
         self.assertEqual((one.signals, two.signals), ([], []))
-        serve(reactor, [two], SETTLE - 0.125)  # it reads its pipes: one's reports never come
+        serve(reactor, [two], REPORT_SILENCE - 0.125)  # one's reports never come
         self.assertEqual(one.signals, [])
-        serve(reactor, [two], 0.125)
+        serve(reactor, [two], 0.125)  # silent for 30 s of the master's running
         self.assertEqual((one.signals, two.signals), (["KILL"], []))
 
     def test_aDeadSpareIsReplacedWithBackOff(self) -> None:

@@ -64,25 +64,35 @@ class ChannelTests(SynchronousTestCase):
         self.assertTrue(channel.send(StopFigures(1, 2, 3)))
         self.assertEqual(channel.droppedTotal, channel.dropped)
 
-    def test_droppedLoadReportsAreNotCountedAsLogLines(self) -> None:
+    def test_theLatestLoadReportGoesAheadOfTheLogBacklog(self) -> None:
         """
         With the log share full (a master not reading), the 0.5 s load
-        reports are dropped too, but they are not log lines: neither the
-        count exported as timerserver_log_lines_dropped_total nor the
-        "dropped N log lines" warning includes them.
+        reports are neither dropped nor queued behind the log lines: the
+        latest one is kept and written before them, so that the master
+        reads it first (it takes a worker it hears no report from for 30 s
+        for hung); none counts as a dropped log line.
         """
-        channel = self.channel()
+        channel = self.channel(limit=1 << 20, logLimit=768 * 1024)  # the defaults
         logged = captureLog(self)
         while channel.send(LogEvent("info", "x" * 200), droppable=True):
             pass
         lines = channel.droppedTotal
         self.assertEqual(lines, 1)  # the one that did not fit
-        loads = [channel.send(Load(5, 900), droppable=True) for _ in range(120)]
-        self.assertEqual(loads, [False] * 120)  # a minute of reports, all dropped
+        for n in range(120):  # a minute of reports
+            channel.report(Load(n, 900))
+        channel.send(StopFigures(1, 2, 3))
         self.assertEqual((channel.dropped, channel.droppedTotal), (lines, lines))
+        data = b""
         while channel.size:
-            self.readBytes()
+            data += self.readBytes()
             channel.doWrite()
+        data += self.readBytes()
+        messages = [decode(line) for line in data.splitlines()]
+        queued = [m for m in messages if not isinstance(m, LogEvent)]
+        self.assertEqual(queued, [StopFigures(1, 2, 3), Load(119, 900)])  # the latest only
+        # Behind what the pipe and the chunk being written held, not 768 KiB of log.
+        self.assertGreater(len(data), 700 * 1024)
+        self.assertLess(data.index(b'"load"'), 3 * 64 * 1024)
         notes = [e for e in logged if "dropped" in e.get("log_format", "")]
         self.assertEqual([e["count"] for e in notes], [lines])
 

@@ -295,21 +295,20 @@ class SteeringTests(WorkerCase):
 
 
 class LoadReportTests(SynchronousTestCase):
-    """A worker's load report: its admission's count, droppable, only while it serves."""
+    """A worker's load report: its admission's count, ahead of its log, only while it serves."""
 
-    def test_reportsTheOpenCountAsDroppable(self) -> None:
+    def test_reportsTheOpenCountAheadOfTheLog(self) -> None:
 
         from timerserver.messages import Load
         from timerserver.worker import Worker
 
-        sent: list[tuple[object, bool]] = []
+        sent: list[object] = []
 
         class Channel:
             droppedTotal = 0
 
-            def send(self, message: object, droppable: bool = False) -> bool:
-                sent.append((message, droppable))
-                return True
+            def report(self, message: object) -> None:
+                sent.append(message)
 
         class Server:
             running = True
@@ -325,7 +324,7 @@ class LoadReportTests(SynchronousTestCase):
         worker.reportLoad()
         Server.running = False  # shutting down: nothing
         worker.reportLoad()
-        self.assertEqual(sent, [(Load(42, 900), True)])
+        self.assertEqual(sent, [Load(42, 900)])
 
     def test_theCapacityFollowsTheCurrentOpenFileLimit(self) -> None:
         """

@@ -1,18 +1,20 @@
 """
 L{ReportWatch}: the master's watch over its workers.  A worker sends a load
-report every 0.5 s, and its log lines; one that sends its first report too
-late, or nothing at all for L{REPORT_SILENCE} seconds once it serves, is
-hung (stopped, wedged, swapped out), which nothing else would notice: its
-clients are not served, and its slot is given to a new process.
+report every 0.5 s, ahead of any backlog of its log lines; one that sends
+its first report too late, or none for L{REPORT_SILENCE} seconds once it
+serves, is hung (stopped, wedged, swapped out), which nothing else would
+notice: its clients are not served, and its slot is given to a new process.
 
-The master judges only while it runs itself.  After it was stopped or
-starved (its own heartbeat came late), Twisted runs the timed calls that
-came due before it reads the workers' pipes, where everything they sent
-meanwhile waits: the master then reads for L{SETTLE} seconds before it
-judges, and the time it did not run is added to the start allowance of the
-workers that have not reported yet (when the whole process group was
-stopped, they were stopped mid-import too).  Its clock is the monotonic one
-(L{timerserver.clock}): a step of the wall clock is no stall.
+The master judges only while it runs itself.  Its deadlines count the time
+it ran, not the time that passed: after it was stopped or starved (its own
+heartbeat came late), the time it lost is added to every deadline, since a
+whole process group stopped (Ctrl-Z, C{docker pause}) stopped its workers
+mid-import too, and then it reads the workers' pipes for L{SETTLE} seconds
+before it judges (Twisted runs the timed calls that came due before it
+reads a pipe).  A worker found silent is looked at once more on the next
+turn, after the pipes were read, before it is killed.  The master's clock is
+the monotonic one (L{timerserver.clock}): a step of the wall clock is no
+stall.
 """
 
 from __future__ import annotations
@@ -61,11 +63,13 @@ class ReportWatch:
         self.reactor = reactor
         self.current = current
         self.hung = hung
+        self.lost = 0.0
+        """Seconds the master did not run for, in all (its heartbeat late)."""
         self._lastBeat = reactor.seconds()
         self._resumedAt = -math.inf
         self._beatCall: Any = None
         self._starting: dict[WorkerProcess, float] = {}
-        """The workers that have not reported yet, and when their first report is due."""
+        """The workers given a slot that have not reported yet: when (in L{ran} time) it is due."""
 
     def start(self) -> None:
         """Start the master's heartbeat."""
@@ -80,6 +84,11 @@ class ReportWatch:
         self._beatCall = None
         self._starting.clear()
 
+    def ran(self, now: float) -> float:
+        """The time the master has run for, as of C{now}: its clock less what it lost."""
+        self._noteStall(now)
+        return now - self.lost
+
     def _beat(self) -> None:
         now = self.reactor.seconds()
         self._noteStall(now)
@@ -87,57 +96,71 @@ class ReportWatch:
         self._beatCall = self.reactor.callLater(HEARTBEAT, self._beat)
 
     def _noteStall(self, now: float) -> None:
-        """
-        If the heartbeat is overdue, the master did not run since it last
-        beat: note when it resumed, and give the workers that have not
-        reported yet the time it lost.
-        """
+        """If the heartbeat is overdue, the master did not run since it last beat."""
         gap = now - self._lastBeat
-        if gap <= STALLED_GAP:
-            return
-        self._resumedAt = self._lastBeat = now
-        lost = gap - HEARTBEAT
-        for worker in self._starting:
-            self._starting[worker] += lost
+        if gap > STALLED_GAP:
+            self.lost += gap - HEARTBEAT
+            self._resumedAt = self._lastBeat = now
+
+    def spawned(self, worker: WorkerProcess) -> None:
+        """C{worker}'s process was started (for a slot, or as the spare)."""
+        worker.lostBefore = self.lost
 
     def started(self, worker: WorkerProcess) -> None:
-        """C{worker} was given its slot: its first report is due."""
+        """
+        C{worker} was given its slot: its first report is due within
+        L{START_ALLOWANCE} of the start of its process, and (a spare) at
+        least L{SPARE_REPORT_DEADLINE} from now, counting the time the master
+        ran.
+        """
         now = self.reactor.seconds()
-        deadline = max(now + SPARE_REPORT_DEADLINE, worker.startedAt + START_ALLOWANCE)
-        self._starting[worker] = deadline
-        self.expect(worker, deadline)
+        ran = self.ran(now)
+        spawnedRan = worker.spawnedAt - worker.lostBefore
+        due = max(ran + SPARE_REPORT_DEADLINE, spawnedRan + START_ALLOWANCE)
+        self._starting[worker] = due
+        self.expect(worker, now + (due - ran))
 
     def reported(self, worker: WorkerProcess) -> None:
         """C{worker} sent its first load report: it serves, and its silence is watched."""
-        if self._starting.pop(worker, None) is not None and worker.lastHeard is not None:
-            self.expect(worker, worker.lastHeard + REPORT_SILENCE)
+        if self._starting.pop(worker, None) is not None and worker.lastReport is not None:
+            self.expect(worker, worker.lastReport + REPORT_SILENCE)
+
+    def ended(self, worker: WorkerProcess) -> None:
+        """C{worker}'s process ended: nothing is due from it."""
+        worker.cancelReportDeadline()
+        self._starting.pop(worker, None)
 
     def expect(self, worker: WorkerProcess, deadline: float) -> None:
         """Look at C{worker} at C{deadline} (reactor time)."""
         worker.cancelReportDeadline()
         delay = max(0.0, deadline - self.reactor.seconds())
-        worker.reportDeadline = self.reactor.callLater(delay, self._due, worker)
+        worker.reportDeadline = self.reactor.callLater(delay, self._due, worker, False)
 
-    def _due(self, worker: WorkerProcess) -> None:
+    def _due(self, worker: WorkerProcess, again: bool) -> None:
+        """
+        Judge C{worker}; C{again}: it was found silent on the turn before,
+        and the pipes have been read since.
+        """
         worker.reportDeadline = None
         if not self.current(worker):
             self._starting.pop(worker, None)
             return
         now = self.reactor.seconds()
-        self._noteStall(now)
+        ran = self.ran(now)
         if now - self._resumedAt < SETTLE:  # it only just runs again: its pipes first
             self.expect(worker, self._resumedAt + SETTLE)
             return
-        if worker.servingSince is None:
-            due = self._starting.get(worker, now)
-            if due > now:
-                self.expect(worker, due)
+        last = worker.lastReport
+        if last is None:
+            due = self._starting.get(worker, ran)
+            if due > ran:
+                self.expect(worker, now + (due - ran))
                 return
-            since = worker.startedAt
-        else:
-            since = worker.lastHeard if worker.lastHeard is not None else worker.servingSince
-            if since + REPORT_SILENCE > now:
-                self.expect(worker, since + REPORT_SILENCE)
-                return
+        elif max(last, self._resumedAt) + REPORT_SILENCE > now:
+            self.expect(worker, max(last, self._resumedAt) + REPORT_SILENCE)
+            return
+        if not again:  # once more, after the reactor has read the pipes
+            worker.reportDeadline = self.reactor.callLater(0, self._due, worker, True)
+            return
         self._starting.pop(worker, None)
-        self.hung(worker, now - since)
+        self.hung(worker, now - (worker.startedAt if last is None else last))

@@ -173,6 +173,7 @@ class WorkerPoolService(Service):
         childFDs: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
         childFDs.update({3 + i: fd for i, fd in enumerate(self.sockets.fds)})
         worker = WorkerProcess(self, 0)
+        self.watch.spawned(worker)
         try:
             self.reactor.spawnProcess(
                 worker, sys.executable, self.workerCommand(), env=env, childFDs=childFDs
@@ -254,7 +255,7 @@ class WorkerPoolService(Service):
         """Log how C{worker} ended and, unless stopping, start its replacement."""
         number = worker.number
         running = self.workers.get(number) is worker
-        worker.cancelReportDeadline()
+        self.watch.ended(worker)
         if worker is self.spare:
             self.spare = None
         elif running:

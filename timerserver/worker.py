@@ -108,16 +108,16 @@ class Worker:
     def reportLoad(self) -> None:
         """
         Tell the master how many connections this worker holds and how many it
-        can hold now (L{capacity}): counts, not a snapshot, sent as droppable
-        as a log line (never waited for: the next one follows within
-        L{LOAD_PERIOD}).
+        can hold now (L{capacity}): counts, not a snapshot, ahead of any log
+        lines queued (the master judges by them whether the worker runs),
+        replacing one not yet written (the next follows within L{LOAD_PERIOD}).
         """
         server = self.server
         if server is not None and server.running:
             admission = server.admission
             room = capacity(admission.maxConnections)
             load = Load(min(max(0, admission.open), MAX_LOAD - 1), room)
-            self.channel.send(load, droppable=True)
+            self.channel.report(load)
 
     def _importMetrics(self) -> None:
         """

@@ -12,12 +12,14 @@ line, that is several minutes of a stopped master before anything is
 dropped, and it is a small fraction of what 10,000 connections' buffers
 take.  Log lines may fill L{LOG_LIMIT} of it (768 KiB); beyond that they
 are dropped and counted, and the count is logged once the queue drains.
-Load reports are droppable too, within the same share, but are not log
-lines: one dropped is replaced by the next, and is not counted.
-The rest is kept for replies (stats answers, stop figures), which are only
-dropped when there is no room at all, and which are written before the log
-lines queued ahead of them (a worker's stop figures do not wait behind a
-backlog of its log).
+A load report (L{OutChannel.report}) is never queued behind them: the
+channel holds the latest one only, written after the replies and before
+the log lines, so that what the master reads first after a backlog shows
+that the worker's reactor turns (the master takes a worker it hears no
+report from for 30 s for hung).  The rest is kept for replies (stats
+answers, stop figures), which are only dropped when there is no room at
+all, and which are written before the log lines queued ahead of them (a
+worker's stop figures do not wait behind a backlog of its log).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from twisted.internet.interfaces import IReactorFDSet, IWriteDescriptor
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from zope.interface import implementer
 
-from timerserver.messages import LogEvent, Message, encode
+from timerserver.messages import Load, LogEvent, Message, encode
 
 LIMIT = 1 << 20
 LOG_LIMIT = 768 * 1024
@@ -65,6 +67,8 @@ class OutChannel:
         self.closed = False
         self._current = b""
         self._replies: deque[bytes] = deque()
+        self._load = b""
+        """The latest load report, not yet written (empty: none)."""
         self._logs: deque[bytes] = deque()
         self._writing = False
         os.set_blocking(fd, False)
@@ -97,11 +101,30 @@ class OutChannel:
             self.doWrite()
         return True
 
+    def report(self, load: Load) -> None:
+        """
+        Send C{load}, the worker's load report, ahead of the queued log
+        lines, in place of one not yet written.
+        """
+        if self.closed:
+            return
+        data = encode(load)
+        self.size += len(data) - len(self._load)
+        self._load = data
+        if not self._writing:
+            self.doWrite()
+
     def _nextChunk(self) -> bytes:
-        """Whole messages, replies first, up to about L{CHUNK} bytes."""
+        """Whole messages, replies, the load report, then log lines, up to about L{CHUNK} bytes."""
         parts: list[bytes] = []
         size = 0
-        for queue in (self._replies, self._logs):
+        for queue in (self._replies, None, self._logs):
+            if queue is None:  # the load report's turn
+                if self._load and (size == 0 or size + len(self._load) <= CHUNK):
+                    parts.append(self._load)
+                    size += len(self._load)
+                    self._load = b""
+                continue
             while queue and (size == 0 or size + len(queue[0]) <= CHUNK):
                 parts.append(queue.popleft())
                 size += len(parts[-1])
@@ -145,6 +168,7 @@ class OutChannel:
         self.closed = True
         self._current = b""
         self._replies.clear()
+        self._load = b""
         self._logs.clear()
         self.size = 0
 

@@ -72,8 +72,12 @@ class WorkerProcess(ProcessProtocol):
         self.startedAt = pool.reactor.seconds()
         self.servingSince: float | None = None
         """When its first load report came: it serves (C{None} until then)."""
-        self.lastHeard: float | None = None
-        """When its last message came, of any kind: it runs (C{None} until the first)."""
+        self.lastReport: float | None = None
+        """When its last load report came (C{None} until the first)."""
+        self.spawnedAt = self.startedAt
+        """When its process started (C{startedAt} is when it took its slot)."""
+        self.lostBefore = 0.0
+        """Seconds the master had not run for before this process started (its watch's)."""
         self.reportDeadline: IDelayedCall | None = None
         """Set by the pool: when it is taken for hung unless a load report came."""
         self.ended: defer.Deferred[None] = defer.Deferred()
@@ -124,9 +128,6 @@ class WorkerProcess(ProcessProtocol):
 
     def outLine(self, line: bytes) -> None:
         """Handle one line of the worker's standard output: one message."""
-        # Its channel writes only while its reactor runs: whatever the line
-        # is, the worker ran (a load report may wait behind its log lines).
-        self.lastHeard = self.pool.reactor.seconds()
         try:
             message = decode(line)
         except MalformedMessage as e:
@@ -138,8 +139,9 @@ class WorkerProcess(ProcessProtocol):
         if isinstance(message, LogEvent):
             self.logEvent(message)
         elif isinstance(message, Load):
+            self.lastReport = self.pool.reactor.seconds()
             if self.servingSince is None:
-                self.servingSince = self.lastHeard
+                self.servingSince = self.lastReport
             self.pool.workerLoad(self, message.open, message.capacity)
         elif isinstance(message, StatsAnswer):
             self.statsAnswer(message)
