@@ -219,13 +219,13 @@ class WorkerPoolService(Service):
     def _hung(self, worker: WorkerProcess, silence: float) -> None:
         """C{worker} missed its deadline (L{ReportWatch}): kill it; its end restarts it."""
         self._log.warn(
-            "{name} (pid {pid}) {what} in {silence:.0f}s: killing it",
+            "{name} (pid {pid}) {what} ({silence:.0f}s): killing it",
             name=worker.name,
             pid=worker.transport.pid,
             silence=silence,
             what="sent no load report since it took its slot"
             if worker.servingSince is None
-            else "served, then sent nothing",
+            else "served, then sent no load report",
         )
         try:
             worker.transport.signalProcess("KILL")
