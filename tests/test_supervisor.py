@@ -242,7 +242,9 @@ class SpawnTests(SynchronousTestCase):
         serve(reactor, [two], 0.5)
         self.assertEqual((one.signals, two.signals), (["KILL"], []))
         [line] = [e for e in logged if "killing it" in e["log_format"]]
-        self.assertEqual((line["silence"], line["what"]), (30.0, "served, then sent no load report"))
+        self.assertEqual(
+            (line["silence"], line["what"]), (30.0, "served, then sent no load report")
+        )
         serve(reactor, [two], 10 * REPORT_SILENCE)  # one reporting every 0.5 s: never
         self.assertEqual(two.signals, [])
 
